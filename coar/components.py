@@ -1,0 +1,168 @@
+"""Component discovery: the ablatable units of a model and their stable global index.
+
+A `ComponentSet` is an ordered list of groups (one module, one kind of unit); component i of
+the model is unit `i - group.start` of the group that holds i. The set saves to and loads
+from JSON and has a fingerprint, so later steps can refuse data made with another list.
+"""
+
+from __future__ import annotations
+
+import fnmatch
+import hashlib
+import json
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import Iterable, Sequence
+
+import numpy as np
+from torch import nn
+
+from coar.adapters import Site, adapter_for
+
+KINDS = ("conv", "linear", "head", "qkv")
+"""conv: Conv output channels (filters); linear: Linear output neurons; head: attention heads;
+qkv: rows of nn.MultiheadAttention's packed q/k/v in-projection."""
+
+KIND_PRESETS = {
+    "weight_rows": ("conv", "linear", "qkv"),  # the paper's "one row of every weight matrix"
+    "all": KINDS,
+}
+
+
+@dataclass(frozen=True)
+class ComponentGroup:
+    """Units [start, start + size) of the global index: `size` units of `kind` on `module`."""
+
+    module: str
+    kind: str
+    size: int
+    start: int
+
+    @property
+    def stop(self) -> int:
+        return self.start + self.size
+
+
+class ComponentSet:
+    """The ordered components of a model: global index <-> (module name, unit, kind)."""
+
+    def __init__(self, groups: Sequence[ComponentGroup]):
+        self.groups = tuple(groups)
+        expected = 0
+        for g in self.groups:
+            if g.start != expected or g.size < 1:
+                raise ValueError(f"component groups must tile the index without gaps: {g} after {expected}")
+            expected = g.stop
+        self._starts = np.array([g.start for g in self.groups], dtype=np.int64)
+
+    def __len__(self) -> int:
+        return self.groups[-1].stop if self.groups else 0
+
+    def __repr__(self) -> str:
+        kinds = {}
+        for g in self.groups:
+            kinds[g.kind] = kinds.get(g.kind, 0) + g.size
+        return f"ComponentSet({len(self)} components in {len(self.groups)} groups: {kinds})"
+
+    def __eq__(self, other: object) -> bool:
+        return isinstance(other, ComponentSet) and self.groups == other.groups
+
+    def locate(self, index: int) -> tuple[str, int, str]:
+        """(module name, unit index within the module, kind) of global component `index`."""
+        if not 0 <= index < len(self):
+            raise IndexError(f"component {index} out of range for {len(self)} components")
+        g = self.groups[int(np.searchsorted(self._starts, index, side="right")) - 1]
+        return g.module, index - g.start, g.kind
+
+    def index(self, module: str, unit: int, kind: str) -> int:
+        """Global index of `unit` of `kind` on `module`."""
+        for g in self.groups:
+            if g.module == module and g.kind == kind:
+                if not 0 <= unit < g.size:
+                    raise IndexError(f"{module} has {g.size} {kind} units, not unit {unit}")
+                return g.start + unit
+        raise KeyError(f"no {kind} components on module {module!r}")
+
+    def table(self) -> list[tuple[str, int, str]]:
+        """One (module, unit, kind) row per component, in global index order."""
+        return [(g.module, u, g.kind) for g in self.groups for u in range(g.size)]
+
+    @property
+    def fingerprint(self) -> str:
+        """sha256 over the ordered (module, kind, size) groups."""
+        payload = json.dumps([[g.module, g.kind, g.size] for g in self.groups]).encode()
+        return hashlib.sha256(payload).hexdigest()
+
+    def to_json(self) -> str:
+        return json.dumps({"groups": [asdict(g) for g in self.groups], "fingerprint": self.fingerprint}, indent=1)
+
+    @classmethod
+    def from_json(cls, text: str) -> "ComponentSet":
+        data = json.loads(text)
+        components = cls([ComponentGroup(**g) for g in data["groups"]])
+        if data.get("fingerprint", components.fingerprint) != components.fingerprint:
+            raise ValueError("component list is corrupt: its stored fingerprint does not match its groups")
+        return components
+
+    def save(self, path: str | Path) -> None:
+        Path(path).write_text(self.to_json())
+
+    @classmethod
+    def load(cls, path: str | Path) -> "ComponentSet":
+        return cls.from_json(Path(path).read_text())
+
+
+def _matches(name: str, patterns: Iterable[str]) -> bool:
+    return any(fnmatch.fnmatchcase(name, p) for p in patterns)
+
+
+def _site_module(name: str, child: str) -> str:
+    return f"{name}.{child}" if name and child else (name or child)
+
+
+def iter_sites(model: nn.Module) -> Iterable[tuple[str, nn.Module, Site]]:
+    """(owner module name, owner module, site) for every site of every adapted module."""
+    claimed: set[str] = set()
+    for name, module in model.named_modules():
+        if name in claimed:
+            continue
+        adapter = adapter_for(module)
+        if adapter is None:
+            continue
+        claimed.update(_site_module(name, c) for c in adapter.claimed_children(module))
+        for site in adapter.sites(module):
+            yield name, module, site
+
+
+def discover(
+    model: nn.Module,
+    kinds: str | Sequence[str] = ("conv", "linear", "head"),
+    include: Sequence[str] = ("*",),
+    exclude: Sequence[str] = (),
+) -> ComponentSet:
+    """Find the ablatable units of `model`.
+
+    `kinds` is a list of unit kinds (see KINDS) or a preset name ("weight_rows", "all");
+    `include` and `exclude` are glob patterns on module names (e.g. "layer*.conv*",
+    "*downsample*"); a group is kept when its module matches some include pattern and no
+    exclude pattern. The order is the model's module order, so the index is stable.
+    """
+    kinds = KIND_PRESETS[kinds] if isinstance(kinds, str) and kinds in KIND_PRESETS else kinds
+    kinds = (kinds,) if isinstance(kinds, str) else tuple(kinds)
+    unknown = [k for k in kinds if k not in KINDS]
+    if unknown:
+        raise ValueError(f"unknown component kind(s) {unknown}; choose from {list(KINDS)} or a preset {list(KIND_PRESETS)}")
+    groups: list[ComponentGroup] = []
+    start = 0
+    for name, _module, site in iter_sites(model):
+        module_name = _site_module(name, site.child)
+        if site.kind not in kinds or not _matches(module_name, include) or _matches(module_name, exclude):
+            continue
+        groups.append(ComponentGroup(module_name, site.kind, site.size, start))
+        start += site.size
+    if not groups:
+        raise ValueError(
+            f"no components of kinds {list(kinds)} matched include={list(include)} exclude={list(exclude)} "
+            f"in {type(model).__name__}"
+        )
+    return ComponentSet(groups)
