@@ -73,8 +73,8 @@ setup(
         "pyyaml",
     ],
     extras_require={
-        "gpu": ["cupy-cuda12x"],
-        "test": ["pytest", "hypothesis", "torchvision"],
+        "gpu": ["cupy-cuda13x"],  # match the CUDA major version of your torch build
+        "test": ["pytest", "hypothesis", "torchvision", "transformers"],
     },
     entry_points={"console_scripts": ["coar = coar.cli:main"]},
 )

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import sys
 from typing import Callable
 
 import numpy as np
@@ -54,7 +55,9 @@ def run_masked(
     per_pass = max(1, min(n, max_batch // masks_per_pass))
     out = np.empty((len(masks), n), dtype=np.float32)
     ablation = Ablation(model, components, mode=mode, fills=fills, reference_inputs=reference_inputs)
-    bar = tqdm(total=len(masks), unit="mask", disable=not progress, desc="ablated forward")
+    # Redirected to a log, a bar redraws rarely so the log stays readable.
+    bar = tqdm(total=len(masks), unit="mask", disable=not progress, desc="ablated forward",
+               mininterval=1 if sys.stderr.isatty() else 15)
     with ablation:
         for m0 in range(0, len(masks), masks_per_pass):
             block = masks[m0 : m0 + masks_per_pass]

@@ -1,0 +1,506 @@
+"""Every HDF5 layout coar writes: mask/output shards, the merged dataset, attributions.
+
+Writing: a file is created under a temporary name in its target directory, gets the attribute
+`complete=True` last, and is renamed into place only then; on an exception the temporary file is
+removed. A killed job therefore never leaves a file that looks finished.
+
+Reading: files are opened without HDF5 file locks (NFS and Lustre refuse them). A reader checks
+that the file exists and is whole, is `complete`, is the layout asked for, carries every
+provenance attribute, has datasets of the shapes its attributes imply, and matches what the
+caller expects; otherwise it raises FormatError naming the file, what is wrong and what to do.
+
+The merged dataset is a chunked copy of the shards, not an HDF5 virtual dataset: a copy is
+self-contained (it survives moving or deleting the shards and keeps their compression), and it
+cannot silently read fill values where a virtual dataset's source file has gone missing. The
+price is storing the data twice; masks compress well.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Callable, Iterable, Iterator, Mapping
+from contextlib import contextmanager
+from dataclasses import dataclass
+from numbers import Integral, Real
+from pathlib import Path
+
+import h5py
+import numpy as np
+
+from coar.atomic import atomic_path
+
+ENCODING = "1 = ablated"
+
+PathLike = str | os.PathLike
+
+_COMPLETE = "complete"
+_FORMAT = "coar_format"
+_CHUNK_BYTES = 1 << 20  # target size of one stored chunk (rows x columns)
+_COPY_BYTES = 1 << 26  # rows moved per step when merging
+_CACHE_BYTES = 1 << 25  # HDF5 chunk cache when reading
+_STR = "variable-length string"  # dtype marker for string datasets
+
+
+class FormatError(ValueError):
+    """A file on disk is missing, unreadable, incomplete, or not what this run expects."""
+
+
+# Attributes describing the run that made a row file (shard or merged dataset).
+_RUN_ATTRS: dict[str, type] = {
+    "seed": Integral,
+    "alpha": Real,
+    "n_components": Integral,
+    "n_examples": Integral,
+    "model_fingerprint": str,
+    "components_fingerprint": str,
+    "examples_fingerprint": str,
+    "output_fn": str,
+    "ablation": str,
+    "coar_version": str,
+    "encoding": str,
+}
+_SHARD_ONLY: dict[str, type] = {"shard": Integral, "row_start": Integral, "row_stop": Integral}
+_DATASET_ONLY: dict[str, type] = {"m": Integral, "n_shards": Integral}
+
+_ATTRIBUTION_ONLY: dict[str, type] = {
+    "encoding": str,
+    "solver": str,
+    "method": str,
+    "n_masks": Integral,
+    "model_fingerprint": str,
+    "components_fingerprint": str,
+    "examples_fingerprint": str,
+}
+_SIZES: dict[str, type] = {"n_examples": Integral, "n_components": Integral}
+
+# What callers must put in write_shard's meta and write_attributions' attrs.
+SHARD_ATTRS = tuple(_RUN_ATTRS | _SHARD_ONLY)
+ATTRIBUTION_ATTRS = tuple(_ATTRIBUTION_ONLY)
+
+
+@dataclass(frozen=True)
+class _Layout:
+    """One file format: its `coar_format` tag, required attributes and implied datasets."""
+
+    name: str
+    attrs: Mapping[str, type]
+    datasets: Callable[[Mapping], dict[str, tuple[tuple[int, ...], object]]]
+
+
+def _row_datasets(rows: int, meta: Mapping) -> dict[str, tuple[tuple[int, ...], object]]:
+    return {
+        "masks": ((rows, meta["n_components"]), np.dtype(bool)),
+        "outputs": ((rows, meta["n_examples"]), np.dtype(np.float32)),
+    }
+
+
+def _attribution_datasets(meta: Mapping) -> dict[str, tuple[tuple[int, ...], object]]:
+    n, n_components = meta["n_examples"], meta["n_components"]
+    return {
+        "weight": ((n, n_components), np.dtype(np.float32)),
+        "bias": ((n,), np.dtype(np.float32)),
+        "lambda": ((n,), np.dtype(np.float64)),
+        "components/module": ((n_components,), _STR),
+        "components/unit": ((n_components,), np.dtype(np.int64)),
+        "components/kind": ((n_components,), _STR),
+        "example_ids": ((n,), _STR),
+    }
+
+
+_SHARD = _Layout(
+    "coar.shard.v1", _RUN_ATTRS | _SHARD_ONLY, lambda a: _row_datasets(a["row_stop"] - a["row_start"], a)
+)
+_DATASET = _Layout("coar.dataset.v1", _RUN_ATTRS | _DATASET_ONLY, lambda a: _row_datasets(a["m"], a))
+_ATTRIBUTIONS = _Layout("coar.attributions.v1", _ATTRIBUTION_ONLY | _SIZES, _attribution_datasets)
+
+
+# ----------------------------------------------------------------------------- writing
+
+
+@contextmanager
+def atomic_h5(path: PathLike) -> Iterator[h5py.File]:
+    """Yield a new HDF5 file that appears at `path`, marked complete, only if the block succeeds."""
+    with atomic_path(path) as tmp:
+        with h5py.File(tmp, "x", locking=False) as f:
+            yield f
+            f.attrs[_COMPLETE] = True
+
+
+def write_shard(path: PathLike, masks: np.ndarray, outputs: np.ndarray, meta: Mapping) -> None:
+    """Write one shard: masks (rows x N bool, True = ablated), outputs (rows x n), provenance."""
+    meta = _checked_attrs(_SHARD, meta)
+    if not 0.0 < meta["alpha"] < 1.0:
+        raise ValueError(f"shard meta alpha must lie in (0, 1), got {meta['alpha']}")
+    if not 0 <= meta["row_start"] < meta["row_stop"]:
+        raise ValueError(
+            f"shard meta needs 0 <= row_start < row_stop, got {meta['row_start']}..{meta['row_stop']}"
+        )
+    if meta["n_components"] < 1 or meta["n_examples"] < 1:
+        raise ValueError("shard meta n_components and n_examples must be >= 1")
+    masks, outputs = np.asarray(masks), np.asarray(outputs)
+    if masks.dtype != bool:
+        raise ValueError(f"masks must be a bool array (True = ablated), got dtype {masks.dtype}")
+    expected = _SHARD.datasets(meta)
+    for name, data in (("masks", masks), ("outputs", outputs)):
+        if data.shape != expected[name][0]:
+            raise ValueError(
+                f"{name} has shape {data.shape} but meta (rows {meta['row_start']}..{meta['row_stop']}, "
+                f"n_components={meta['n_components']}, n_examples={meta['n_examples']}) "
+                f"implies {expected[name][0]}"
+            )
+    chunk = _chunk_rows(meta["n_components"], meta["n_examples"])
+    with atomic_h5(path) as f:
+        _create_rows(f, "masks", masks.shape, bool, chunk, masks)
+        _create_rows(f, "outputs", outputs.shape, np.float32, chunk, outputs.astype(np.float32))
+        _write_attrs(f, _SHARD, meta)
+
+
+def write_attributions(
+    path: PathLike,
+    weight: np.ndarray,
+    bias: np.ndarray,
+    lam: np.ndarray,
+    components: Iterable[tuple[str, int, str]],
+    example_ids: Iterable[str],
+    attrs: Mapping,
+) -> None:
+    """Write per-example linear models: weight (n x N), bias (n), ridge lambda (n), and labels.
+
+    `components` lists (module, unit, kind) per column of `weight`; `example_ids` names its rows.
+    `attrs` needs ATTRIBUTION_ATTRS (extra scalar attrs are kept); n_examples and n_components
+    are taken from `weight`.
+    """
+    weight = np.asarray(weight, dtype=np.float32)
+    components, example_ids = list(components), [str(e) for e in example_ids]
+    if weight.ndim != 2 or min(weight.shape) < 1:
+        raise ValueError(f"weight must be a non-empty (examples x components) matrix, got {weight.shape}")
+    n, n_components = weight.shape
+    found = {"bias": np.shape(bias), "lam": np.shape(lam)}
+    found |= {"components": (len(components),), "example_ids": (len(example_ids),)}
+    wanted = {"bias": (n,), "lam": (n,), "components": (n_components,), "example_ids": (n,)}
+    if wrong := {k: v for k, v in found.items() if v != wanted[k]}:
+        raise ValueError(f"weight has shape {weight.shape}, so the other inputs need sizes {wanted}; got {wrong}")
+    computed = {"n_examples": n, "n_components": n_components}
+    if clash := sorted(computed.keys() & attrs.keys()):
+        raise ValueError(f"attrs must not contain {clash}: write_attributions takes them from weight's shape")
+    attrs = _checked_attrs(_ATTRIBUTIONS, {**attrs, **computed})
+    modules, units, kinds = zip(*components)
+    strings = h5py.string_dtype()
+    with atomic_h5(path) as f:
+        _create_rows(f, "weight", weight.shape, np.float32, _chunk_rows(n_components), weight)
+        f.create_dataset("bias", data=np.asarray(bias, dtype=np.float32))
+        f.create_dataset("lambda", data=np.asarray(lam, dtype=np.float64))
+        f.create_dataset("components/module", data=[str(s) for s in modules], dtype=strings)
+        f.create_dataset("components/unit", data=np.asarray(units, dtype=np.int64))
+        f.create_dataset("components/kind", data=[str(s) for s in kinds], dtype=strings)
+        f.create_dataset("example_ids", data=example_ids, dtype=strings)
+        _write_attrs(f, _ATTRIBUTIONS, attrs)
+
+
+def merge_shards(paths: Iterable[PathLike], out_path: PathLike, expect: Mapping, m: int) -> dict:
+    """Check the shards, then copy them in row order into one dataset file; return its attrs.
+
+    The merged file keeps the shards' run attributes (not their row range) and adds m, n_shards.
+    """
+    sources = check_shards(paths, expect, m)
+    attrs = {**_run_attrs(sources[0][1]), "m": m, "n_shards": len(sources)}
+    n_components, n_examples = attrs["n_components"], attrs["n_examples"]
+    chunk = _chunk_rows(n_components, n_examples)
+    step = chunk * max(1, _COPY_BYTES // (chunk * (n_components + 4 * n_examples)))
+    with atomic_h5(out_path) as f:
+        masks = _create_rows(f, "masks", (m, n_components), bool, chunk)
+        outputs = _create_rows(f, "outputs", (m, n_examples), np.float32, chunk)
+        start = 0
+        for mask_rows, output_rows in _chunks(sources, step):
+            stop = start + len(mask_rows)
+            masks[start:stop], outputs[start:stop] = mask_rows, output_rows
+            start = stop
+        _write_attrs(f, _DATASET, attrs)
+    return attrs
+
+
+def _chunk_rows(*column_counts: int) -> int:
+    """Rows per stored chunk so that the widest row-chunked dataset's chunks stay near 1 MiB."""
+    widest = max(4 * c for c in column_counts)  # sized for float32; bool rows take a quarter
+    return max(1, _CHUNK_BYTES // widest)
+
+
+def _create_rows(
+    f: h5py.File, name: str, shape: tuple[int, int], dtype, chunk_rows: int, data: np.ndarray | None = None
+) -> h5py.Dataset:
+    """A matrix chunked along rows; bool (mask) matrices are gzip-compressed, being mostly zeros."""
+    compression = {"compression": "gzip", "compression_opts": 4} if np.dtype(dtype) == bool else {}
+    chunks = (min(chunk_rows, shape[0]), shape[1])
+    return f.create_dataset(name, shape=shape, dtype=dtype, data=data, chunks=chunks, **compression)
+
+
+def _checked_attrs(layout: _Layout, attrs: Mapping) -> dict:
+    """Plain-Python copy of `attrs` after checking required keys, value types and encoding."""
+    missing = [k for k in layout.attrs if k not in attrs]
+    if missing:
+        raise ValueError(f"{layout.name} attributes are missing {missing}")
+    if reserved := sorted({_COMPLETE, _FORMAT} & attrs.keys()):
+        raise ValueError(f"attributes {reserved} are set by h5format itself")
+    plain = {k: _plain(k, v) for k, v in attrs.items()}
+    wrong = [f"{k}={plain[k]!r} (needs {t.__name__})" for k, t in layout.attrs.items() if not isinstance(plain[k], t)]
+    if wrong:
+        raise ValueError(f"{layout.name} attributes have wrong types: {', '.join(wrong)}")
+    if plain["encoding"] != ENCODING:
+        raise ValueError(f"encoding must be {ENCODING!r} (True = component ablated), got {plain['encoding']!r}")
+    return plain
+
+
+def _plain(key: str, value: object) -> object:
+    """Attribute values are scalars stored as Python types, so they round-trip exactly."""
+    if isinstance(value, (bool, np.bool_)):
+        return bool(value)
+    if isinstance(value, str):
+        return str(value)
+    if isinstance(value, Integral):
+        return int(value)
+    if isinstance(value, Real):
+        return float(value)
+    raise ValueError(f"attribute {key}={value!r} must be a str, bool, int or float")
+
+
+def _write_attrs(f: h5py.File, layout: _Layout, attrs: Mapping) -> None:
+    f.attrs.update(attrs)
+    f.attrs[_FORMAT] = layout.name
+
+
+# ----------------------------------------------------------------------------- reading
+
+
+def read_shard_meta(path: PathLike) -> dict:
+    """Validated attributes of a shard file (FormatError if it is unusable)."""
+    with _reading(path) as f:
+        return _read_meta(f, path, _SHARD)
+
+
+def check_shard(path: PathLike, expect: Mapping) -> dict:
+    """read_shard_meta, plus FormatError unless every key in `expect` has the expected value."""
+    meta = read_shard_meta(path)
+    _check_expected(path, meta, expect)
+    return meta
+
+
+def check_shards(paths: Iterable[PathLike], expect: Mapping, m: int) -> list[tuple[str, dict]]:
+    """Check every shard, that they come from one run, and that their rows tile 0..m exactly.
+
+    Returns (path, meta) pairs in row order.
+    """
+    return _row_sources(paths, expect, m, (_SHARD,))
+
+
+def iter_chunks(
+    paths: PathLike | Iterable[PathLike], chunk_rows: int, expect: Mapping | None = None
+) -> Iterator[tuple[np.ndarray, np.ndarray]]:
+    """Stream (masks, outputs) in blocks of `chunk_rows` rows, in row order, across files.
+
+    `paths` are shards or one merged dataset file. Files are validated before the first block;
+    the rows must tile 0..(last row) without gaps or overlaps. Memory is independent of m.
+    """
+    if isinstance(chunk_rows, bool) or not isinstance(chunk_rows, Integral) or chunk_rows < 1:
+        raise ValueError(f"chunk_rows must be a positive integer, got {chunk_rows!r}")
+    return _chunks(_row_sources(paths, expect or {}, None, (_SHARD, _DATASET)), chunk_rows)
+
+
+def read_dataset(path: PathLike, expect: Mapping | None = None) -> tuple[np.ndarray, np.ndarray, dict]:
+    """Load a merged dataset file whole: masks (m x N bool), outputs (m x n float32), attrs."""
+    with _reading(path) as f:
+        attrs = _read_meta(f, path, _DATASET)
+        _check_expected(path, attrs, expect or {})
+        return f["masks"][()], f["outputs"][()], attrs
+
+
+@dataclass(frozen=True)
+class Attributions:
+    """Per-example linear models of the ablated output: f(z, mask) ~ weight[z] @ mask + bias[z].
+
+    mask is 1 where a component is ablated, so weight[z, i] is the effect of ablating component i.
+    """
+
+    weight: np.ndarray  # (n, N) float32
+    bias: np.ndarray  # (n,) float32
+    lam: np.ndarray  # (n,) float64, the ridge penalty chosen per example
+    components: list[tuple[str, int, str]]  # (module, unit, kind) per column of weight
+    example_ids: list[str]  # one per row of weight
+    attrs: dict
+
+
+def read_attributions(path: PathLike, expect: Mapping | None = None) -> Attributions:
+    """Load and validate an attributions file."""
+    with _reading(path) as f:
+        attrs = _read_meta(f, path, _ATTRIBUTIONS)
+        _check_expected(path, attrs, expect or {})
+        modules, kinds = (f[f"components/{name}"].asstr()[()].tolist() for name in ("module", "kind"))
+        return Attributions(
+            weight=f["weight"][()],
+            bias=f["bias"][()],
+            lam=f["lambda"][()],
+            components=list(zip(modules, f["components/unit"][()].tolist(), kinds)),
+            example_ids=f["example_ids"].asstr()[()].tolist(),
+            attrs=attrs,
+        )
+
+
+@contextmanager
+def _reading(path: PathLike) -> Iterator[h5py.File]:
+    """Open `path` read-only without file locks; turn HDF5 I/O errors into FormatError."""
+    if not os.path.isfile(path):
+        raise FormatError(f"{path} does not exist; run the step that makes it")
+    try:
+        with h5py.File(path, "r", locking=False, rdcc_nbytes=_CACHE_BYTES) as f:
+            yield f
+    except OSError as err:
+        raise FormatError(
+            f"{path} cannot be read as HDF5 ({err}); it is truncated, corrupt or not an HDF5 file: "
+            "delete it and rerun the step that makes it"
+        ) from err
+
+
+def _read_meta(f: h5py.File, path: PathLike, layout: _Layout) -> dict:
+    """Attributes of an open file after checking completeness, layout, attributes and datasets."""
+    attrs = {k: _python(v) for k, v in f.attrs.items()}
+    if attrs.get(_COMPLETE) is not True:
+        raise FormatError(
+            f"{path} is incomplete (no complete=True attribute): the job writing it did not finish "
+            "or it was not written by coar; delete it and rerun the step that makes it"
+        )
+    if attrs.get(_FORMAT) != layout.name:
+        raise FormatError(
+            f"{path} is a {attrs.get(_FORMAT, 'non-coar')} file but a {layout.name} file is needed here; "
+            "pass the right file"
+        )
+    missing = [k for k in layout.attrs if k not in attrs]
+    wrong = [f"{k}={v!r}" for k, t in layout.attrs.items() if (v := attrs.get(k)) is not None and not isinstance(v, t)]
+    if missing or wrong:
+        raise FormatError(
+            f"{path} lacks attributes {missing} or has malformed ones {wrong}; it was written by another "
+            "tool or coar version: delete it and rerun the step that makes it"
+        )
+    if attrs["encoding"] != ENCODING:
+        raise FormatError(
+            f"{path} uses mask encoding {attrs['encoding']!r}, coar needs {ENCODING!r}; rerun the step that makes it"
+        )
+    for name, (shape, dtype) in layout.datasets(attrs).items():
+        if problem := _dataset_problem(f, name, shape, dtype):
+            raise FormatError(
+                f"{path}: {problem}; the file is damaged or inconsistent, delete it and rerun the step that makes it"
+            )
+    return {k: v for k, v in attrs.items() if k not in (_COMPLETE, _FORMAT)}
+
+
+def _dataset_problem(f: h5py.File, name: str, shape: tuple[int, ...], dtype: object) -> str | None:
+    if not isinstance(f.get(name), h5py.Dataset):
+        return f"dataset {name!r} is missing"
+    ds = f[name]
+    if ds.shape != shape:
+        return f"dataset {name!r} has shape {ds.shape}, its attributes imply {shape}"
+    found = _STR if h5py.check_string_dtype(ds.dtype) else ds.dtype
+    if found != dtype:
+        return f"dataset {name!r} has dtype {found}, expected {dtype}"
+    return None
+
+
+def _python(value: object) -> object:
+    if isinstance(value, np.generic):
+        return value.item()
+    if isinstance(value, np.ndarray):
+        return value.tolist()
+    if isinstance(value, bytes):
+        return value.decode()
+    return value
+
+
+def _check_expected(path: PathLike, meta: Mapping, expect: Mapping) -> None:
+    differ = [
+        f"{f'{key} {meta[key]!r}' if key in meta else f'no {key}'} but this run has {want!r}"
+        for key, want in expect.items()
+        if key not in meta or meta[key] != want
+    ]
+    if differ:
+        raise FormatError(
+            f"{path} was made with {'; '.join(differ)}; delete it or rerun with the matching config"
+        )
+
+
+def _row_sources(
+    paths: PathLike | Iterable[PathLike], expect: Mapping, m: int | None, layouts: tuple[_Layout, ...]
+) -> list[tuple[str, dict]]:
+    """Validated (path, meta) of row files in row order; they must come from one run and tile 0..m."""
+    paths = [paths] if isinstance(paths, (str, os.PathLike)) else list(paths)
+    if not paths:
+        names = " or ".join(lay.name for lay in layouts)
+        raise FormatError(f"no {names} files were given; run the steps that make them")
+    sources = []
+    for path in paths:
+        with _reading(path) as f:
+            fmt = _python(f.attrs.get(_FORMAT))
+            layout = next((lay for lay in layouts if lay.name == fmt), layouts[0])
+            meta = _read_meta(f, path, layout)
+        _check_expected(path, meta, expect)
+        sources.append((str(path), meta))
+    first_path, first = sources[0]
+    for path, meta in sources[1:]:
+        a, b = _run_attrs(first), _run_attrs(meta)
+        if differ := sorted(k for k in a.keys() | b.keys() if a.get(k) != b.get(k)):
+            details = ", ".join(f"{k} {b.get(k)!r} vs {a.get(k)!r}" for k in differ)
+            raise FormatError(
+                f"{path} and {first_path} come from different runs ({details}); "
+                "delete the stale files and rerun the steps that make them"
+            )
+    sources.sort(key=lambda s: _row_range(s[1]))
+    _check_tiling(sources, m)
+    return sources
+
+
+def _run_attrs(meta: Mapping) -> dict:
+    """The attributes shared by every row file of one run (not the file's own row range)."""
+    return {k: v for k, v in meta.items() if k not in _SHARD_ONLY and k not in _DATASET_ONLY}
+
+
+def _row_range(meta: Mapping) -> tuple[int, int]:
+    return (meta["row_start"], meta["row_stop"]) if "row_start" in meta else (0, meta["m"])
+
+
+def _check_tiling(sources: list[tuple[str, dict]], m: int | None) -> None:
+    """FormatError naming every gap, overlap and overshoot unless the row ranges tile 0..m."""
+    problems, covered, last = [], 0, None
+    for path, meta in sources:
+        start, stop = _row_range(meta)
+        if start > covered:
+            where = f"between {last} and {path}" if last else f"before {path}"
+            problems.append(f"rows {covered}..{start} are missing ({where})")
+        elif start < covered:
+            problems.append(f"rows {start}..{min(stop, covered)} are in both {last} and {path}")
+        if m is not None and stop > m:
+            problems.append(f"{path} holds rows {start}..{stop}, beyond m={m}")
+        if stop > covered:
+            covered, last = stop, path
+    if m is not None and covered < m:
+        problems.append(f"rows {covered}..{m} are missing (after {last})")
+    if problems:
+        raise FormatError(
+            f"the files do not tile rows 0..{covered if m is None else m} exactly: {'; '.join(problems)}; "
+            "rerun the collect step for missing rows and delete stray or stale files"
+        )
+
+
+def _chunks(sources: list[tuple[str, dict]], chunk_rows: int) -> Iterator[tuple[np.ndarray, np.ndarray]]:
+    """(masks, outputs) blocks of exactly chunk_rows rows (the last may be shorter), across files."""
+    masks, outputs, held = [], [], 0
+    for path, _ in sources:
+        with _reading(path) as f:
+            mask_ds, output_ds = f["masks"], f["outputs"]
+            start, rows = 0, mask_ds.shape[0]
+            while start < rows:
+                stop = min(rows, start + chunk_rows - held)
+                masks.append(mask_ds[start:stop])
+                outputs.append(output_ds[start:stop])
+                held, start = held + stop - start, stop
+                if held == chunk_rows:
+                    yield np.concatenate(masks), np.concatenate(outputs)
+                    masks, outputs, held = [], [], 0
+    if held:
+        yield np.concatenate(masks), np.concatenate(outputs)

@@ -1,0 +1,51 @@
+"""Task functions for the task-loading tests, addressed by specs like "tests.tasks_for_tests:task"."""
+
+import torch
+from torch import nn
+
+from coar.task import Task
+
+
+class TinyNet(nn.Module):
+    """A 4-feature, 3-class classifier with BatchNorm (so eval mode matters)."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.layers = nn.Sequential(nn.Linear(4, 8), nn.BatchNorm1d(8), nn.ReLU(), nn.Linear(8, 3))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.layers(x)
+
+
+def task(params: dict) -> Task:
+    """``n`` (default 5) random examples for a randomly initialised TinyNet."""
+    generator = torch.Generator().manual_seed(params.get("seed", 0))
+    n = params.get("n", 5)
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(params.get("seed", 0))
+        model = TinyNet()
+    return Task(
+        model=model,
+        inputs=torch.randn(n, 4, generator=generator),
+        labels=torch.randint(0, 3, (n,), generator=generator),
+        reference_inputs=torch.randn(7, 4, generator=generator),
+        info={"params": params},
+    )
+
+
+def labels_one_short(params: dict) -> Task:
+    """Builds a task whose labels have one entry fewer than its inputs."""
+    return Task(model=TinyNet(), inputs=torch.zeros(5, 4), labels=torch.zeros(4, dtype=torch.long))
+
+
+def no_examples(params: dict) -> Task:
+    """Builds a task with zero examples."""
+    return Task(model=TinyNet(), inputs=torch.zeros(0, 4), labels=torch.zeros(0, dtype=torch.long))
+
+
+def returns_a_model(params: dict) -> nn.Module:
+    """Returns a model instead of a Task."""
+    return TinyNet()
+
+
+NOT_CALLABLE = 42
