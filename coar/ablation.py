@@ -155,11 +155,12 @@ class Ablation:
             raise ValueError(
                 f"masks must be a (k, {len(self.components)}) bool array, got {masks.dtype} of shape {tuple(masks.shape)}"
             )
+        host = masks.cpu()  # decide on the host which groups ablate anything: no device sync per group
+        used = [bool(host[:, b.group.start : b.group.stop].any()) for b in self._bound]
         masks = masks.to(self._device)
-        self._group_masks = []
-        for b in self._bound:
-            block = masks[:, b.group.start : b.group.stop]
-            self._group_masks.append(block.contiguous() if bool(block.any()) else None)
+        self._group_masks = [
+            masks[:, b.group.start : b.group.stop].contiguous() if u else None for b, u in zip(self._bound, used)
+        ]
         self._reached = set()
 
     def _fill(self, i: int, dtype: torch.dtype) -> torch.Tensor:

@@ -12,6 +12,7 @@ COAR_REQUIRE_EXT=1 to make a missing or broken extension an error instead.
 
 from __future__ import annotations
 
+import functools
 import os
 import warnings
 
@@ -45,9 +46,15 @@ if _LOAD_ERROR is None:
 
 def backend(device: str | torch.device = "cpu") -> str:
     """Which implementation `apply_masks_` uses on `device`: "compiled" or "reference"."""
+    return _backend_for(torch.device(device).type)
+
+
+@functools.lru_cache(maxsize=None)
+def _backend_for(device_type: str) -> str:
+    """Cached per device type: the op runs once per hooked module per forward pass."""
     if _LOAD_ERROR is not None:
         return "reference"
-    key = "CUDA" if torch.device(device).type == "cuda" else "CPU"
+    key = "CUDA" if device_type == "cuda" else "CPU"
     has = torch._C._dispatch_has_kernel_for_dispatch_key("coar::apply_masks_", key)
     return "compiled" if has else "reference"
 
@@ -114,7 +121,7 @@ def reference_apply_masks_(x: torch.Tensor, mask: torch.Tensor, fill: torch.Tens
 def apply_masks_(x: torch.Tensor, mask: torch.Tensor, fill: torch.Tensor, dim: int = 1) -> torch.Tensor:
     """Ablate units of `x` in place for k masks at once; returns `x` for chaining."""
     global _warned
-    if backend(x.device) == "compiled":
+    if _backend_for(x.device.type) == "compiled":
         torch.ops.coar.apply_masks_(x, mask, fill, dim)
         return x
     if not _warned:

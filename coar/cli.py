@@ -1,0 +1,129 @@
+"""The `coar` command line: one subcommand per workflow step, so every rule runs by hand too.
+
+    coar prepare  --task coar.tasks.digits:task --run-dir results/digits
+    coar collect  --run-dir results/digits --shard 0 --shards 4 --masks 4000 --alpha 0.05 --out shard-0.h5
+    coar merge    --run-dir results/digits --masks 4000 --out dataset.h5 shard-*.h5
+    coar fit      --run-dir results/digits --data dataset.h5 --out attributions.h5
+    coar evaluate --run-dir results/digits --attributions attributions.h5 --alpha 0.05 --heldout 0.05=h.h5
+    coar summarize --run-dir results/digits
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import sys
+from typing import Sequence
+
+
+def _csv(text: str) -> list[str]:
+    return [t for t in text.split(",") if t]
+
+
+def _kinds(text: str) -> str | list[str]:
+    return text if text in ("weight_rows", "all") else _csv(text)
+
+
+def _alpha_path(text: str) -> tuple[float, str]:
+    alpha, sep, path = text.partition("=")
+    if not sep:
+        raise argparse.ArgumentTypeError(f"expected ALPHA=PATH, got {text!r}")
+    return float(alpha), path
+
+
+def _parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog="coar", description="Component attribution via regression (COAR): one subcommand per workflow step.")
+    sub = p.add_subparsers(dest="command", required=True, metavar="COMMAND")
+
+    def add(name: str, help: str) -> argparse.ArgumentParser:
+        s = sub.add_parser(name, help=help, description=help, formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+        s.add_argument("--run-dir", required=True, help="run folder (results/<run>) holding task.pt, components.json, prepare.json")
+        return s
+
+    s = add("prepare", "Build the task (train the model if the task does), discover its components, save both.")
+    s.add_argument("--task", required=True, help="task function, 'package.module:function' or 'package.module'")
+    s.add_argument("--task-params", default="{}", type=json.loads, help="JSON object passed to the task function")
+    s.add_argument("--kinds", default="conv", type=_kinds, help="comma-separated unit kinds (conv,linear,head,qkv) or weight_rows / all")
+    s.add_argument("--include", default="*", type=_csv, help="comma-separated glob patterns of module names to keep")
+    s.add_argument("--exclude", default="", type=_csv, help="comma-separated glob patterns of module names to drop")
+
+    s = add("collect", "Sample one shard of ablation masks and record the ablated model's outputs on every example.")
+    s.add_argument("--out", required=True, help="shard HDF5 file to write (appears only when complete)")
+    s.add_argument("--shard", type=int, default=0, help="shard index (its masks depend on seed and this alone)")
+    s.add_argument("--shards", type=int, default=1, help="number of shards the masks are split into")
+    s.add_argument("--masks", type=int, required=True, help="total number of masks m over all shards")
+    s.add_argument("--alpha", type=float, required=True, help="probability that a component is ablated")
+    s.add_argument("--seed", type=int, default=0)
+    s.add_argument("--purpose", choices=["train", "heldout"], default="train", help="random stream: training or held-out masks")
+    s.add_argument("--stream", type=int, default=None, help="random stream index (default: the shard index)")
+    s.add_argument("--exclude-masks-of", default=None, help="dataset file whose masks must not be repeated (for held-out masks)")
+    s.add_argument("--ablation", choices=["weight", "zero", "mean"], default="weight")
+    s.add_argument("--output-fn", default=None, help="output function; default: the task's own")
+    s.add_argument("--masks-per-pass", type=int, default=8, help="masks evaluated in one batched forward pass")
+    s.add_argument("--max-batch", type=int, default=4096, help="most rows (masks x examples) per forward pass")
+    s.add_argument("--device", choices=["auto", "cpu", "cuda"], default="auto")
+    s.add_argument("--threads", type=int, default=None, help="torch CPU threads")
+
+    s = add("merge", "Check that shards belong to this run and tile all rows, then merge them into one dataset.")
+    s.add_argument("--out", required=True)
+    s.add_argument("--masks", type=int, required=True, help="total number of masks m the shards must cover")
+    s.add_argument("shards", nargs="+", help="shard files")
+
+    s = add("fit", "Fit one linear model per example (attributions) on a dataset, streamed in row chunks.")
+    s.add_argument("--data", required=True, help="merged dataset file")
+    s.add_argument("--out", required=True, help="attributions HDF5 file to write")
+    s.add_argument("--method", choices=["ols", "ridge", "lasso"], default="ols")
+    s.add_argument("--backend", choices=["auto", "numpy", "cupy"], default="auto")
+    s.add_argument("--chunk-rows", type=int, default=4096)
+
+    s = add("evaluate", "Correlate attribution predictions with true outputs on held-out masks.")
+    s.add_argument("--attributions", required=True)
+    s.add_argument("--alpha", type=float, required=True, help="training alpha (the headline numbers)")
+    s.add_argument("--heldout", type=_alpha_path, action="append", required=True, help="ALPHA=PATH of a held-out shard (repeat)")
+    s.add_argument("--out", required=True, help="evaluation.json to write")
+
+    s = add("summarize", "Write summary.md and plots from a finished run.")
+    s.add_argument("--evaluation", required=True)
+    s.add_argument("--timings", nargs="*", default=[], help="Snakemake benchmark files of the steps")
+    s.add_argument("--out", required=True, help="summary.md to write")
+    return p
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = _parser().parse_args(argv)
+    try:
+        _run(args)
+    except Exception as exc:  # one clear line for users; COAR_DEBUG=1 shows the traceback
+        if os.environ.get("COAR_DEBUG") == "1":
+            raise
+        print(f"coar {args.command}: error: {exc}", file=sys.stderr)
+        return 1
+    return 0
+
+
+def _run(args: argparse.Namespace) -> None:
+    from coar import steps  # imported late so `coar --help` is instant
+
+    if args.command == "prepare":
+        info = steps.prepare(args.task, args.task_params, args.kinds, args.include, args.exclude, args.run_dir)
+        print(json.dumps({k: info[k] for k in ("n_examples", "n_components", "task_info")}, indent=1))
+    elif args.command == "collect":
+        steps.collect(args.run_dir, args.out, shard=args.shard, shards=args.shards, masks=args.masks, alpha=args.alpha,
+                      seed=args.seed, ablation=args.ablation, output_fn=args.output_fn, masks_per_pass=args.masks_per_pass,
+                      max_batch=args.max_batch, device=args.device, purpose=args.purpose, stream=args.stream,
+                      exclude_masks_of=args.exclude_masks_of, threads=args.threads)
+    elif args.command == "merge":
+        steps.merge(args.run_dir, args.shards, args.out, args.masks)
+    elif args.command == "fit":
+        print(json.dumps(steps.fit(args.run_dir, args.data, args.out, method=args.method, backend=args.backend,
+                                   chunk_rows=args.chunk_rows)))
+    elif args.command == "evaluate":
+        result = steps.evaluate(args.run_dir, args.attributions, dict(args.heldout), args.alpha, args.out)
+        print(f"mean held-out correlation at alpha={args.alpha:g}: {result['mean_correlation']:.3f}")
+    elif args.command == "summarize":
+        print(steps.summarize(args.run_dir, args.evaluation, args.timings, args.out))
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,26 @@
+"""COAR's regression solver: per-example linear models of ablated-model outputs on masks.
+
+For m ablation masks X (m x N, 1 = ablated) and outputs Y (m x n examples), every example's
+model y ~ x @ w + b shares the design X, so the whole fit is one multi-output least-squares
+problem solved from streamed sufficient statistics (see coar.solver.stats).
+
+    fit((X, Y), "ols")                 # the published estimator
+    fit(lambda: iter_chunks(path, 4096), "ridge")   # streamed, penalty chosen per example
+"""
+
+from .backend import Backend, get_backend
+from .estimators import Fit, closed_form_bytes, fit, fit_stats
+from .iterative import StreamedDesign
+from .stats import GramStats, split_stats
+
+__all__ = [
+    "Backend",
+    "Fit",
+    "GramStats",
+    "StreamedDesign",
+    "closed_form_bytes",
+    "fit",
+    "fit_stats",
+    "get_backend",
+    "split_stats",
+]

@@ -1,0 +1,93 @@
+"""Array backends for the solver: numpy on the CPU, cupy on a CUDA GPU, behind one interface.
+
+Solver code is written once against `Backend.xp` (the numpy or cupy module) and the few linear
+algebra calls below, so both backends give the same answers up to floating-point rounding.
+cupy is imported lazily, only when asked for or when "auto" finds it installed with a visible
+device, so CPU-only installs never import it.
+"""
+
+from __future__ import annotations
+
+import importlib.util
+import os
+from dataclasses import dataclass
+from types import ModuleType
+from typing import Any, Literal
+
+import numpy as np
+
+BackendName = Literal["auto", "numpy", "cupy"]
+
+
+@dataclass(frozen=True)
+class Backend:
+    """An array module (`xp`) with its scipy-style linear algebra module (`linalg`)."""
+
+    name: str
+    xp: ModuleType
+    linalg: ModuleType
+
+    def to_numpy(self, a: Any) -> np.ndarray:
+        """Copy an array of this backend to host memory (no copy for numpy)."""
+        return a if self.xp is np else self.xp.asnumpy(a)
+
+    def memory_bytes(self) -> int:
+        """Total memory of the device the arrays live on (host RAM or GPU memory)."""
+        if self.xp is np:
+            return os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES")
+        return int(self.xp.cuda.Device().mem_info[1])
+
+    def cho_solve(self, a: Any, b: Any) -> Any:
+        """Solve a x = b for symmetric positive definite a by Cholesky (never an inverse).
+
+        Raises numpy.linalg.LinAlgError when a is not positive definite (numpy raises it itself;
+        cupy instead leaves NaNs in the factor, which the diagonal check catches).
+        """
+        low = self.xp.linalg.cholesky(a)
+        diag = self.xp.diagonal(low)
+        if not bool(self.xp.all(self.xp.isfinite(diag)) and self.xp.all(diag > 0)):
+            raise np.linalg.LinAlgError("matrix is not positive definite")
+        half = self.linalg.solve_triangular(low, b, lower=True)
+        return self.linalg.solve_triangular(low, half, lower=True, trans="T")
+
+
+def get_backend(name: BackendName | Backend = "auto") -> Backend:
+    """The backend called `name`; "auto" is cupy when it is installed and sees a GPU, else numpy."""
+    if isinstance(name, Backend):
+        return name
+    if name == "numpy":
+        return _numpy_backend()
+    if name not in ("auto", "cupy"):
+        raise ValueError(f"backend must be 'auto', 'numpy' or 'cupy', got {name!r}")
+    reason = _cupy_unusable()
+    if reason is None:
+        return _cupy_backend()
+    if name == "cupy":
+        raise RuntimeError(
+            f"backend='cupy' was requested but {reason}; use backend='numpy' or 'auto'"
+        )
+    return _numpy_backend()
+
+
+def _cupy_unusable() -> str | None:
+    """Why cupy cannot be used here, or None when it can. Imports cupy only if it is installed."""
+    if importlib.util.find_spec("cupy") is None:
+        return "cupy is not installed (pip install 'coar[gpu]', i.e. cupy-cuda12x)"
+    import cupy
+
+    if not cupy.cuda.is_available():
+        return "cupy is installed but sees no CUDA device"
+    return None
+
+
+def _numpy_backend() -> Backend:
+    import scipy.linalg
+
+    return Backend("numpy", np, scipy.linalg)
+
+
+def _cupy_backend() -> Backend:
+    import cupy
+    import cupyx.scipy.linalg
+
+    return Backend("cupy", cupy, cupyx.scipy.linalg)

@@ -1,0 +1,338 @@
+"""Fitting COAR attributions: the result type `Fit`, `fit` on data and `fit_stats` on statistics.
+
+`fit` turns masks and outputs (in memory or streamed) into sufficient statistics in one pass and
+hands them to `fit_stats`, which runs the estimator: OLS (the published one), or a ridge or
+lasso path whose penalty is chosen per example on held-out masks and then refit on all masks.
+The closed-form solvers work on the N x N Gram matrix; when that does not fit the memory budget,
+iterative solvers stream the masks again for every product with X'X and never form it.
+"""
+
+from __future__ import annotations
+
+import warnings
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass
+from functools import partial
+from itertools import chain
+from typing import Any, Literal
+
+import numpy as np
+
+from .backend import Backend, BackendName, get_backend
+from .iterative import Design, StreamedDesign, cg_solve
+from .lasso import default_lasso_lambdas, lasso_solve, lipschitz
+from .ols import ols_solve
+from .ridge import default_ridge_lambdas, ridge_path, ridge_solve
+from .stats import ChunkSource, GramStats, check_chunk, format_indices, split_stats
+
+Method = Literal["ols", "ridge", "lasso"]
+Solver = Literal["auto", "closed_form", "iterative"]
+PathPoint = tuple[Any, Any, Any]  # (lambda per example, validation SSE per example, weights)
+
+
+@dataclass(frozen=True)
+class Fit:
+    """Attributions of n examples over N components. Masks encode x_i = 1 as "i ablated".
+
+    weight: (n, N) float32; weight[z, i] is the predicted change of example z's output when
+        component i is ablated (the other components held fixed).
+    bias: (n,) float32; the predicted output with nothing ablated.
+    lam: (n,) penalty used for each example, in the method's scikit-learn units (0 for OLS).
+    score: (n,) validation R^2 of each example: the model fit on the training masks at the
+        chosen lam, scored on the held-out masks (R^2 about their own mean). NaN when there was
+        no validation (OLS, or a single lambda with val_every=None).
+    method: "ols", "ridge" or "lasso".
+    n_masks: the number of masks the final weights were fit on.
+    """
+
+    weight: np.ndarray
+    bias: np.ndarray
+    lam: np.ndarray
+    score: np.ndarray
+    method: str
+    n_masks: int
+
+    def predict(self, X: np.ndarray) -> np.ndarray:
+        """Predicted outputs (m x n) of the ablated model for masks X (m x N)."""
+        return np.asarray(X, dtype=np.float32) @ self.weight.T + self.bias
+
+
+def fit(
+    data: ChunkSource | tuple[np.ndarray, np.ndarray],
+    method: Method = "ols",
+    *,
+    lambdas: Any | None = None,
+    val_every: int | None = 10,
+    backend: BackendName | Backend = "auto",
+    solver: Solver = "auto",
+    max_memory_bytes: int | None = None,
+    tol: float | None = None,
+    max_iter: int = 1000,
+    block_rows: int | None = None,
+) -> Fit:
+    """Fit every example's linear model y ~ x @ w + b on masks X (m x N) and outputs Y (m x n).
+
+    data: a tuple (X, Y) of in-memory arrays, or a callable returning a fresh iterator of
+        (X, Y) row chunks (the iterative solver calls it once per pass; it must yield the same
+        rows in the same order every time).
+    method: "ols" (all masks, no penalty), "ridge" or "lasso" (penalty chosen per example).
+    lambdas: penalties to choose from, in scikit-learn units; default: a 13-point grid, see
+        `default_ridge_lambdas` and `default_lasso_lambdas`.
+    val_every: row i is a validation row when i % val_every == 0 (ridge and lasso; OLS fits
+        every row). None: no validation, only possible with a single lambda.
+    backend: "numpy", "cupy" (GPU) or "auto" (cupy when installed with a visible GPU).
+    solver: "closed_form" (Gram matrix), "iterative" (streamed products, for huge N) or "auto":
+        closed form when `closed_form_bytes` fits in max_memory_bytes (default: half of the
+        backend's memory).
+    tol, max_iter: stopping rule of the iterative solvers (lasso always iterates); tol defaults
+        to 1e-8 relative residual for conjugate gradients and 1e-7 * syy duality gap for lasso.
+    block_rows: rows per block when accumulating statistics (default ~128 MiB of temporaries).
+    """
+    _check_method(method)
+    source = _as_source(data)
+    backend = get_backend(backend)
+    chunks = iter(source())
+    first = next(chunks, None)
+    if first is None:
+        raise ValueError("the data hold no masks")
+    n_components, n_targets = (a.shape[1] for a in check_chunk(*first))
+    gram = _use_closed_form(
+        solver, closed_form_bytes(n_components, n_targets, method), backend, max_memory_bytes
+    )
+    val_every = None if method == "ols" else val_every
+    train, val = split_stats(
+        chain([first], chunks), val_every, backend=backend, gram=gram, block_rows=block_rows
+    )
+    if not gram:
+        train = StreamedDesign(train, source, "all" if val is None else "train", val_every)
+        val = None if val is None else StreamedDesign(val, source, "val", val_every)
+    return fit_stats(train, method, val=val, lambdas=lambdas, tol=tol, max_iter=max_iter)
+
+
+def fit_stats(
+    train: Design,
+    method: Method = "ols",
+    *,
+    val: Design | None = None,
+    lambdas: Any | None = None,
+    tol: float | None = None,
+    max_iter: int = 1000,
+) -> Fit:
+    """Fit from statistics: `train` (and, to choose a penalty, `val`) from `split_stats`, or a
+    merge of shards' GramStats, or StreamedDesigns for the iterative solvers.
+
+    Components that never vary in the masks get weight 0 (with a warning). Ridge and lasso
+    choose each example's lambda by validation SSE (ties go to the larger lambda), then refit
+    on train and val rows together at that lambda.
+    """
+    _check_method(method)
+    if method == "ols" and (val is not None or lambdas is not None):
+        raise ValueError(
+            "OLS has no penalty to choose: pass all rows as `train`, without `val` or `lambdas`"
+        )
+    n_components = train.n_components
+    full = train if val is None else train.merged(val)
+    active = _active_components(full)
+    if active is not None:
+        train, full = train.take(active), full.take(active)
+        val = None if val is None else val.take(active)
+    if method == "ols":
+        lam, score, W = _ols(full, tol, max_iter)
+    else:
+        lam, score, W = _penalised(method, train, val, full, lambdas, tol, max_iter)
+    to_numpy = full.backend.to_numpy
+    weight = _scatter(to_numpy(W), active, n_components)
+    return Fit(
+        weight=np.ascontiguousarray(weight.T, dtype=np.float32),
+        bias=to_numpy(full.intercept(W)).astype(np.float32),
+        lam=to_numpy(lam).astype(np.float64),
+        score=to_numpy(score).astype(np.float64),
+        method=method,
+        n_masks=full.count,
+    )
+
+
+def closed_form_bytes(n_components: int, n_targets: int, method: Method) -> int:
+    """Estimated peak memory of the closed-form solvers: N x N matrices (the Gram matrix, its
+    factor; for paths also the validation Gram matrix, eigenvectors and rotated copies) and
+    N x n ones (cross products, weights, solver state)."""
+    square = 3 if method == "ols" else 7
+    return 8 * (square * n_components**2 + 12 * n_components * n_targets)
+
+
+def _as_source(data: ChunkSource | tuple[np.ndarray, np.ndarray]) -> ChunkSource:
+    if callable(data):
+        return data
+    if isinstance(data, tuple) and len(data) == 2:
+        X, Y = data
+        return lambda: iter([(X, Y)])
+    raise TypeError(
+        "data must be a tuple (X, Y) of arrays or a callable returning an iterator of (X, Y) "
+        "chunks (called once per pass, so a plain generator object will not do)"
+    )
+
+
+def _use_closed_form(
+    solver: Solver, needed_bytes: int, backend: Backend, max_memory_bytes: int | None
+) -> bool:
+    if solver not in ("auto", "closed_form", "iterative"):
+        raise ValueError(f"solver must be 'auto', 'closed_form' or 'iterative', got {solver!r}")
+    if solver != "auto":
+        return solver == "closed_form"
+    budget = backend.memory_bytes() // 2 if max_memory_bytes is None else max_memory_bytes
+    return needed_bytes <= budget
+
+
+def _check_method(method: str) -> None:
+    if method not in ("ols", "ridge", "lasso"):
+        raise ValueError(f"method must be 'ols', 'ridge' or 'lasso', got {method!r}")
+
+
+def _dense(design: Design) -> bool:
+    return isinstance(design, GramStats) and design.sxx is not None
+
+
+def _active_components(full: Design) -> np.ndarray | None:
+    """Indices of components that vary in the masks, or None when all do (warns otherwise).
+
+    A 0/1 column with c ones in m rows has centred sum of squares c (m - c) / m: exactly 0 when
+    the component is never or always ablated, else at least (m - 1) / m >= 1/2. The data say
+    nothing about a constant component, so its weight is set to 0 (the minimum-norm choice).
+    """
+    diag = full.backend.to_numpy(full.sxx_diag)
+    constant = np.flatnonzero(diag < 0.5)
+    if constant.size == 0:
+        return None
+    if constant.size == diag.size:
+        raise ValueError("no component varies across the masks: each is never or always ablated")
+    warnings.warn(
+        f"{constant.size} of {diag.size} components are never or always ablated in the masks, so "
+        "the data say nothing about them; their weight is set to 0: components "
+        + format_indices(constant, 20),
+        RuntimeWarning,
+        stacklevel=3,
+    )
+    return np.flatnonzero(diag >= 0.5)
+
+
+def _scatter(W: np.ndarray, active: np.ndarray | None, n_components: int) -> np.ndarray:
+    if active is None:
+        return W
+    full = np.zeros((n_components, W.shape[1]), dtype=W.dtype)
+    full[active] = W
+    return full
+
+
+def _require_overdetermined(full: Design) -> None:
+    if full.count <= full.n_components:
+        raise ValueError(
+            f"OLS on {full.count} masks and {full.n_components} components is underdetermined: "
+            "it needs more masks than components (m > N), else the weights are not unique; use "
+            "method='ridge' or 'lasso', or draw more masks"
+        )
+
+
+def _ols(full: Design, tol: float | None, max_iter: int) -> tuple[Any, Any, Any]:
+    """(lam = 0, score = NaN, W) of OLS on all rows."""
+    xp = full.backend.xp
+    _require_overdetermined(full)
+    lam = xp.zeros(full.n_targets)
+    W = ols_solve(full) if _dense(full) else _iterative("ols", tol, max_iter)(full, lam)
+    return lam, xp.full(full.n_targets, np.nan), W
+
+
+def _penalised(
+    method: Method,
+    train: Design,
+    val: Design | None,
+    full: Design,
+    lambdas: Any | None,
+    tol: float | None,
+    max_iter: int,
+) -> tuple[Any, Any, Any]:
+    """(lam, validation R^2, W) of ridge or lasso: each example's lambda chosen on `val` (or
+    the single lambda given, without validation), then the fit on `full` at that lambda."""
+    xp = full.backend.xp
+    grid = xp.asarray(_lambda_grid(method, train, lambdas))
+    if val is None:
+        if grid.shape[0] > 1:
+            raise ValueError(
+                "choosing among several lambdas needs validation rows: set val_every (fit) "
+                "or pass val (fit_stats), or give a single lambda"
+            )
+        W = _solve(method, full, grid[0], None, tol, max_iter)
+        return grid[0], xp.full(full.n_targets, np.nan), W
+    lam, sse, W0 = _select(_path(method, train, val, grid, tol, max_iter))
+    positive = val.syy > 0  # R^2 is undefined for an example constant on the validation rows
+    score = xp.where(positive, 1 - sse / xp.where(positive, val.syy, 1.0), np.nan)
+    return lam, score, _solve(method, full, lam, W0, tol, max_iter)
+
+
+def _lambda_grid(method: Method, train: Design, lambdas: Any | None) -> np.ndarray:
+    """Penalties to try, L x n (one column per example), each column in decreasing order."""
+    if lambdas is None:
+        grid = default_ridge_lambdas(train) if method == "ridge" else default_lasso_lambdas(train)
+    else:
+        grid = np.sort(np.asarray(lambdas, dtype=np.float64).ravel())[::-1]
+        if grid.size == 0 or not np.all(np.isfinite(grid) & (grid > 0)):
+            raise ValueError(f"lambdas must be positive finite numbers, got {lambdas!r}")
+    grid = grid if grid.ndim == 2 else grid[:, None]
+    return np.ascontiguousarray(np.broadcast_to(grid, (grid.shape[0], train.n_targets)))
+
+
+def _iterative(
+    method: Method, tol: float | None, max_iter: int, design: Design | None = None
+) -> Callable[..., Any]:
+    """The iterative solver of a method: solve(design, lam, W0=None) -> W.
+
+    Given the design it will run on, lasso's step size is computed once for all its calls.
+    """
+    options: dict[str, Any] = {"max_iter": max_iter} | ({} if tol is None else {"tol": tol})
+    if method != "lasso":
+        return partial(cg_solve, **options)
+    if design is not None:
+        options["step"] = 1.0 / lipschitz(design)
+    return partial(lasso_solve, **options)
+
+
+def _path(
+    method: Method, train: Design, val: Design, grid: Any, tol: float | None, max_iter: int
+) -> Iterator[PathPoint]:
+    if method == "ridge" and _dense(train):
+        return ridge_path(train, val, grid)
+    return _warm_path(_iterative(method, tol, max_iter, train), train, val, grid)
+
+
+def _warm_path(
+    solve: Callable[..., Any], train: Design, val: Design, grid: Any
+) -> Iterator[PathPoint]:
+    """Solve at each lambda, warm-started from the previous one, and score on `val`."""
+    W = None
+    for lam in grid:
+        W = solve(train, lam, W)
+        yield lam, val.sse(W, train.intercept(W)), W
+
+
+def _select(path: Iterator[PathPoint]) -> PathPoint:
+    """Per example, the path point with the smallest validation SSE (first one on ties)."""
+    best_lam = best_sse = best_W = None
+    for lam, sse, W in path:
+        if best_sse is None:
+            best_lam, best_sse = lam.copy(), sse.copy()
+            best_W = None if W is None else W.copy()
+            continue
+        better = sse < best_sse
+        best_lam[better] = lam[better]
+        best_sse[better] = sse[better]
+        if W is not None:
+            best_W[:, better] = W[:, better]
+    return best_lam, best_sse, best_W
+
+
+def _solve(
+    method: Method, full: Design, lam: Any, W0: Any, tol: float | None, max_iter: int
+) -> Any:
+    """Weights on all rows at each example's lambda (ridge: closed form when dense)."""
+    if method == "ridge" and _dense(full):
+        return ridge_solve(full, lam)
+    return _iterative(method, tol, max_iter)(full, lam, W0)
