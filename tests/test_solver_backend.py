@@ -23,10 +23,8 @@ def cupy_usable():
 @pytest.fixture
 def no_cupy(monkeypatch):
     """Pretend cupy is not installed."""
-    real_find_spec = importlib.util.find_spec
-    monkeypatch.setattr(
-        importlib.util, "find_spec", lambda name, *a: None if name == "cupy" else real_find_spec(name, *a)
-    )
+    real = importlib.util.find_spec
+    monkeypatch.setattr(importlib.util, "find_spec", lambda name, *a: None if name == "cupy" else real(name, *a))
 
 
 @pytest.fixture
@@ -34,11 +32,9 @@ def cupy_without_gpu(monkeypatch):
     """Pretend cupy is installed but sees no CUDA device."""
     fake = types.ModuleType("cupy")
     fake.cuda = types.SimpleNamespace(is_available=lambda: False)
-    real_find_spec = importlib.util.find_spec
+    real = importlib.util.find_spec
     monkeypatch.setitem(sys.modules, "cupy", fake)
-    monkeypatch.setattr(
-        importlib.util, "find_spec", lambda name, *a: object() if name == "cupy" else real_find_spec(name, *a)
-    )
+    monkeypatch.setattr(importlib.util, "find_spec", lambda name, *a: object() if name == "cupy" else real(name, *a))
 
 
 def test_numpy_backend_is_numpy():
@@ -80,7 +76,10 @@ def test_fitting_without_cupy_installed_never_imports_it():
 
 
 @pytest.mark.skipif(not cupy_usable(), reason="needs cupy with a CUDA device")
-@pytest.mark.parametrize("method, solver", [("ols", "closed_form"), ("ridge", "closed_form"), ("lasso", "closed_form"), ("ridge", "iterative")])
+@pytest.mark.parametrize(
+    "method, solver",
+    [("ols", "closed_form"), ("ridge", "closed_form"), ("lasso", "closed_form"), ("ridge", "iterative")],
+)
 def test_cupy_gives_the_numpy_answer(method, solver):
     rng = np.random.default_rng(0)
     X = rng.random((1500, 60)) < 0.1

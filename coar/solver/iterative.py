@@ -16,7 +16,7 @@ from typing import Any
 import numpy as np
 
 from .backend import Backend
-from .stats import ChunkSource, GramStats, Part, column_dot, iter_part
+from .stats import ChunkSource, GramStats, Part, Scratch, column_dot, iter_part
 
 
 class StreamedDesign:
@@ -115,10 +115,11 @@ class StreamedDesign:
     def _blocks(self) -> Iterator[tuple[Any, Any]]:
         """The rows as float64 arrays of the backend, block by block."""
         xp = self.backend.xp
+        scratch = Scratch(xp)
         for X, Y in iter_part(self.source(), self.part, self.val_every, self.stats.block_rows):
             if self.columns is not None:
                 X = X[:, self.columns]
-            yield xp.asarray(X).astype(xp.float64), xp.asarray(Y).astype(xp.float64)
+            yield scratch.fill("masks", X, xp.float64), scratch.fill("outputs", Y, xp.float64)
 
 
 Design = GramStats | StreamedDesign  # what the solvers run on: dense or streamed statistics

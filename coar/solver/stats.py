@@ -156,13 +156,14 @@ class GramStats:
         offset = self.mean_y - self.mean_x @ W - b
         return xp.maximum(self.syy - 2 * cross + quad + self.count * offset * offset, 0.0)
 
-    def _accumulate(self, X: np.ndarray, Y: np.ndarray) -> None:
+    def _accumulate(self, X: np.ndarray, Y: np.ndarray, scratch: Scratch | None = None) -> None:
         """Add checked rows, in blocks of at most block_rows rows."""
         xp = self.backend.xp
+        scratch = scratch or Scratch(xp)
         for start in range(0, X.shape[0], self.block_rows):
-            xf = xp.asarray(X[start : start + self.block_rows]).astype(xp.float32)
+            xf = scratch.fill("masks32", X[start : start + self.block_rows], xp.float32)
             ones = xp.sum(xf, axis=0, dtype=xp.float64)
-            block = self._block_moments(xf, ones, Y[start : start + self.block_rows])
+            block = self._block_moments(xf, ones, Y[start : start + self.block_rows], scratch)
             dx, scale = self._merge_moments(block)
             if self.sxx is not None:
                 # The block's centred Gram matrix is X'X - ones mean_x' (X'X in float32 is exact
@@ -170,17 +171,17 @@ class GramStats:
                 self.sxx += xf.T @ xf
                 self.sxx -= xp.stack([ones, -scale * dx], 1) @ xp.stack([block.mean_x, dx])
 
-    def _block_moments(self, xf: Any, ones: Any, Y: np.ndarray) -> GramStats:
+    def _block_moments(self, xf: Any, ones: Any, Y: np.ndarray, scratch: Scratch) -> GramStats:
         """Statistics other than Sxx of one block of checked rows: masks xf (float32), their
         column sums `ones`, outputs Y."""
         xp = self.backend.xp
         rows = xf.shape[0]
         mean_x = ones / rows
-        yc = xp.asarray(Y).astype(xp.float64)
+        yc = scratch.fill("outputs", Y, xp.float64)
         mean_y = xp.mean(yc, axis=0)
         yc -= mean_y
         # Xc'Yc = X'Yc - mean_x (1'Yc); the second term only removes rounding in 1'Yc = 0.
-        sxy = xf.astype(xp.float64).T @ yc
+        sxy = scratch.fill("masks64", xf, xp.float64).T @ yc
         sxy -= xp.outer(mean_x, xp.sum(yc, axis=0))
         return self._with(
             count=rows,
@@ -246,8 +247,10 @@ def split_stats(
     if val_every is not None and val_every < 2:
         raise ValueError(f"val_every must be at least 2 (or None: no validation), got {val_every}")
     backend = get_backend(backend)
+    parts = ("train",) if val_every is None else ("train", "val")
     stats: dict[str, GramStats] = {}
     pending: dict[str, _Blocks] = {}
+    scratch = Scratch(backend.xp)
     shape = None
     bad_rows, bad_examples = [], []
     offset = 0
@@ -255,7 +258,7 @@ def split_stats(
         X, Y = check_chunk(X, Y, offset=offset, shape=shape)
         if shape is None:
             shape = (X.shape[1], Y.shape[1])
-            for part in ("train", "val"):
+            for part in parts:
                 stats[part] = GramStats(*shape, backend=backend, gram=gram, block_rows=block_rows)
                 pending[part] = _Blocks(stats[part].block_rows)
         rows, examples = nonfinite_outputs(Y)
@@ -265,16 +268,16 @@ def split_stats(
         if not bad_rows:
             for part, X_part, Y_part in _split_chunk(X, Y, offset, val_every):
                 for block in pending[part].push(X_part, Y_part):
-                    stats[part]._accumulate(*block)
+                    stats[part]._accumulate(*block, scratch)
         offset += X.shape[0]
     if bad_rows:
         raise _nonfinite_error(np.concatenate(bad_rows), np.unique(np.concatenate(bad_examples)))
     if shape is None:
         raise ValueError("the chunk stream is empty: no masks to fit")
-    for part in ("train", "val"):
+    for part in parts:
         for block in pending[part].flush():
-            stats[part]._accumulate(*block)
-    return stats["train"], (None if val_every is None else stats["val"])
+            stats[part]._accumulate(*block, scratch)
+    return stats["train"], stats.get("val")
 
 
 def iter_part(
@@ -393,6 +396,25 @@ class _Blocks:
         if X.shape[0]:
             self._pieces.append((X.copy(), Y.copy()))
             self._count += X.shape[0]
+
+
+class Scratch:
+    """Block-sized buffers reused from block to block, so that converting a block does not pay
+    for page faults of fresh large arrays every time."""
+
+    def __init__(self, xp: Any) -> None:
+        self.xp = xp
+        self._buffers: dict[str, Any] = {}
+
+    def fill(self, name: str, values: Any, dtype: Any) -> Any:
+        """`values` converted to `dtype`, in the buffer called `name` (grown when needed)."""
+        buffer = self._buffers.get(name)
+        rows, *rest = values.shape
+        if buffer is None or buffer.shape[0] < rows or list(buffer.shape[1:]) != rest:
+            buffer = self._buffers[name] = self.xp.empty(values.shape, dtype)
+        out = buffer[:rows]
+        out[...] = self.xp.asarray(values)
+        return out
 
 
 def _copy(a: Any) -> Any:
