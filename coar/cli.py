@@ -6,6 +6,11 @@
     coar fit      --run-dir results/digits --data dataset.h5 --out attributions.h5
     coar evaluate --run-dir results/digits --attributions attributions.h5 --alpha 0.05 --heldout 0.05=h.h5
     coar summarize --run-dir results/digits
+    coar baseline --run-dir results/digits --method loo --out baselines/loo.h5
+    coar compare  --run-dir results/digits --alpha 0.05 --method coar=attributions.h5 --method loo=baselines/loo.h5 \
+                  --heldout 0.05=h.h5 --out comparison.json --table comparison.md
+    coar figures  --run-dir results/digits --comparison comparison.json --method coar=attributions.h5 \
+                  --heldout 0.05=h.h5 --plots-dir plots
 """
 
 from __future__ import annotations
@@ -30,6 +35,13 @@ def _alpha_path(text: str) -> tuple[float, str]:
     if not sep:
         raise argparse.ArgumentTypeError(f"expected ALPHA=PATH, got {text!r}")
     return float(alpha), path
+
+
+def _name_path(text: str) -> tuple[str, str]:
+    name, sep, path = text.partition("=")
+    if not sep or not name:
+        raise argparse.ArgumentTypeError(f"expected NAME=PATH, got {text!r}")
+    return name, path
 
 
 def _parser() -> argparse.ArgumentParser:
@@ -87,6 +99,37 @@ def _parser() -> argparse.ArgumentParser:
     s.add_argument("--evaluation", required=True)
     s.add_argument("--timings", nargs="*", default=[], help="Snakemake benchmark files of the steps")
     s.add_argument("--out", required=True, help="summary.md to write")
+
+    s = add("baseline", "Attribute with a baseline method (leave-one-out, grad x param, conductance, internal influence).")
+    s.add_argument("--method", required=True, choices=["loo", "grad_x_param", "conductance", "internal_influence"])
+    s.add_argument("--out", required=True, help="attributions HDF5 file to write (same format as COAR's)")
+    s.add_argument("--ablation", choices=["weight", "zero", "mean"], default="weight", help="ablation that loo and grad_x_param model")
+    s.add_argument("--output-fn", default=None, help="output function; default: the task's own")
+    s.add_argument("--masks-per-pass", type=int, default=8, help="loo: masks evaluated in one batched forward pass")
+    s.add_argument("--max-batch", type=int, default=4096, help="most rows (masks x examples, or path points x examples) per pass")
+    s.add_argument("--n-steps", type=int, default=50, help="conductance, internal_influence: integration steps")
+    s.add_argument("--device", choices=["auto", "cpu", "cuda"], default="auto")
+    s.add_argument("--threads", type=int, default=None, help="torch CPU threads")
+
+    s = add("compare", "Score COAR and baselines on the same held-out masks: the methods x alphas table.")
+    s.add_argument("--method", type=_name_path, action="append", required=True, help="NAME=PATH of an attributions file (repeat)")
+    s.add_argument("--alpha", type=float, required=True, help="training alpha")
+    s.add_argument("--heldout", type=_alpha_path, action="append", required=True, help="ALPHA=PATH of a held-out shard (repeat)")
+    s.add_argument("--out", required=True, help="comparison.json to write")
+    s.add_argument("--table", required=True, help="Markdown table to write")
+
+    s = add("figures", "Draw the report's figures from a comparison (PNG files in --plots-dir).")
+    s.add_argument("--comparison", required=True, help="comparison.json")
+    s.add_argument("--method", type=_name_path, action="append", required=True,
+                   help="NAME=PATH of an attributions file (repeat; the first picks examples and gives per-layer sums)")
+    s.add_argument("--heldout", type=_alpha_path, action="append", required=True, help="ALPHA=PATH of a held-out shard (repeat)")
+    s.add_argument("--timings", nargs="*", default=[], help="Snakemake benchmark files of the steps")
+    s.add_argument("--plots-dir", required=True)
+
+    s = add("edit", "COAR-Edit task on offline digits: train, attribute, edit, report in <run-dir>/edits/<task>/.")
+    s.add_argument("--task", required=True, help="fix_errors, forget_class, subpopulation, backdoor or typographic (coar.edit_tasks.TASKS)")
+    s.add_argument("--params", default="{}", type=json.loads, help="JSON object of task params (defaults: coar.edit_tasks.<task>.DEFAULTS)")
+    s.add_argument("--threads", type=int, default=None, help="torch CPU threads")
     return p
 
 
@@ -123,6 +166,22 @@ def _run(args: argparse.Namespace) -> None:
         print(f"mean held-out correlation at alpha={args.alpha:g}: {result['mean_correlation']:.3f}")
     elif args.command == "summarize":
         print(steps.summarize(args.run_dir, args.evaluation, args.timings, args.out))
+    elif args.command == "baseline":
+        print(json.dumps(steps.baseline(args.run_dir, args.out, method=args.method, ablation=args.ablation,
+                                        output_fn=args.output_fn, masks_per_pass=args.masks_per_pass,
+                                        max_batch=args.max_batch, n_steps=args.n_steps, device=args.device,
+                                        threads=args.threads)))
+    elif args.command == "compare":
+        result = steps.compare(args.run_dir, dict(args.method), dict(args.heldout), args.alpha, args.out, args.table)
+        print(f"mean held-out correlation at alpha={args.alpha:g}: "
+              + ", ".join(f"{m} {r[result['alpha']]:.3f}" for m, r in result["mean_correlation"].items()))
+    elif args.command == "figures":
+        for path in steps.figures(args.run_dir, args.comparison, dict(args.method), dict(args.heldout), args.timings,
+                                  args.plots_dir):
+            print(path)
+    elif args.command == "edit":
+        report = steps.edit(args.run_dir, args.task, args.params, threads=args.threads)
+        print(json.dumps({"results": report["results"], "all_targets_met": report["all_targets_met"]}, indent=1))
 
 
 if __name__ == "__main__":

@@ -7,6 +7,8 @@ correlation and the mean absolute error.
 
 from __future__ import annotations
 
+from typing import Mapping, Sequence
+
 import numpy as np
 from scipy.stats import rankdata
 
@@ -51,3 +53,37 @@ def score(true: np.ndarray, pred: np.ndarray, example_ids: list[str], worst: int
         "worst_examples": [{"example": example_ids[i], "correlation": float(r[i])} for i in order],
         "correlations": [None if not np.isfinite(v) else float(v) for v in r],
     }
+
+
+def compare(models: Mapping[str, tuple[np.ndarray, np.ndarray]], heldout: Mapping[str, tuple[np.ndarray, np.ndarray]],
+            example_ids: list[str]) -> dict[str, dict[str, dict]]:
+    """`score` of every method's linear models (weight, bias) on every held-out set (masks, outputs).
+
+    All methods meet the same held-out masks, so the result, indexed [method][alpha], is a
+    side-by-side comparison.
+    """
+    return {method: {alpha: score(outputs, predict(weight, bias, masks), example_ids)
+                     for alpha, (masks, outputs) in heldout.items()}
+            for method, (weight, bias) in models.items()}
+
+
+def correlation_table(comparison: Mapping[str, Mapping[str, dict]], train_alpha: str,
+                      key: str = "mean_correlation") -> str:
+    """Markdown table of `key` with one row per method and one column per alpha (the training one marked)."""
+    alphas = list(next(iter(comparison.values())))
+    header = [f"{a} (training)" if a == train_alpha else a for a in alphas]
+    lines = [f"| method | {' | '.join(header)} |", "|---" * (len(alphas) + 1) + "|"]
+    lines += [f"| {method} | " + " | ".join(f"{by_alpha[a][key]:.3f}" for a in alphas) + " |"
+              for method, by_alpha in comparison.items()]
+    return "\n".join(lines)
+
+
+def module_totals(weight: np.ndarray, modules: Sequence[str]) -> dict[str, tuple[float, float]]:
+    """Per module (layer), in component order: the mean over examples of the summed attribution
+    of its components (the predicted effect of ablating them all) and of the summed magnitudes."""
+    totals: dict[str, tuple[float, float]] = {}
+    modules = np.asarray(modules)
+    for module in dict.fromkeys(modules.tolist()):
+        w = weight[:, modules == module].astype(np.float64)
+        totals[module] = (float(w.sum(1).mean()), float(np.abs(w).sum(1).mean()))
+    return totals

@@ -25,7 +25,7 @@ from coar.fingerprint import model_fingerprint, tensors_fingerprint
 from coar.forward import run_masked
 from coar.masks import drop_rows_in, sample_masks, shard_ranges
 from coar.outputs import resolve_output_fn
-from coar.task import load_saved_task, load_task, save_task
+from coar.task import Task, load_saved_task, load_task, save_task
 
 
 def resolve_device(device: str) -> torch.device:
@@ -210,3 +210,124 @@ def summarize(run_dir: str | Path, evaluation: str | Path, timings: Sequence[str
     with atomic_path(out) as tmp:
         tmp.write_text(text)
     return text
+
+
+def _load_run(run_dir: str | Path) -> tuple[Task, ComponentSet]:
+    """The saved task and component list of a run, checked against what `prepare` recorded."""
+    info = run_info(run_dir)
+    task = load_saved_task(_run_file(run_dir, "task.pt"))
+    components = ComponentSet.load(_run_file(run_dir, "components.json"))
+    if model_fingerprint(task.model) != info["model_fingerprint"] or components.fingerprint != info["components_fingerprint"]:
+        raise RuntimeError(f"{run_dir}: task.pt or components.json changed after prepare; rerun the prepare step")
+    return task, components
+
+
+def baseline(run_dir: str | Path, out: str | Path, *, method: str, ablation: str, output_fn: str | None,
+             masks_per_pass: int, max_batch: int, n_steps: int, device: str, threads: int | None = None) -> dict:
+    """Attributions of one baseline method (coar.baselines), written like COAR's ("1 = ablated")."""
+    from coar import baselines
+
+    if threads:
+        torch.set_num_threads(threads)
+    expect = run_expect(run_dir)
+    task, components = _load_run(run_dir)
+    fn_name = output_fn or task.output_fn
+    start = time.perf_counter()
+    result = baselines.attribute(method, task.model.to(resolve_device(device)), components, task.inputs, task.labels,
+                                 resolve_output_fn(fn_name), mode=ablation, reference_inputs=task.reference_inputs,
+                                 masks_per_pass=masks_per_pass, max_batch=max_batch, n_steps=n_steps)
+    seconds = time.perf_counter() - start
+    h5format.write_attributions(out, result.weight, result.bias, np.zeros(len(result.bias)), components.table(),
+                                task.example_ids, {
+        "encoding": h5format.ENCODING, "solver": "coar.baselines", "method": method,
+        "n_masks": len(components) + 1 if method == "loo" else 0, "ablation": ablation, "output_fn": fn_name,
+        **{k: expect[k] for k in ("model_fingerprint", "components_fingerprint", "examples_fingerprint")},
+    })
+    return {"method": method, "seconds": seconds}
+
+
+def _read_heldout(run_dir: str | Path, heldout: dict[float, str | Path]) -> dict[str, tuple[np.ndarray, np.ndarray]]:
+    """(masks, outputs) of every held-out file, keyed by alpha as text, in alpha order."""
+    expect = run_expect(run_dir)
+    return {f"{alpha:g}": _read_rows(path, {**expect, "alpha": alpha}) for alpha, path in sorted(heldout.items())}
+
+
+def _read_methods(run_dir: str | Path, attributions: dict[str, str | Path]) -> dict[str, h5format.Attributions]:
+    """Every method's attributions file, checked to belong to this run."""
+    expect = run_expect(run_dir)
+    fingerprints = {k: expect[k] for k in ("model_fingerprint", "components_fingerprint", "examples_fingerprint")}
+    return {method: h5format.read_attributions(path, expect=fingerprints) for method, path in attributions.items()}
+
+
+def compare(run_dir: str | Path, attributions: dict[str, str | Path], heldout: dict[float, str | Path],
+            train_alpha: float, out: str | Path, table: str | Path) -> dict:
+    """Score COAR and the baselines on the same held-out masks: comparison.json and a Markdown table."""
+    from coar.evaluate import compare as compare_methods, correlation_table
+
+    methods = _read_methods(run_dir, attributions)
+    ids = next(iter(methods.values())).example_ids
+    by_method = compare_methods({m: (a.weight, a.bias) for m, a in methods.items()}, _read_heldout(run_dir, heldout), ids)
+    train = f"{train_alpha:g}"
+    result = {
+        "alpha": train,
+        "methods": list(by_method),
+        "alphas": list(next(iter(by_method.values()))),
+        "mean_correlation": {m: {a: r["mean_correlation"] for a, r in by_alpha.items()} for m, by_alpha in by_method.items()},
+        "by_method": by_method,
+    }
+    write_json(out, result)
+    text = "\n".join([
+        f"# Mean held-out correlation per method and alpha: run `{Path(run_dir).name}`",
+        "",
+        f"Pearson correlation, per example, of predicted and true outputs across held-out masks; "
+        f"mean over {len(ids)} examples. Training alpha {train}.",
+        "",
+        correlation_table(by_method, train),
+        "",
+    ])
+    with atomic_path(table) as tmp:
+        tmp.write_text(text)
+    return result
+
+
+FIGURES = ("correlation_table.png", "correlation_distributions.png", "predicted_vs_true.png",
+           "layer_attributions.png", "step_timings.png")
+
+
+def figures(run_dir: str | Path, comparison: str | Path, attributions: dict[str, str | Path],
+            heldout: dict[float, str | Path], timings: Sequence[str | Path], plots_dir: str | Path,
+            examples: int = 4) -> list[Path]:
+    """The report's figures (FIGURES, as PNG in `plots_dir`).
+
+    The first method in `attributions` (COAR) picks the scatter plots' examples (its worst,
+    best and evenly spaced ranks between) and gives the per-layer sums.
+    """
+    from coar import plots
+    from coar.evaluate import module_totals
+
+    result = json.loads(Path(comparison).read_text())
+    train, plots_dir = result["alpha"], Path(plots_dir)
+    paths = [plots_dir / name for name in FIGURES]
+    plots.correlation_table(result["mean_correlation"], train, paths[0])
+    plots.correlation_distributions({m: r[train]["correlations"] for m, r in result["by_method"].items()}, train, paths[1])
+
+    methods = _read_methods(run_dir, attributions)
+    reference = next(iter(methods.values()))
+    masks, outputs = _read_heldout(run_dir, heldout)[train]
+    r = np.array([np.nan if v is None else v for v in result["by_method"][next(iter(methods))][train]["correlations"]])
+    ranked = np.argsort(np.where(np.isfinite(r), r, -np.inf))
+    picks = ranked[np.linspace(0, len(ranked) - 1, min(examples, len(ranked))).round().astype(int)]
+    plots.predicted_vs_true(outputs[:, picks], {m: predict(a.weight[picks], a.bias[picks], masks) for m, a in methods.items()},
+                            [reference.example_ids[i] for i in picks], paths[2])
+    plots.layer_attributions(module_totals(reference.weight, [c[0] for c in reference.components]), paths[3])
+    plots.step_timings(_step_seconds(timings), paths[4])
+    return paths
+
+
+def edit(run_dir: str | Path, task: str, params: dict, threads: int | None = None) -> dict:
+    """Run COAR-Edit task `task` (coar.edit_tasks) and write its results into <run_dir>/edits/<task>/."""
+    from coar.edit_tasks import run_task
+
+    if threads:
+        torch.set_num_threads(threads)
+    return run_task(task, params, Path(run_dir) / "edits" / task)

@@ -1,3 +1,38 @@
+import json
+import math
+from pathlib import Path
+
+from coar.masks import shard_ranges
+
+# Cluster resources of a collect job, derived from its shard's size (docs/scaling.md). With
+# rows = the job's masks, n = examples and N = components (prepare.json) and task = the size of
+# task.pt in MiB:
+#   mem_mb  = attempt * (1500 + 2 task + 3 rows (4 n + N) / 2**20)
+#   runtime = attempt * (10 + rows n N SECONDS / 60)   minutes
+# SECONDS is a conservative cost of one ablated forward pass per example and component: 3e-5 s
+# per CPU thread (GPT-2, the slowest per component of the published models, measured on one
+# thread here) and 3e-8 s on a GPU (the published CIFAR-10 setup's rate, the slowest). `attempt`
+# counts retries, so a job killed for time or memory asks for more; profiles may override either
+# value (`set-resources`). A GPU is requested only with `device: cuda`: clusters refuse GPU
+# requests where they have none.
+CUDA = config["device"] == "cuda"
+SECONDS = 3e-8 if CUDA else 3e-5
+COLLECT_GPU = {"gpu": 1} if CUDA else {}
+SHARD_ROWS = [stop - start for start, stop in shard_ranges(config["masks"], config["shards"])]
+HELDOUT_ROWS = config["evaluation"]["heldout_masks"]
+# Sizes from the prepare step's files; before they exist Snakemake shows the resources as <TBD>.
+run_sizes = lambda: {
+    **json.loads(Path(rules.prepare.output.info).read_text()),
+    "task_mib": os.path.getsize(rules.prepare.output.task) / 2**20,
+}
+collect_mem_mb = lambda rows, attempt, s: math.ceil(
+    attempt * (1500 + 2 * s["task_mib"] + 3 * rows * (4 * s["n_examples"] + s["n_components"]) / 2**20)
+)
+collect_runtime = lambda rows, attempt, threads, s: math.ceil(
+    attempt * (10 + rows * s["n_examples"] * s["n_components"] * SECONDS / (1 if CUDA else threads) / 60)
+)
+
+
 rule collect:
     """Shard i of the training masks: batched ablated forward passes -> shard-i.h5."""
     input:
@@ -19,6 +54,12 @@ rule collect:
     benchmark:
         f"{RUN}/benchmarks/collect-{{shard}}.tsv"
     threads: 1
+    resources:
+        mem_mb=lambda wildcards, attempt: collect_mem_mb(SHARD_ROWS[int(wildcards.shard)], attempt, run_sizes()),
+        runtime=lambda wildcards, attempt, threads: collect_runtime(
+            SHARD_ROWS[int(wildcards.shard)], attempt, threads, run_sizes()
+        ),
+        **COLLECT_GPU,
     shell:
         "coar collect --run-dir {params.run_dir} --out {output} --shard {wildcards.shard} --shards {params.shards}"
         " --masks {params.masks} --alpha {params.alpha} {params.options} --threads {threads} 2>&1 | tee {log}"
@@ -65,6 +106,10 @@ rule collect_heldout:
     benchmark:
         f"{RUN}/benchmarks/collect_heldout-{{alpha}}.tsv"
     threads: 1
+    resources:
+        mem_mb=lambda wildcards, attempt: collect_mem_mb(HELDOUT_ROWS, attempt, run_sizes()),
+        runtime=lambda wildcards, attempt, threads: collect_runtime(HELDOUT_ROWS, attempt, threads, run_sizes()),
+        **COLLECT_GPU,
     shell:
         "coar collect --run-dir {params.run_dir} --out {output} --masks {params.masks}"
         " --alpha {wildcards.alpha} --stream {params.stream} --exclude-masks-of {input.data} {params.options}"

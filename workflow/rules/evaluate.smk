@@ -1,3 +1,9 @@
+report: "../report/workflow.rst"
+
+
+HELDOUT_OPTIONS = " ".join(f"--heldout {a}={RUN}/heldout/alpha-{a}.h5" for a in ALPHAS)
+
+
 rule evaluate:
     """Held-out correlation of the attributions' predictions, at every evaluation alpha."""
     input:
@@ -9,7 +15,7 @@ rule evaluate:
     params:
         run_dir=run_dir_of_input,
         alpha=config["alpha"],
-        heldout=" ".join(f"--heldout {a}={RUN}/heldout/alpha-{a}.h5" for a in ALPHAS),
+        heldout=HELDOUT_OPTIONS,
     log:
         f"{RUN}/logs/evaluate.log",
     conda:
@@ -21,21 +27,28 @@ rule evaluate:
         " {params.heldout} --out {output} 2>&1 | tee {log}"
 
 
+STEP_TIMINGS = [
+    f"{RUN}/benchmarks/prepare.tsv",
+    *expand(f"{RUN}/benchmarks/collect-{{shard}}.tsv", shard=range(config["shards"])),
+    f"{RUN}/benchmarks/merge.tsv",
+    f"{RUN}/benchmarks/fit.tsv",
+    f"{RUN}/benchmarks/evaluate.tsv",
+]
+
+
 rule summarize:
     """summary.md: task, sizes, correlations per alpha, step timings, and a histogram."""
     input:
         run=rules.prepare.output,
         evaluation=rules.evaluate.output,
-        timings=[
-            f"{RUN}/benchmarks/prepare.tsv",
-            *expand(f"{RUN}/benchmarks/collect-{{shard}}.tsv", shard=range(config["shards"])),
-            f"{RUN}/benchmarks/merge.tsv",
-            f"{RUN}/benchmarks/fit.tsv",
-            f"{RUN}/benchmarks/evaluate.tsv",
-        ],
+        timings=STEP_TIMINGS,
     output:
-        summary=f"{RUN}/summary.md",
-        plot=f"{RUN}/plots/correlation_histogram.png",
+        summary=report(f"{RUN}/summary.md", caption="../report/summary.rst", category="1. Summary"),
+        plot=report(
+            f"{RUN}/plots/correlation_histogram.png",
+            caption="../report/correlation_histogram.rst",
+            category="2. Evaluation",
+        ),
     params:
         run_dir=run_dir_of_input,
     log:
@@ -45,3 +58,77 @@ rule summarize:
     shell:
         "coar summarize --run-dir {params.run_dir} --evaluation {input.evaluation} --timings {input.timings}"
         " --out {output.summary} 2>&1 | tee {log}"
+
+
+METHOD_FILES = {"coar": f"{RUN}/attributions.h5", **{m: f"{RUN}/baselines/{m}.h5" for m in BASELINES}}
+METHOD_OPTIONS = " ".join(f"--method {m}={path}" for m, path in METHOD_FILES.items())
+
+
+rule compare:
+    """COAR and every baseline scored on the same held-out masks: the methods x alphas table."""
+    input:
+        run=rules.prepare.output,
+        attributions=list(METHOD_FILES.values()),
+        heldout=expand(f"{RUN}/heldout/alpha-{{alpha}}.h5", alpha=ALPHAS),
+    output:
+        json=f"{RUN}/comparison.json",
+        table=report(f"{RUN}/comparison.md", caption="../report/comparison.rst", category="2. Evaluation"),
+    params:
+        run_dir=run_dir_of_input,
+        alpha=config["alpha"],
+        methods=METHOD_OPTIONS,
+        heldout=HELDOUT_OPTIONS,
+    log:
+        f"{RUN}/logs/compare.log",
+    conda:
+        "../envs/coar.yaml"
+    benchmark:
+        f"{RUN}/benchmarks/compare.tsv"
+    shell:
+        "coar compare --run-dir {params.run_dir} --alpha {params.alpha} {params.methods} {params.heldout}"
+        " --out {output.json} --table {output.table} 2>&1 | tee {log}"
+
+
+rule figures:
+    """The report's figures, as PNG under plots/: table, distributions, scatter, layers, timings."""
+    input:
+        run=rules.prepare.output,
+        comparison=rules.compare.output.json,
+        attributions=list(METHOD_FILES.values()),
+        heldout=expand(f"{RUN}/heldout/alpha-{{alpha}}.h5", alpha=ALPHAS),
+        timings=[
+            *STEP_TIMINGS,
+            *expand(f"{RUN}/benchmarks/collect_heldout-{{alpha}}.tsv", alpha=ALPHAS),
+            *expand(f"{RUN}/benchmarks/baseline_{{method}}.tsv", method=BASELINES),
+            f"{RUN}/benchmarks/compare.tsv",
+        ],
+    output:
+        table=report(
+            f"{RUN}/plots/correlation_table.png", caption="../report/correlation_table.rst", category="2. Evaluation"
+        ),
+        distributions=report(
+            f"{RUN}/plots/correlation_distributions.png",
+            caption="../report/correlation_distributions.rst",
+            category="2. Evaluation",
+        ),
+        scatter=report(
+            f"{RUN}/plots/predicted_vs_true.png", caption="../report/predicted_vs_true.rst", category="2. Evaluation"
+        ),
+        layers=report(
+            f"{RUN}/plots/layer_attributions.png",
+            caption="../report/layer_attributions.rst",
+            category="3. Attributions",
+        ),
+        timings=report(f"{RUN}/plots/step_timings.png", caption="../report/step_timings.rst", category="4. Timings"),
+    params:
+        run_dir=run_dir_of_input,
+        methods=METHOD_OPTIONS,
+        heldout=HELDOUT_OPTIONS,
+        plots_dir=lambda wildcards, output: os.path.dirname(output.table),
+    log:
+        f"{RUN}/logs/figures.log",
+    conda:
+        "../envs/coar.yaml"
+    shell:
+        "coar figures --run-dir {params.run_dir} --comparison {input.comparison} {params.methods} {params.heldout}"
+        " --timings {input.timings} --plots-dir {params.plots_dir} 2>&1 | tee {log}"

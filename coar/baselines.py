@@ -1,0 +1,271 @@
+"""Baseline component attributions that COAR is compared with, in COAR's sign convention.
+
+Every method returns an `Attribution`: `weight` (n examples x N components) and `bias` (n),
+read like COAR's linear models with the "1 = ablated" mask encoding:
+
+    predicted output under mask x  =  bias + sum_i weight[:, i] * x_i
+
+so `weight[z, i]` is the method's estimate of how much ablating component i changes example
+z's output, and `bias` is the unablated output f(z). One `coar.evaluate.predict` serves all.
+
+- `leave_one_out`: ablate each component alone (N masks, batched through `run_masked`);
+  weight_i = f(ablate i) - f(nothing). Exact for a model whose output is additive in the units.
+- `grad_x_param` (attribution patching): first-order Taylor estimate from one forward and one
+  backward pass. Ablation moves unit i's value from a to its fill value (the bias under the
+  published `weight` ablation); weight_i = sum over the unit's positions of dOutput/da * (fill - a).
+- `conductance` (neuron conductance, Dhamdhere et al. 2018) and `internal_influence` (Leino et
+  al. 2018): integrated-gradient scores along the straight path from an all-zero input to the
+  input, computed by captum's `LayerConductance` / `InternalInfluence` on each module whose
+  output holds the units, summed over each unit's positions. A conv filter or a neuron row is a
+  whole channel, which captum's `NeuronConductance` cannot select (it refuses aggregates of
+  neurons); by completeness the conductance of a channel (summed over the input features) is
+  the sum of `LayerConductance` over the channel's positions, which is what is used. Conductance
+  is a unit's share of f(input) - f(zero input), which ablating removes: weight_i = -conductance_i.
+  Internal influence is a path-averaged gradient with no notion of the unit's value; ablating a
+  unit the output grows with is read as lowering it: weight_i = -influence_i.
+  Units that are not a module's own output (attention heads, packed q/k/v rows) cannot be
+  named as a captum layer; for them the same path integral (captum's quadrature) runs on the
+  adapters' unit sites directly, `captum=False` does so for every unit.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Literal, NamedTuple
+
+import numpy as np
+import torch
+from torch import nn
+
+from coar.ablation import Mode, _install, bind, unit_fills
+from coar.adapters import _OutputAdapter
+from coar.components import ComponentSet
+from coar.forward import OutputFn, run_masked
+
+METHODS = ("loo", "grad_x_param", "conductance", "internal_influence")
+Score = Literal["conductance", "internal_influence"]
+
+
+class Attribution(NamedTuple):
+    """Per-example linear models in COAR's encoding: weight (n x N) and bias (n), float32."""
+
+    weight: np.ndarray
+    bias: np.ndarray
+
+
+def leave_one_out(model: nn.Module, components: ComponentSet, inputs: torch.Tensor, labels: torch.Tensor,
+                  output_fn: OutputFn, *, mode: Mode = "weight", reference_inputs: torch.Tensor | None = None,
+                  masks_per_pass: int = 8, max_batch: int = 4096, block: int = 1024) -> Attribution:
+    """weight_i = f(ablate component i alone) - f(ablate nothing): N + 1 masks through `run_masked`.
+
+    The one-hot masks are made `block` rows at a time, so memory stays bounded for large N.
+    """
+    n_components = len(components)
+    fills = unit_fills(model, components, mode, reference_inputs)
+
+    def outputs(masks: np.ndarray) -> np.ndarray:
+        return run_masked(model, components, masks, inputs, labels, output_fn, masks_per_pass=masks_per_pass,
+                          max_batch=max_batch, mode=mode, fills=fills)
+
+    bias = outputs(np.zeros((1, n_components), bool))[0]
+    weight = np.empty((len(inputs), n_components), np.float32)
+    for c0 in range(0, n_components, block):
+        units = np.arange(c0, min(c0 + block, n_components))
+        masks = np.zeros((len(units), n_components), bool)
+        masks[np.arange(len(units)), units] = True
+        weight[:, units] = (outputs(masks) - bias).T
+    return Attribution(weight, bias)
+
+
+@dataclass
+class _Record:
+    """One unit tensor seen in a forward pass: its value, its unit dim and units, later its gradient."""
+
+    value: torch.Tensor
+    dim: int
+    units: slice
+    grad: torch.Tensor | None = None
+
+
+class _SiteRecorder:
+    """Masker-like hooks on the components' sites that record each unit tensor and its gradient.
+
+    The gradient hook is registered on the tensor the site produced, so it receives the gradient
+    with respect to that value even when the model later modifies it in place (e.g. ReLU(inplace)).
+    """
+
+    def __init__(self, model: nn.Module, components: ComponentSet):
+        self.bound = bind(model, components)
+        self.records: list[list[_Record]] = [[] for _ in self.bound]
+
+    def _recorder(self, i: int):
+        def record(x: torch.Tensor, dim: int, units: slice) -> None:
+            if not x.requires_grad:
+                raise RuntimeError(f"no gradient reaches the units of {self.bound[i].group.module!r}: "
+                                   "the inputs are not floating point and no parameter before them requires grad")
+            entry = _Record(x.detach().clone(), dim, units)
+            x.register_hook(lambda g: setattr(entry, "grad", g.detach()))
+            self.records[i].append(entry)
+
+        return record
+
+    def __enter__(self) -> "_SiteRecorder":
+        self.records = [[] for _ in self.bound]
+        self._handles = _install(self.bound, self._recorder)
+        return self
+
+    def __exit__(self, *exc) -> None:
+        for h in self._handles:
+            h.remove()
+
+
+def _forward_backward(model: nn.Module, recorder: _SiteRecorder, x: torch.Tensor, y: torch.Tensor,
+                      output_fn: OutputFn) -> torch.Tensor:
+    """Outputs of one batch; fills `recorder.records` with every unit tensor and d(output)/d(tensor).
+
+    Examples are independent in eval mode, so the gradient of the batch's summed output with
+    respect to a unit tensor holds each example's own gradient in its row.
+    """
+    with torch.enable_grad(), recorder:
+        if x.is_floating_point():
+            x = x.detach().requires_grad_()
+        out = output_fn(model(x), y)
+        leaves = [x] if x.requires_grad else [p for p in model.parameters() if p.requires_grad]
+        torch.autograd.grad(out.sum(), leaves, allow_unused=True)
+    return out.detach()
+
+
+def _unit_sums(t: torch.Tensor, dim: int) -> torch.Tensor:
+    """(B, ..., units at `dim`, ...) -> (B, units): summed over every other dimension (positions)."""
+    t = t.movedim(dim % t.dim(), -1)
+    return t.reshape(t.shape[0], -1, t.shape[-1]).sum(1)
+
+
+def _along(values: torch.Tensor, dim: int, ndim: int) -> torch.Tensor:
+    """Per-unit values shaped to broadcast along dimension `dim` of an `ndim`-dimensional tensor."""
+    shape = [1] * ndim
+    shape[dim % ndim] = -1
+    return values.reshape(shape)
+
+
+def _columns(group_start: int, site_size: int, units: slice) -> range:
+    """Global component indices of `units` (a slice of a site's unit range)."""
+    return range(group_start, group_start + site_size)[units]
+
+
+def _check_model(model: nn.Module, inputs: torch.Tensor, labels: torch.Tensor) -> torch.device:
+    if model.training:
+        raise ValueError("baselines need the model in eval mode (call model.eval()): BatchNorm would mix examples")
+    if len(inputs) != len(labels):
+        raise ValueError(f"inputs hold {len(inputs)} examples but labels {len(labels)}")
+    return next(model.parameters()).device
+
+
+def grad_x_param(model: nn.Module, components: ComponentSet, inputs: torch.Tensor, labels: torch.Tensor,
+                 output_fn: OutputFn, *, mode: Mode = "weight", reference_inputs: torch.Tensor | None = None,
+                 max_batch: int = 4096) -> Attribution:
+    """First-order estimate of each ablation: weight_i = sum over positions of dOutput/da * (fill - a)."""
+    device = _check_model(model, inputs, labels)
+    recorder = _SiteRecorder(model, components)
+    fills = [f.to(device) for f in unit_fills(model, components, mode, reference_inputs)]
+    weight = torch.zeros(len(inputs), len(components), dtype=torch.float64)
+    bias = torch.zeros(len(inputs), dtype=torch.float64)
+    for z0 in range(0, len(inputs), max_batch):
+        x, y = inputs[z0 : z0 + max_batch].to(device), labels[z0 : z0 + max_batch].to(device)
+        bias[z0 : z0 + len(x)] = _forward_backward(model, recorder, x, y, output_fn).double().cpu()
+        for b, fill, records in zip(recorder.bound, fills, recorder.records):
+            for r in records:
+                change = _along(fill[r.units].to(r.value.dtype), r.dim, r.value.dim()) - r.value
+                cols = _columns(b.group.start, b.site.size, r.units)
+                weight[z0 : z0 + len(x), cols.start : cols.stop] += _unit_sums(r.grad * change, r.dim).double().cpu()
+    return Attribution(weight.float().numpy(), bias.float().numpy())
+
+
+def _quadrature(score: Score, n_steps: int) -> tuple[list[float], list[float]]:
+    """captum's Gauss-Legendre (step sizes, alphas) for `score`, as its layer methods use them."""
+    from captum.attr._utils.approximation_methods import approximation_parameters
+
+    step_sizes, alphas = approximation_parameters("gausslegendre")
+    k = n_steps + 1 if score == "conductance" else n_steps  # LayerConductance differences n_steps + 1 points
+    return step_sizes(k), alphas(k)
+
+
+def _captum_scores(score: Score, model: nn.Module, module: nn.Module, dim: int, x: torch.Tensor, y: torch.Tensor,
+                   output_fn: OutputFn, n_steps: int) -> torch.Tensor:
+    """captum's LayerConductance / InternalInfluence of `module`'s output units, summed per unit: (B, units)."""
+    from captum.attr import InternalInfluence, LayerConductance
+
+    method = (LayerConductance if score == "conductance" else InternalInfluence)(lambda a, t: output_fn(model(a), t), module)
+    with torch.enable_grad():
+        scores = method.attribute(x, baselines=0.0, additional_forward_args=(y,), n_steps=n_steps, method="gausslegendre")
+    return _unit_sums(scores.detach(), dim)
+
+
+def _site_scores(score: Score, model: nn.Module, recorder: _SiteRecorder, groups: list[int], x: torch.Tensor,
+                 y: torch.Tensor, output_fn: OutputFn, n_steps: int, out: torch.Tensor) -> None:
+    """The same path integral on the adapters' unit sites, for `groups`; adds (B, N) scores into `out`."""
+    step_sizes, alphas = _quadrature(score, n_steps)
+    previous: list[list[_Record]] | None = None
+    for k, alpha in enumerate(alphas):
+        _forward_backward(model, recorder, alpha * x, y, output_fn)
+        for i in groups:
+            b = recorder.bound[i]
+            for j, r in enumerate(recorder.records[i]):
+                if score == "internal_influence":
+                    term = step_sizes[k] * r.grad
+                elif previous is None:
+                    continue
+                else:  # LayerConductance: gradient at the previous point times the step of the unit's value
+                    last = previous[i][j]
+                    term = last.grad * (r.value - last.value)
+                cols = _columns(b.group.start, b.site.size, r.units)
+                out[:, cols.start : cols.stop] += _unit_sums(term, r.dim).double().cpu()
+        previous = recorder.records
+
+
+def integrated(model: nn.Module, components: ComponentSet, inputs: torch.Tensor, labels: torch.Tensor,
+               output_fn: OutputFn, *, score: Score, n_steps: int = 50, max_batch: int = 4096,
+               captum: bool = True) -> Attribution:
+    """Conductance or internal influence per unit (zero input as the path's start), as -score.
+
+    With `captum`, units that are a module's output (conv filters, linear neurons) are scored
+    by captum's layer methods, other units on their sites; without, every unit on its site.
+    """
+    if score not in ("conductance", "internal_influence"):
+        raise ValueError(f"unknown score {score!r}; choose conductance or internal_influence")
+    if not inputs.is_floating_point():
+        raise ValueError(f"{score} interpolates the inputs from zero, so they must be floating point, not {inputs.dtype}")
+    device = _check_model(model, inputs, labels)
+    recorder = _SiteRecorder(model, components)
+    by_captum = [i for i, b in enumerate(recorder.bound) if captum and isinstance(b.adapter, _OutputAdapter)]
+    on_sites = [i for i in range(len(recorder.bound)) if i not in by_captum]
+    per_batch = max(1, max_batch // (n_steps + 1))
+    scores = torch.zeros(len(inputs), len(components), dtype=torch.float64)
+    bias = torch.zeros(len(inputs), dtype=torch.float64)
+    for z0 in range(0, len(inputs), per_batch):
+        x, y = inputs[z0 : z0 + per_batch].to(device), labels[z0 : z0 + per_batch].to(device)
+        rows = slice(z0, z0 + len(x))
+        with torch.no_grad():
+            bias[rows] = output_fn(model(x), y).double().cpu()
+        for i in by_captum:
+            b = recorder.bound[i]
+            scores[rows, b.group.start : b.group.stop] = _captum_scores(
+                score, model, b.owner, b.adapter.dim, x, y, output_fn, n_steps).double().cpu()
+        if on_sites:
+            _site_scores(score, model, recorder, on_sites, x, y, output_fn, n_steps, scores[rows])
+    return Attribution((-scores).float().numpy(), bias.float().numpy())
+
+
+def attribute(method: str, model: nn.Module, components: ComponentSet, inputs: torch.Tensor, labels: torch.Tensor,
+              output_fn: OutputFn, *, mode: Mode = "weight", reference_inputs: torch.Tensor | None = None,
+              masks_per_pass: int = 8, max_batch: int = 4096, n_steps: int = 50) -> Attribution:
+    """Run baseline `method` (one of METHODS) with the options that apply to it."""
+    if method == "loo":
+        return leave_one_out(model, components, inputs, labels, output_fn, mode=mode, reference_inputs=reference_inputs,
+                             masks_per_pass=masks_per_pass, max_batch=max_batch)
+    if method == "grad_x_param":
+        return grad_x_param(model, components, inputs, labels, output_fn, mode=mode, reference_inputs=reference_inputs,
+                            max_batch=max_batch)
+    if method in ("conductance", "internal_influence"):
+        return integrated(model, components, inputs, labels, output_fn, score=method, n_steps=n_steps, max_batch=max_batch)
+    raise ValueError(f"unknown baseline {method!r}; choose from {list(METHODS)}")

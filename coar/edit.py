@@ -1,0 +1,213 @@
+"""COAR-Edit: change what a model does on target examples, and keep it elsewhere, by ablating a few components.
+
+Given attributions (encoding 1 = ablated, so `w[z, i]` is the predicted change of example z's
+output when component i is ablated) of target examples T and reference examples R:
+
+1. `welch_scores`: one Welch t-statistic per component, how much more ablating it moves the
+   target outputs than the reference outputs.
+2. `rank`: "fix" raises the target's output (for the correct-class margin: repairs errors), so
+   the most positive scores come first; "forget" and "induce" lower it, most negative first.
+3. `plan_edit`: ablate the first k of that order for every k of a sweep on validation examples,
+   score each k with a task's metrics, and `choose_k` by a stated rule. It takes validation data
+   only: the data a result is reported on never reaches it.
+4. `apply_edit`: make the ablation permanent on a copy of the model; `save_edit` writes a plain
+   `state_dict` (loadable by the model's own class, without coar) and the ablated components.
+"""
+
+from __future__ import annotations
+
+import copy
+import json
+from collections import Counter
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Literal
+
+import numpy as np
+import torch
+from torch import nn
+
+from coar.ablation import Mode, ablate_weights_, unit_fills
+from coar.atomic import atomic_path, write_json
+from coar.components import ComponentSet
+from coar.forward import run_masked
+from coar.outputs import margin
+
+Direction = Literal["fix", "forget", "induce"]
+DIRECTIONS = ("fix", "forget", "induce")
+Metrics = Callable[[np.ndarray], dict[str, np.ndarray]]
+"""Validation margins (K x n, row j = the model with the first ks[j] components ablated) ->
+named metrics per k; must hold "target" and "reference", both higher = better."""
+
+
+def welch_scores(target: np.ndarray, reference: np.ndarray) -> np.ndarray:
+    """Welch t-statistic per component: (mean_T w - mean_R w) / sqrt(var_T w / |T| + var_R w / |R|).
+
+    `target` (|T| x N) and `reference` (|R| x N) are attributions; variances are population
+    variances, so a single target example contributes variance 0. A component whose
+    attributions are all equal (e.g. one never ablated in the masks) has no spread and scores 0.
+    """
+    t, r = np.atleast_2d(np.asarray(target, np.float64)), np.atleast_2d(np.asarray(reference, np.float64))
+    if t.ndim != 2 or r.ndim != 2 or t.shape[1] != r.shape[1] or len(t) == 0 or len(r) == 0:
+        raise ValueError(f"target {t.shape} and reference {r.shape} must be non-empty (examples x N) with the same N")
+    difference = t.mean(0) - r.mean(0)
+    spread = np.sqrt(t.var(0) / len(t) + r.var(0) / len(r))
+    return np.divide(difference, spread, out=np.zeros_like(difference), where=spread > 0)
+
+
+def rank(scores: np.ndarray, direction: Direction) -> np.ndarray:
+    """Component indices in the order they are ablated: "fix" highest score first, else lowest first."""
+    if direction not in DIRECTIONS:
+        raise ValueError(f"unknown edit direction {direction!r}; choose from {list(DIRECTIONS)}")
+    scores = np.asarray(scores, np.float64)
+    return np.argsort(-scores if direction == "fix" else scores, kind="stable")
+
+
+def prefix_masks(order: np.ndarray, ks: Sequence[int], n_components: int) -> np.ndarray:
+    """(len(ks) x N) bool: row j ablates the first ks[j] components of `order`."""
+    masks = np.zeros((len(ks), n_components), dtype=bool)
+    for row, k in enumerate(ks):
+        masks[row, order[:k]] = True
+    return masks
+
+
+@dataclass(frozen=True)
+class Choice:
+    """The chosen k (ks[index]) and which branch of the rule chose it."""
+
+    k: int
+    index: int
+    rule: str
+
+
+def choose_k(ks: Sequence[int], target: np.ndarray, reference: np.ndarray, *, tolerance: float,
+             goal: float | None = None) -> Choice:
+    """Pick k from validation metrics per k (ks ascending, ks[0] = 0 = the unedited model).
+
+    A k is feasible when its reference metric is at least the unedited one minus `tolerance`.
+    With a `goal`: the smallest feasible k whose target metric reaches it. Otherwise (no goal,
+    or none reaches it): the feasible k with the best target metric, the smallest on ties;
+    that is k = 0 when no feasible edit improves the target.
+    """
+    ks, target, reference = list(ks), np.asarray(target, np.float64), np.asarray(reference, np.float64)
+    if not ks or ks[0] != 0 or any(a >= b for a, b in zip(ks, ks[1:])):
+        raise ValueError(f"ks must be strictly increasing and start at 0 (the unedited model), got {ks}")
+    if target.shape != (len(ks),) or reference.shape != (len(ks),):
+        raise ValueError("target and reference need one value per k")
+    feasible = np.flatnonzero(reference >= reference[0] - tolerance)  # always holds index 0
+    if goal is not None:
+        reached = feasible[target[feasible] >= goal]
+        if len(reached):
+            return Choice(ks[reached[0]], int(reached[0]), "smallest k reaching the goal")
+    best = feasible[np.argmax(target[feasible])]  # argmax returns the first, i.e. smallest, k
+    rule = "best target metric within the reference tolerance" if best else "no feasible k improves the target"
+    return Choice(ks[best], int(best), rule)
+
+
+@dataclass
+class EditPlan:
+    """Scores, ablation order, validation metrics per k and the chosen k of one edit."""
+
+    scores: np.ndarray
+    order: np.ndarray
+    ks: list[int]
+    curves: dict[str, np.ndarray]
+    choice: Choice
+
+    @property
+    def ablated(self) -> np.ndarray:
+        """Global indices of the components the edit ablates."""
+        return self.order[: self.choice.k]
+
+
+def plan_edit(model: nn.Module, components: ComponentSet, target: np.ndarray, reference: np.ndarray,
+              direction: Direction, validation: tuple[torch.Tensor, torch.Tensor], metrics: Metrics,
+              ks: Sequence[int], *, tolerance: float, goal: float | None = None, mode: Mode = "weight",
+              fills: list[torch.Tensor] | None = None, max_batch: int = 4096) -> EditPlan:
+    """Score and rank components from attributions, sweep k on `validation` (inputs, labels), choose k.
+
+    `metrics` turns the validation margins of every k into named metrics (see `Metrics`); the
+    rule of `choose_k` picks k from their "target" and "reference" entries.
+    """
+    scores = welch_scores(target, reference)
+    order = rank(scores, direction)
+    ks = sorted({0, *(int(k) for k in ks if 0 <= k <= len(components))})
+    inputs, labels = validation
+    margins = run_masked(model, components, prefix_masks(order, ks, len(components)), inputs, labels, margin,
+                         masks_per_pass=1, max_batch=max_batch, mode=mode, fills=fills)
+    curves = {name: np.asarray(v, np.float64) for name, v in metrics(margins).items()}
+    choice = choose_k(ks, curves["target"], curves["reference"], tolerance=tolerance, goal=goal)
+    return EditPlan(scores, order, ks, curves, choice)
+
+
+@torch.no_grad()
+def apply_edit(model: nn.Module, components: ComponentSet, ablated: Sequence[int], mode: Mode = "weight",
+               fills: list[torch.Tensor] | None = None, reference_inputs: torch.Tensor | None = None) -> nn.Module:
+    """A copy of `model` with components `ablated` removed for good; `model` is left unchanged.
+
+    "weight" zeroes their weights (the published ablation). "zero" and "mean" also set the
+    unit's bias to 0 or to its mean output (from `fills`, or computed on `reference_inputs`),
+    so the unit outputs that constant: this needs a Conv/Linear unit whose module has a bias.
+    """
+    edited = copy.deepcopy(model)
+    mask = torch.zeros(len(components), dtype=torch.bool)
+    mask[torch.as_tensor(list(ablated), dtype=torch.long)] = True
+    if mode != "weight":
+        fills = fills if fills is not None else unit_fills(model, components, mode, reference_inputs)
+        for group, fill in zip(components.groups, fills):
+            units = mask[group.start : group.stop].nonzero().flatten()
+            if not len(units):
+                continue
+            bias = getattr(edited.get_submodule(group.module), "bias", None)
+            if group.kind not in ("conv", "linear") or not isinstance(bias, torch.Tensor):
+                raise ValueError(f"a permanent {mode!r} edit sets the bias of the ablated units, and {group.kind} units "
+                                 f"of {group.module!r} have none; use mode='weight'")
+            bias[units] = fill[units].to(bias)
+    return ablate_weights_(edited, components, mask)
+
+
+def by_layer(components: ComponentSet, ablated: Sequence[int]) -> dict[str, int]:
+    """How many of the `ablated` components each module holds, in the model's module order."""
+    counts = Counter(components.locate(int(i))[0] for i in ablated)
+    return {g.module: counts[g.module] for g in components.groups if counts[g.module]}
+
+
+def describe(components: ComponentSet, ablated: Sequence[int], scores: np.ndarray | None = None) -> list[dict]:
+    """One record (index, module, unit, kind[, score]) per ablated component, in ablation order."""
+    rows = []
+    for i in ablated:
+        module, unit, kind = components.locate(int(i))
+        row = {"index": int(i), "module": module, "unit": unit, "kind": kind}
+        if scores is not None:
+            row["score"] = float(scores[int(i)])
+        rows.append(row)
+    return rows
+
+
+def save_edit(out_dir: str | Path, edited: nn.Module, components: ComponentSet, ablated: Sequence[int], *,
+              mode: Mode = "weight", scores: np.ndarray | None = None, info: dict | None = None) -> tuple[Path, Path]:
+    """Write `model.pt` (a plain state_dict of CPU tensors) and `ablated.json` into `out_dir`.
+
+    The state_dict loads with `ModelClass(...).load_state_dict(torch.load(path, weights_only=True))`
+    in any process with torch and the model's class: nothing in it refers to coar.
+    """
+    out_dir = Path(out_dir)
+    weights, listing = out_dir / "model.pt", out_dir / "ablated.json"
+    state = {name: t.detach().cpu().clone() for name, t in edited.state_dict().items()}
+    with atomic_path(weights) as tmp:
+        torch.save(state, tmp)
+    write_json(listing, {
+        "mode": mode,
+        "n_components": len(components),
+        "components_fingerprint": components.fingerprint,
+        "ablated": describe(components, ablated, scores),
+        "by_layer": by_layer(components, ablated),
+        **(info or {}),
+    })
+    return weights, listing
+
+
+def load_ablated(path: str | Path) -> list[tuple[str, int, str]]:
+    """The (module, unit, kind) of every component an `ablated.json` lists."""
+    return [(r["module"], r["unit"], r["kind"]) for r in json.loads(Path(path).read_text())["ablated"]]
