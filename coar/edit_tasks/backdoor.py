@@ -15,7 +15,7 @@ import torch
 
 from coar.components import discover
 from coar.edit_tasks.common import (COMMON_DEFAULTS, EditProblem, EditSetup, Examples, Outcome, goal_check,
-                                    group_accuracy, margins_of, model_info, train_model)
+                                    CLEAN, PERTURBED, margins_of, model_info, perturbed_vs_clean, train_model)
 from coar.edit_tasks.images import Part, Standardiser, on_canvas, split_digits, with_trigger
 
 DEFAULTS = {
@@ -32,15 +32,6 @@ DEFAULTS = {
     "n_target": 30,
     "tolerance": 0.005,  # largest drop of clean validation accuracy (0.5 points)
 }
-CLEAN, TRIGGERED = 0, 1
-
-
-def metrics(margins: np.ndarray, examples: Examples) -> dict[str, np.ndarray]:
-    """target: accuracy on triggered digits; reference: accuracy on clean digits."""
-    return {"target": group_accuracy(margins, examples.group, TRIGGERED),
-            "reference": group_accuracy(margins, examples.group, CLEAN)}
-
-
 def build(p: dict) -> EditSetup:
     parts = split_digits(p["split_seed"])
     rng = np.random.default_rng(p["seed"])
@@ -57,17 +48,17 @@ def build(p: dict) -> EditSetup:
         canvas, other_canvas = on_canvas(part.images), on_canvas(others.images)
         return Examples.concat([
             Examples.of(standardise(canvas), part.labels, part.ids, "clean", CLEAN),
-            Examples.of(standardise(with_trigger(other_canvas)), others.labels, others.ids, "triggered", TRIGGERED)])
+            Examples.of(standardise(with_trigger(other_canvas)), others.labels, others.ids, "triggered", PERTURBED)])
 
     val, test = clean_and_triggered(parts.val), clean_and_triggered(parts.test)
-    triggered = np.flatnonzero(val.group == TRIGGERED)
+    triggered = np.flatnonzero(val.group == PERTURBED)
     chosen = np.sort(rng.choice(triggered, min(p["n_target"], len(triggered)), replace=False))
     target = val.take(chosen)
     clean_rows = {name: i for i, name in enumerate(val.ids)}
     reference = val.take(np.array([clean_rows[i.replace("|triggered", "|clean")] for i in target.ids]))
-    problem = EditProblem("backdoor", "fix", target, reference, val, metrics, tolerance=p["tolerance"])
+    problem = EditProblem("backdoor", "fix", target, reference, val, perturbed_vs_clean, tolerance=p["tolerance"])
     info = model_info(model, p["width"], 10, n_poisoned=len(poisoned),
-                      validation_clean_accuracy=float(metrics(margins_of(model, val)[None], val)["reference"][0]))
+                      validation_clean_accuracy=float(perturbed_vs_clean(margins_of(model, val)[None], val)["reference"][0]))
     return EditSetup(model, discover(model, p["kinds"]), [problem], test, info)
 
 

@@ -140,6 +140,16 @@ def group_accuracy(margins: np.ndarray, group: np.ndarray, value: int) -> np.nda
     return (margins[:, members] > 0).mean(axis=1)
 
 
+CLEAN, PERTURBED = 0, 1
+"""Group codes of tasks that pair clean digits with perturbed copies (trigger, misleading glyph)."""
+
+
+def perturbed_vs_clean(margins: np.ndarray, examples: "Examples") -> dict[str, np.ndarray]:
+    """target: accuracy on perturbed digits; reference: accuracy on clean digits."""
+    return {"target": group_accuracy(margins, examples.group, PERTURBED),
+            "reference": group_accuracy(margins, examples.group, CLEAN)}
+
+
 def attribute(model: nn.Module, components: ComponentSet, examples: Examples, *, masks: int, alpha: float,
               seed: int, method: str, max_batch: int = 512) -> np.ndarray:
     """COAR attributions (n x N, 1 = ablated) of `examples`' correct-class margins."""

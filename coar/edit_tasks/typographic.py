@@ -16,7 +16,7 @@ import torch
 
 from coar.components import discover
 from coar.edit_tasks.common import (COMMON_DEFAULTS, EditProblem, EditSetup, Examples, Outcome, goal_check,
-                                    group_accuracy, margins_of, model_info, train_model)
+                                    CLEAN, PERTURBED, margins_of, model_info, perturbed_vs_clean, train_model)
 from coar.edit_tasks.images import Part, Standardiser, on_canvas, split_digits, with_glyph
 
 DEFAULTS = {
@@ -30,15 +30,6 @@ DEFAULTS = {
     "n_target": 30,
     "tolerance": 0.005,  # largest drop of clean validation accuracy (0.5 points)
 }
-CLEAN, ATTACKED = 0, 1
-
-
-def metrics(margins: np.ndarray, examples: Examples) -> dict[str, np.ndarray]:
-    """target: accuracy on attacked digits; reference: accuracy on clean digits."""
-    return {"target": group_accuracy(margins, examples.group, ATTACKED),
-            "reference": group_accuracy(margins, examples.group, CLEAN)}
-
-
 def build(p: dict) -> EditSetup:
     parts = split_digits(p["split_seed"])
     rng = np.random.default_rng(p["seed"])
@@ -55,14 +46,14 @@ def build(p: dict) -> EditSetup:
         misleading = (part.labels + rng.integers(1, 10, len(part.labels))) % 10
         return Examples.concat([
             Examples.of(standardise(canvas), part.labels, part.ids, "clean", CLEAN),
-            Examples.of(standardise(with_glyph(canvas, misleading, ink=p["ink"])), part.labels, part.ids, "attacked", ATTACKED)])
+            Examples.of(standardise(with_glyph(canvas, misleading, ink=p["ink"])), part.labels, part.ids, "attacked", PERTURBED)])
 
     val, test = clean_and_attacked(parts.val), clean_and_attacked(parts.test)
     n = len(parts.val.labels)
     chosen = np.sort(rng.choice(n, min(p["n_target"], n), replace=False))
-    problem = EditProblem("typographic", "fix", val.take(n + chosen), val.take(chosen), val, metrics,
+    problem = EditProblem("typographic", "fix", val.take(n + chosen), val.take(chosen), val, perturbed_vs_clean,
                           tolerance=p["tolerance"])
-    clean_accuracy = metrics(margins_of(model, val)[None], val)["reference"][0]
+    clean_accuracy = perturbed_vs_clean(margins_of(model, val)[None], val)["reference"][0]
     info = model_info(model, p["width"], 10, validation_clean_accuracy=float(clean_accuracy))
     return EditSetup(model, discover(model, p["kinds"]), [problem], test, info)
 
