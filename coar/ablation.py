@@ -18,7 +18,6 @@ Ablation modes (what an ablated unit outputs):
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Literal
 
 import torch
 from torch import nn
@@ -26,9 +25,7 @@ from torch import nn
 from coar.adapters import Adapter, Handle, Site, adapter_for
 from coar.components import ComponentGroup, ComponentSet, _site_module, iter_sites
 from coar.ops import apply_masks_
-
-Mode = Literal["weight", "zero", "mean"]
-MODES = ("weight", "zero", "mean")
+from coar.constants import ABLATION_MODES as MODES, AblationMode as Mode
 
 
 @dataclass(frozen=True)

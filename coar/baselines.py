@@ -42,7 +42,8 @@ from coar.adapters import _OutputAdapter
 from coar.components import ComponentSet
 from coar.forward import OutputFn, run_masked
 
-METHODS = ("loo", "grad_x_param", "conductance", "internal_influence")
+from coar.constants import BASELINE_METHODS as METHODS
+
 Score = Literal["conductance", "internal_influence"]
 
 

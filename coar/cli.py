@@ -21,13 +21,16 @@ import os
 import sys
 from typing import Sequence
 
+from coar.constants import (ABLATION_MODES, BASELINE_METHODS, COMPONENT_KINDS, DEVICES, KIND_PRESETS, SOLVER_BACKENDS,
+                            SOLVER_METHODS)
+
 
 def _csv(text: str) -> list[str]:
     return [t for t in text.split(",") if t]
 
 
 def _kinds(text: str) -> str | list[str]:
-    return text if text in ("weight_rows", "all") else _csv(text)
+    return text if text in KIND_PRESETS else _csv(text)
 
 
 def _alpha_path(text: str) -> tuple[float, str]:
@@ -56,7 +59,7 @@ def _parser() -> argparse.ArgumentParser:
     s = add("prepare", "Build the task (train the model if the task does), discover its components, save both.")
     s.add_argument("--task", required=True, help="task function, 'package.module:function' or 'package.module'")
     s.add_argument("--task-params", default="{}", type=json.loads, help="JSON object passed to the task function")
-    s.add_argument("--kinds", default="conv", type=_kinds, help="comma-separated unit kinds (conv,linear,head,qkv) or weight_rows / all")
+    s.add_argument("--kinds", default="conv", type=_kinds, help=f"comma-separated unit kinds ({','.join(COMPONENT_KINDS)}) or one of {' / '.join(KIND_PRESETS)}")
     s.add_argument("--include", default="*", type=_csv, help="comma-separated glob patterns of module names to keep")
     s.add_argument("--exclude", default="", type=_csv, help="comma-separated glob patterns of module names to drop")
 
@@ -70,11 +73,11 @@ def _parser() -> argparse.ArgumentParser:
     s.add_argument("--purpose", choices=["train", "heldout"], default="train", help="random stream: training or held-out masks")
     s.add_argument("--stream", type=int, default=None, help="random stream index (default: the shard index)")
     s.add_argument("--exclude-masks-of", default=None, help="dataset file whose masks must not be repeated (for held-out masks)")
-    s.add_argument("--ablation", choices=["weight", "zero", "mean"], default="weight")
+    s.add_argument("--ablation", choices=ABLATION_MODES, default="weight")
     s.add_argument("--output-fn", default=None, help="output function; default: the task's own")
     s.add_argument("--masks-per-pass", type=int, default=8, help="masks evaluated in one batched forward pass")
     s.add_argument("--max-batch", type=int, default=4096, help="most rows (masks x examples) per forward pass")
-    s.add_argument("--device", choices=["auto", "cpu", "cuda"], default="auto")
+    s.add_argument("--device", choices=DEVICES, default="auto")
     s.add_argument("--threads", type=int, default=None, help="torch CPU threads")
 
     s = add("merge", "Check that shards belong to this run and tile all rows, then merge them into one dataset.")
@@ -85,8 +88,8 @@ def _parser() -> argparse.ArgumentParser:
     s = add("fit", "Fit one linear model per example (attributions) on a dataset, streamed in row chunks.")
     s.add_argument("--data", required=True, help="merged dataset file")
     s.add_argument("--out", required=True, help="attributions HDF5 file to write")
-    s.add_argument("--method", choices=["ols", "ridge", "lasso"], default="ols")
-    s.add_argument("--backend", choices=["auto", "numpy", "cupy"], default="auto")
+    s.add_argument("--method", choices=SOLVER_METHODS, default="ols")
+    s.add_argument("--backend", choices=SOLVER_BACKENDS, default="auto")
     s.add_argument("--chunk-rows", type=int, default=4096)
 
     s = add("evaluate", "Correlate attribution predictions with true outputs on held-out masks.")
@@ -101,14 +104,14 @@ def _parser() -> argparse.ArgumentParser:
     s.add_argument("--out", required=True, help="summary.md to write")
 
     s = add("baseline", "Attribute with a baseline method (leave-one-out, grad x param, conductance, internal influence).")
-    s.add_argument("--method", required=True, choices=["loo", "grad_x_param", "conductance", "internal_influence"])
+    s.add_argument("--method", required=True, choices=BASELINE_METHODS)
     s.add_argument("--out", required=True, help="attributions HDF5 file to write (same format as COAR's)")
-    s.add_argument("--ablation", choices=["weight", "zero", "mean"], default="weight", help="ablation that loo and grad_x_param model")
+    s.add_argument("--ablation", choices=ABLATION_MODES, default="weight", help="ablation that loo and grad_x_param model")
     s.add_argument("--output-fn", default=None, help="output function; default: the task's own")
     s.add_argument("--masks-per-pass", type=int, default=8, help="loo: masks evaluated in one batched forward pass")
     s.add_argument("--max-batch", type=int, default=4096, help="most rows (masks x examples, or path points x examples) per pass")
     s.add_argument("--n-steps", type=int, default=50, help="conductance, internal_influence: integration steps")
-    s.add_argument("--device", choices=["auto", "cpu", "cuda"], default="auto")
+    s.add_argument("--device", choices=DEVICES, default="auto")
     s.add_argument("--threads", type=int, default=None, help="torch CPU threads")
 
     s = add("compare", "Score COAR and baselines on the same held-out masks: the methods x alphas table.")

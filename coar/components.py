@@ -18,15 +18,7 @@ import numpy as np
 from torch import nn
 
 from coar.adapters import Site, adapter_for
-
-KINDS = ("conv", "linear", "head", "qkv")
-"""conv: Conv output channels (filters); linear: Linear output neurons; head: attention heads;
-qkv: rows of nn.MultiheadAttention's packed q/k/v in-projection."""
-
-KIND_PRESETS = {
-    "weight_rows": ("conv", "linear", "qkv"),  # the paper's "one row of every weight matrix"
-    "all": KINDS,
-}
+from coar.constants import COMPONENT_KINDS as KINDS, KIND_PRESETS
 
 
 @dataclass(frozen=True)

@@ -11,6 +11,8 @@ from typing import Any
 
 import torch
 
+from coar.spec import import_object
+
 OutputFn = Callable[[Any, torch.Tensor], torch.Tensor]
 
 IGNORE_INDEX = -100
@@ -81,8 +83,6 @@ OUTPUT_FUNCTIONS: dict[str, OutputFn] = {"margin": margin, "lm_margin": lm_margi
 def resolve_output_fn(spec: str) -> OutputFn:
     """The output function named by ``spec``: a key of OUTPUT_FUNCTIONS or "package.module:function"."""
     if ":" in spec:
-        from coar.task import import_object  # coar.task imports this module
-
         return import_object(spec, kind="output function")
     try:
         return OUTPUT_FUNCTIONS[spec]

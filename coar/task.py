@@ -6,19 +6,18 @@ workflow's prepare step builds the task once and saves it; later steps load the 
 they never retrain.
 """
 
-import importlib
 import json
 import os
-from collections.abc import Callable
 from dataclasses import dataclass, field, fields
 from typing import Any
 
 import torch
 
 from coar.atomic import atomic_path
+from coar.constants import DEFAULT_TASK_FUNCTION
 from coar.outputs import OutputFn, resolve_output_fn
+from coar.spec import import_object
 
-DEFAULT_TASK_FUNCTION = "task"
 SAVE_FORMAT = 1
 
 
@@ -77,35 +76,6 @@ class Task:
     def output(self) -> OutputFn:
         """The output function named by ``output_fn``, as a callable."""
         return resolve_output_fn(self.output_fn)
-
-
-def import_object(spec: str, default_attr: str | None = None, kind: str = "object") -> Callable:
-    """The callable named by ``"package.module:name"`` (or ``"package.module"`` with ``default_attr``).
-
-    Errors name the spec and tell a missing module apart from a module that raised on import.
-    """
-    module_name, sep, attr = spec.partition(":")
-    if not sep:
-        attr = default_attr or ""
-    if not module_name or not attr.isidentifier():
-        form = "'package.module:function'" + (" or 'package.module'" if default_attr else "")
-        raise ValueError(f"bad {kind} spec {spec!r}: expected {form}")
-    try:
-        module = importlib.import_module(module_name)
-    except Exception as error:
-        missing = error.name if isinstance(error, ModuleNotFoundError) else None
-        if missing and (module_name + ".").startswith(missing + "."):  # the module or a parent package
-            reason = f"no such module {module_name!r}"
-        else:
-            reason = f"importing module {module_name!r} raised {error!r}"
-        raise ImportError(f"{kind} spec {spec!r}: {reason}") from error
-    try:
-        obj = getattr(module, attr)
-    except AttributeError:
-        raise ImportError(f"{kind} spec {spec!r}: module {module_name!r} has no attribute {attr!r}") from None
-    if not callable(obj):
-        raise TypeError(f"{kind} spec {spec!r}: {attr!r} is a {type(obj).__name__}, not callable")
-    return obj
 
 
 def load_task(spec: str, params: dict | None = None) -> Task:

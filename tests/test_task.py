@@ -29,47 +29,11 @@ def test_load_task_without_params_passes_an_empty_dict():
     assert load_task(f"{HELPERS}:task").info == {"params": {}}
 
 
-def test_spec_naming_a_missing_module_says_no_such_module():
-    with pytest.raises(ImportError, match="'tests.no_such_tasks'.*no such module 'tests.no_such_tasks'"):
+def test_spec_errors_name_the_task_spec():  # every kind of bad spec: tests/test_spec.py
+    with pytest.raises(ImportError, match="task spec 'tests.no_such_tasks'.*no such module 'tests.no_such_tasks'"):
         load_task("tests.no_such_tasks")
-
-
-def write_module(folder, name: str, source: str, monkeypatch) -> str:
-    """Write an importable module ``name`` under ``folder``; return its name."""
-    (folder / f"{name}.py").write_text(source)
-    monkeypatch.syspath_prepend(str(folder))
-    return name
-
-
-def test_module_raising_on_import_is_reported_with_the_original_exception(tmp_path, monkeypatch):
-    name = write_module(tmp_path, "tasks_raising_on_import", "raise RuntimeError('boom')\n", monkeypatch)
-    with pytest.raises(ImportError, match=f"'{name}:task'.*raised RuntimeError\\('boom'\\)") as caught:
-        load_task(f"{name}:task")
-    assert isinstance(caught.value.__cause__, RuntimeError)
-
-
-def test_module_missing_a_dependency_is_not_reported_as_missing_itself(tmp_path, monkeypatch):
-    name = write_module(tmp_path, "tasks_missing_dependency", "import no_such_dependency_xyz\n", monkeypatch)
-    with pytest.raises(ImportError, match="raised ModuleNotFoundError.*no_such_dependency_xyz") as caught:
-        load_task(name)
-    assert "no such module" not in str(caught.value)
-    assert isinstance(caught.value.__cause__, ModuleNotFoundError)
-
-
-def test_spec_naming_a_missing_function_names_spec_and_function():
-    with pytest.raises(ImportError, match=f"'{HELPERS}:nope'.*has no attribute 'nope'"):
-        load_task(f"{HELPERS}:nope")
-
-
-def test_spec_naming_a_non_callable_is_rejected():
-    with pytest.raises(TypeError, match="NOT_CALLABLE.*not callable"):
-        load_task(f"{HELPERS}:NOT_CALLABLE")
-
-
-@pytest.mark.parametrize("spec", ["", ":task", f"{HELPERS}:", f"{HELPERS}:a:b"])
-def test_malformed_specs_are_rejected(spec):
     with pytest.raises(ValueError, match="bad task spec"):
-        load_task(spec)
+        load_task(f"{HELPERS}:")
 
 
 def test_function_returning_something_else_than_a_task_is_rejected():

@@ -12,11 +12,11 @@ import importlib.util
 import os
 from dataclasses import dataclass
 from types import ModuleType
-from typing import Any, Literal
+from typing import Any
 
 import numpy as np
 
-BackendName = Literal["auto", "numpy", "cupy"]
+from coar.constants import SolverBackend as BackendName
 
 
 @dataclass(frozen=True)

@@ -18,6 +18,8 @@ from typing import Any, Literal
 
 import numpy as np
 
+from coar.constants import SOLVER_METHODS, SolverMethod as Method
+
 from .backend import Backend, BackendName, get_backend
 from .iterative import Design, StreamedDesign, cg_solve
 from .lasso import default_lasso_lambdas, lasso_solve, lipschitz
@@ -25,7 +27,6 @@ from .ols import ols_solve
 from .ridge import default_ridge_lambdas, ridge_path, ridge_solve
 from .stats import ChunkSource, GramStats, check_chunk, format_indices, split_stats
 
-Method = Literal["ols", "ridge", "lasso"]
 Solver = Literal["auto", "closed_form", "iterative"]
 PathPoint = tuple[Any, Any, Any]  # (lambda per example, validation SSE per example, weights)
 
@@ -184,8 +185,8 @@ def _use_closed_form(
 
 
 def _check_method(method: str) -> None:
-    if method not in ("ols", "ridge", "lasso"):
-        raise ValueError(f"method must be 'ols', 'ridge' or 'lasso', got {method!r}")
+    if method not in SOLVER_METHODS:
+        raise ValueError(f"method must be one of {list(SOLVER_METHODS)}, got {method!r}")
 
 
 def _dense(design: Design) -> bool:

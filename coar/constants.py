@@ -1,0 +1,49 @@
+"""The allowed values of every choice a run makes, in one place.
+
+The config schema (workflow/schemas/config.schema.yaml; its enums are tested against these),
+the command line's choices, the rules' wildcard constraints and the modules that implement each
+choice all read them from here. Nothing here imports torch, so `coar --help` and the workflow's
+start-up stay fast.
+"""
+
+from __future__ import annotations
+
+from typing import Literal, get_args
+
+AblationMode = Literal["weight", "zero", "mean"]
+ABLATION_MODES: tuple[str, ...] = get_args(AblationMode)
+"""What an ablated unit outputs (coar/ablation.py); "weight" is the published one."""
+
+BASELINE_METHODS = ("loo", "grad_x_param", "conductance", "internal_influence")
+"""Baseline attribution methods scored beside COAR (coar/baselines.py)."""
+
+SolverMethod = Literal["ols", "ridge", "lasso"]
+SOLVER_METHODS: tuple[str, ...] = get_args(SolverMethod)
+"""Estimators of the per-example linear models (coar/solver)."""
+
+SolverBackend = Literal["auto", "numpy", "cupy"]
+SOLVER_BACKENDS: tuple[str, ...] = get_args(SolverBackend)
+"""Array backends of the solver; "auto" is cupy when installed with a visible GPU, else numpy."""
+
+DEVICES = ("auto", "cpu", "cuda")
+"""Where forward passes run; "auto" is CUDA when torch sees a GPU."""
+
+COMPONENT_KINDS = ("conv", "linear", "head", "qkv")
+"""conv: Conv output channels (filters); linear: Linear output neurons; head: attention heads;
+qkv: rows of nn.MultiheadAttention's packed q/k/v in-projection."""
+
+KIND_PRESETS = {
+    "weight_rows": ("conv", "linear", "qkv"),  # the paper's "one row of every weight matrix"
+    "all": COMPONENT_KINDS,
+}
+"""Names for common sets of component kinds."""
+
+OUTPUT_FUNCTION_NAMES = ("margin", "lm_margin")
+"""Registry names of the built-in output functions (coar/outputs.py); any other output function
+is named by a 'package.module:function' spec."""
+
+EDIT_TASKS = ("fix_errors", "forget_class", "subpopulation", "backdoor", "typographic")
+"""The COAR-Edit tasks, in the order the `edits` target runs them by default."""
+
+DEFAULT_TASK_FUNCTION = "task"
+"""The function a task spec without ':function' names."""

@@ -1,0 +1,100 @@
+"""One source for every set of allowed values (coar/constants.py): the schema's enums, the
+command line's choices and the implementing modules all agree with it, and reading it (or
+`coar --help`) never imports torch."""
+
+import subprocess
+import sys
+import typing
+
+import pytest
+import yaml
+
+from coar import constants
+from coar.cli import _parser
+from coar.config import SCHEMA
+
+
+def enums(node, path=""):
+    """{path: enum values} for every enum in a schema node; paths as in `schema_enum_sources`."""
+    found = {}
+    if isinstance(node, dict):
+        if "enum" in node:
+            found[path] = tuple(node["enum"])
+        for key, value in node.items():
+            if key != "enum":
+                found.update(enums(value, f"{path}/{key}" if path else key))
+    elif isinstance(node, list):
+        for i, value in enumerate(node):
+            found.update(enums(value, f"{path}/{i}"))
+    return found
+
+
+KINDS_PATH = "properties/components/properties/kinds"
+EDIT_KINDS_PATH = "$defs/edit_task/properties/kinds"
+SCHEMA_ENUM_SOURCES = {
+    "properties/ablation": constants.ABLATION_MODES,
+    f"{KINDS_PATH}/oneOf/0": tuple(constants.KIND_PRESETS),
+    f"{KINDS_PATH}/oneOf/1/items": constants.COMPONENT_KINDS,
+    "properties/solver/properties/method": constants.SOLVER_METHODS,
+    "properties/solver/properties/backend": constants.SOLVER_BACKENDS,
+    "properties/evaluation/properties/baselines/items": constants.BASELINE_METHODS,
+    "properties/device": constants.DEVICES,
+    "properties/edit/properties/tasks/items": constants.EDIT_TASKS,
+    "$defs/edit_task/properties/method": constants.SOLVER_METHODS,
+    f"{EDIT_KINDS_PATH}/oneOf/0": tuple(constants.KIND_PRESETS),
+    f"{EDIT_KINDS_PATH}/oneOf/1/items": constants.COMPONENT_KINDS,
+}
+
+
+def test_every_schema_enum_is_a_set_of_values_from_coar_constants():
+    schema = yaml.safe_load(SCHEMA.read_text())
+    assert enums(schema) == SCHEMA_ENUM_SOURCES
+
+
+def test_schema_defaults_that_list_every_value_list_them_in_the_constants_order():
+    properties = yaml.safe_load(SCHEMA.read_text())["properties"]
+    assert tuple(properties["evaluation"]["properties"]["baselines"]["default"]) == constants.BASELINE_METHODS
+    assert tuple(properties["edit"]["properties"]["tasks"]["default"]) == constants.EDIT_TASKS
+    assert set(properties["edit"]["properties"]) == {"tasks", *constants.EDIT_TASKS}
+
+
+def choices(command: str) -> dict:
+    """{option: choices} of one `coar` subcommand."""
+    sub = next(a for a in _parser()._actions if a.dest == "command").choices[command]
+    return {a.option_strings[0]: tuple(a.choices) for a in sub._actions if a.choices}
+
+
+def test_command_line_choices_are_the_constants():
+    assert choices("collect") == {"--purpose": ("train", "heldout"), "--ablation": constants.ABLATION_MODES,
+                                  "--device": constants.DEVICES}
+    assert choices("fit") == {"--method": constants.SOLVER_METHODS, "--backend": constants.SOLVER_BACKENDS}
+    assert choices("baseline") == {"--method": constants.BASELINE_METHODS, "--ablation": constants.ABLATION_MODES,
+                                   "--device": constants.DEVICES}
+
+
+def test_the_implementing_modules_use_the_constants():
+    from coar import ablation, baselines, components, edit_tasks, outputs
+    from coar.solver import backend, estimators
+
+    assert ablation.MODES is constants.ABLATION_MODES
+    assert typing.get_args(ablation.Mode) == constants.ABLATION_MODES
+    assert baselines.METHODS is constants.BASELINE_METHODS
+    assert components.KINDS is constants.COMPONENT_KINDS and components.KIND_PRESETS is constants.KIND_PRESETS
+    assert typing.get_args(estimators.Method) == constants.SOLVER_METHODS
+    assert typing.get_args(backend.BackendName) == constants.SOLVER_BACKENDS
+    assert tuple(outputs.OUTPUT_FUNCTIONS) == constants.OUTPUT_FUNCTION_NAMES
+    assert tuple(edit_tasks.TASKS) == constants.EDIT_TASKS
+
+
+@pytest.mark.parametrize("module", ["coar.constants", "coar.cli", "coar.config", "coar.spec"])
+def test_the_command_line_and_the_config_checks_import_without_torch(module):
+    code = f"import sys, {module}; print('torch' in sys.modules)"
+    result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    assert result.stdout.strip() == "False"
+
+
+def test_coar_help_lists_the_subcommands_without_importing_torch():
+    code = ("import sys, coar.cli\ntry:\n    coar.cli.main(['--help'])\nexcept SystemExit:\n    pass\n"
+            "print('torch imported' if 'torch' in sys.modules else 'no torch')")
+    result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    assert "collect" in result.stdout and result.stdout.strip().endswith("no torch")
