@@ -11,24 +11,15 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-import yaml
 
 from coar.evaluate import compare, correlation_table, module_totals
 from coar.steps import FIGURES
+from tests.snakemake_runs import TEST_CONFIG, TINY, snakemake
 
-REPO = Path(__file__).resolve().parents[1]
-SNAKEFILE = REPO / "workflow" / "Snakefile"
+RUN = f"results/{TINY['run']}"
 METHODS = ["coar", "loo", "grad_x_param", "conductance", "internal_influence"]
 SECTIONS = ["1. Summary", "2. Evaluation", "3. Attributions", "4. Timings"]
 PNGS = [*FIGURES, "correlation_histogram.png"]
-SMALL = {
-    "run": "small",
-    "task": {"spec": "coar.tasks.digits:task", "params": {"epochs": 4, "width": 0.25, "test_fraction": 0.1}},
-    "alpha": 0.05,
-    "masks": 200,
-    "shards": 1,
-    "evaluation": {"heldout_masks": 30, "alphas": [0.1]},
-}
 
 
 def test_compare_scores_every_method_on_the_same_heldout_masks():
@@ -49,28 +40,19 @@ def test_module_totals_sum_each_layers_columns_and_average_over_examples():
     assert totals == {"conv1": (1.0, 3.0), "conv2": (0.0, 4.0)}
 
 
-def snakemake(workdir: Path, *args: str) -> subprocess.CompletedProcess:
-    cmd = ["snakemake", "--snakefile", str(SNAKEFILE), "--directory", str(workdir), "--cores", "2",
-           "--configfile", str(workdir / "config.yaml")]
-    return subprocess.run(cmd + list(args), capture_output=True, text=True)
-
-
 @pytest.fixture(scope="module")
-def small_run(tmp_path_factory):
-    """A small run of the whole workflow, and its report."""
-    workdir = tmp_path_factory.mktemp("small")
-    (workdir / "config.yaml").write_text(yaml.safe_dump(SMALL))
-    result = snakemake(workdir)
-    assert result.returncode == 0, result.stderr[-3000:]
-    result = snakemake(workdir, "--report", "report.html")
+def reported_run(tiny_run):
+    """The tiny run of the whole workflow (tests/conftest.py), and its report."""
+    workdir = tiny_run[0]
+    result = snakemake(workdir, "--report", "report.html", config=TEST_CONFIG)
     assert result.returncode == 0, result.stderr[-3000:]
     return workdir
 
 
-def test_comparison_holds_coar_and_every_baseline_at_every_alpha(small_run):
-    run = small_run / "results" / "small"
+def test_comparison_holds_coar_and_every_baseline_at_every_alpha(reported_run):
+    run = reported_run / RUN
     comparison = json.loads((run / "comparison.json").read_text())
-    assert comparison["methods"] == METHODS and comparison["alphas"] == ["0.05", "0.1"]
+    assert comparison["methods"] == METHODS and comparison["alphas"] == ["0.025", "0.05", "0.1"]
     evaluation = json.loads((run / "evaluation.json").read_text())
     for alpha in comparison["alphas"]:
         # COAR scored beside the baselines is COAR scored alone.
@@ -78,17 +60,17 @@ def test_comparison_holds_coar_and_every_baseline_at_every_alpha(small_run):
         for method in METHODS:
             assert -1 <= comparison["mean_correlation"][method][alpha] <= 1
     table = (run / "comparison.md").read_text()
-    assert "| method | 0.05 (training) | 0.1 |" in table
+    assert "| method | 0.025 | 0.05 (training) | 0.1 |" in table
     assert all(f"| {method} |" in table for method in METHODS)
 
 
-def test_every_figure_is_saved_as_png_under_plots(small_run):
+def test_every_figure_is_saved_as_png_under_plots(reported_run):
     for name in PNGS:
-        assert (small_run / "results" / "small" / "plots" / name).read_bytes()[:8] == b"\x89PNG\r\n\x1a\n", name
+        assert (reported_run / RUN / "plots" / name).read_bytes()[:8] == b"\x89PNG\r\n\x1a\n", name
 
 
-def test_report_is_one_self_contained_html_file_with_every_section(small_run):
-    html = (small_run / "report.html").read_text()
+def test_report_is_one_self_contained_html_file_with_every_section(reported_run):
+    html = (reported_run / "report.html").read_text()
     for text in [*SECTIONS, *PNGS, "comparison.md", "summary.md", "Correlation table", "Predicted vs true",
                  "summed per layer", "Wall seconds"]:
         assert text in html, text
@@ -157,19 +139,19 @@ needs_chromium = pytest.mark.skipif(shutil.which("chromium") is None,
 
 
 @needs_chromium
-def test_chromium_shows_every_figure_of_the_report(small_run):
-    shown = shown_images(small_run / "report.html")
+def test_chromium_shows_every_figure_of_the_report(reported_run):
+    shown = shown_images(reported_run / "report.html")
     assert sorted(Path(p).name for p in shown) == sorted(PNGS)
     for path, size in shown.items():
-        assert size == png_size(small_run / path), f"{path} is broken in the browser: {size}"
+        assert size == png_size(reported_run / path), f"{path} is broken in the browser: {size}"
 
 
 @needs_chromium
-def test_the_browser_check_sees_a_broken_figure(small_run, tmp_path):
-    html = (small_run / "report.html").read_text()
+def test_the_browser_check_sees_a_broken_figure(reported_run, tmp_path):
+    html = (reported_run / "report.html").read_text()
     start = html.index("filename=step_timings.png;base64,") + len("filename=step_timings.png;base64,")
     broken = tmp_path / "broken.html"
     broken.write_text(html[:start] + "AAAA" + html[start + 4:])
     shown = shown_images(broken)
-    assert shown["results/small/plots/step_timings.png"] == [0, 0]
-    assert shown["results/small/plots/correlation_table.png"] == png_size(small_run / "results/small/plots/correlation_table.png")
+    assert shown[f"{RUN}/plots/step_timings.png"] == [0, 0]
+    assert shown[f"{RUN}/plots/correlation_table.png"] == png_size(reported_run / f"{RUN}/plots/correlation_table.png")

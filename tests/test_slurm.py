@@ -18,7 +18,7 @@ import pytest
 import yaml
 
 from coar.masks import sample_masks, shard_ranges
-from tests.test_workflow import SNAKEFILE, TINY
+from tests.snakemake_runs import SNAKEFILE, TINY
 
 REPO = Path(__file__).resolve().parents[1]
 TARGET = f"results/{TINY['run']}/attributions.h5"

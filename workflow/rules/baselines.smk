@@ -1,3 +1,5 @@
+from coar.constants import BASELINE_METHODS
+
 BASELINES = config["evaluation"]["baselines"]
 
 
@@ -8,7 +10,7 @@ rule baseline:
     output:
         f"{RUN}/baselines/{{method}}.h5",
     wildcard_constraints:
-        method="loo|grad_x_param|conductance|internal_influence",
+        method="|".join(BASELINE_METHODS),
     params:
         run_dir=run_dir_of_input,
         options=(
@@ -18,8 +20,6 @@ rule baseline:
         ),
     log:
         f"{RUN}/logs/baseline-{{method}}.log",
-    conda:
-        "../envs/coar.yaml"
     benchmark:
         f"{RUN}/benchmarks/baseline_{{method}}.tsv"
     threads: 1

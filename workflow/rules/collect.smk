@@ -49,8 +49,6 @@ rule collect:
         options=collect_options("train"),
     log:
         f"{RUN}/logs/collect-{{shard}}.log",
-    conda:
-        "../envs/coar.yaml"
     benchmark:
         f"{RUN}/benchmarks/collect-{{shard}}.tsv"
     threads: 1
@@ -77,8 +75,6 @@ rule merge:
         masks=config["masks"],
     log:
         f"{RUN}/logs/merge.log",
-    conda:
-        "../envs/coar.yaml"
     benchmark:
         f"{RUN}/benchmarks/merge.tsv"
     shell:
@@ -101,8 +97,6 @@ rule collect_heldout:
         stream=lambda wildcards: ALPHAS.index(wildcards.alpha),
     log:
         f"{RUN}/logs/collect_heldout-{{alpha}}.log",
-    conda:
-        "../envs/coar.yaml"
     benchmark:
         f"{RUN}/benchmarks/collect_heldout-{{alpha}}.tsv"
     threads: 1

@@ -6,6 +6,8 @@
 import json
 import shlex
 
+from coar.constants import EDIT_TASKS
+
 
 rule edit:
     """One task: train its model, attribute T and R, choose k on validation data, report on test data."""
@@ -13,14 +15,12 @@ rule edit:
         report=f"{RUN}/edits/{{task}}/report.json",
         plot=f"{RUN}/edits/{{task}}/plots/metric_vs_k.png",
     wildcard_constraints:
-        task=r"[a-z_]+",
+        task="|".join(EDIT_TASKS),
     params:
         run_dir=lambda wildcards, output: os.path.dirname(os.path.dirname(os.path.dirname(output.report))),
         task_params=lambda wildcards: shlex.quote(json.dumps(config["edit"].get(wildcards.task, {}))),
     log:
         f"{RUN}/logs/edit-{{task}}.log",
-    conda:
-        "../envs/coar.yaml"
     benchmark:
         f"{RUN}/benchmarks/edit-{{task}}.tsv"
     threads: 1

@@ -18,8 +18,6 @@ rule evaluate:
         heldout=HELDOUT_OPTIONS,
     log:
         f"{RUN}/logs/evaluate.log",
-    conda:
-        "../envs/coar.yaml"
     benchmark:
         f"{RUN}/benchmarks/evaluate.tsv"
     shell:
@@ -53,8 +51,6 @@ rule summarize:
         run_dir=run_dir_of_input,
     log:
         f"{RUN}/logs/summarize.log",
-    conda:
-        "../envs/coar.yaml"
     shell:
         "coar summarize --run-dir {params.run_dir} --evaluation {input.evaluation} --timings {input.timings}"
         " --out {output.summary} 2>&1 | tee {log}"
@@ -80,8 +76,6 @@ rule compare:
         heldout=HELDOUT_OPTIONS,
     log:
         f"{RUN}/logs/compare.log",
-    conda:
-        "../envs/coar.yaml"
     benchmark:
         f"{RUN}/benchmarks/compare.tsv"
     shell:
@@ -127,8 +121,6 @@ rule figures:
         plots_dir=lambda wildcards, output: os.path.dirname(output.table),
     log:
         f"{RUN}/logs/figures.log",
-    conda:
-        "../envs/coar.yaml"
     shell:
         "coar figures --run-dir {params.run_dir} --comparison {input.comparison} {params.methods} {params.heldout}"
         " --timings {input.timings} --plots-dir {params.plots_dir} 2>&1 | tee {log}"

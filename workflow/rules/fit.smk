@@ -10,8 +10,6 @@ rule fit:
         solver=config["solver"],
     log:
         f"{RUN}/logs/fit.log",
-    conda:
-        "../envs/coar.yaml"
     benchmark:
         f"{RUN}/benchmarks/fit.tsv"
     shell:

@@ -21,8 +21,6 @@ rule prepare:
         exclude=shlex.quote(",".join(config["components"]["exclude"])),
     log:
         f"{RUN}/logs/prepare.log",
-    conda:
-        "../envs/coar.yaml"
     benchmark:
         f"{RUN}/benchmarks/prepare.tsv"
     shell:

@@ -1,0 +1,92 @@
+"""The configuration: config/README.md documents exactly the schema's keys with their real
+defaults, and the start-up checks refuse what the schema cannot judge, naming the key."""
+
+import re
+from pathlib import Path
+
+import pytest
+import yaml
+
+from coar.config import SCHEMA, ConfigError, check_config
+from coar.constants import EDIT_TASKS
+
+REPO = Path(__file__).resolve().parents[1]
+CONFIG_DOCS = REPO / "config" / "README.md"
+DEFAULT_CONFIG = yaml.safe_load((REPO / "config" / "config.yaml").read_text())
+SECTION = ""  # default cell of a key that groups other keys
+NO_DEFAULT = "—"  # default cell of a key with no value unless the user gives one
+MISSING = object()
+
+
+def schema_keys(node: dict, schema: dict, prefix: str = "") -> dict[str, dict]:
+    """{dotted key: schema node} of every property, references to $defs followed."""
+    keys = {}
+    for name, sub in node.get("properties", {}).items():
+        if "$ref" in sub:
+            sub = {**schema["$defs"][sub["$ref"].removeprefix("#/$defs/")], **sub}
+        keys[prefix + name] = sub
+        keys.update(schema_keys(sub, schema, f"{prefix}{name}."))
+    return keys
+
+
+def documented_rows() -> dict[str, str]:
+    """{dotted key: default cell} of config/README.md's tables, `<task>` expanded to every edit task."""
+    rows = {}
+    for key, default in re.findall(r"^\| `([^`]+)` \| (.*?) \| .+ \|$", CONFIG_DOCS.read_text(), re.M):
+        for expanded in [key.replace("<task>", t) for t in EDIT_TASKS] if "<task>" in key else [key]:
+            assert expanded not in rows, f"{expanded} is documented twice"
+            rows[expanded] = default.strip()
+    return rows
+
+
+def effective_default(key: str, node: dict):
+    """What a key is when a user's config does not set it: config/config.yaml's value, else the schema's default."""
+    value = DEFAULT_CONFIG
+    for part in key.split("."):
+        value = value.get(part, MISSING) if isinstance(value, dict) else MISSING
+    return node.get("default", MISSING) if value is MISSING else value
+
+
+def test_config_docs_document_every_schema_key_and_nothing_else():
+    schema = yaml.safe_load(SCHEMA.read_text())
+    assert set(documented_rows()) == set(schema_keys(schema, schema))
+
+
+def test_config_docs_show_each_keys_real_default():
+    schema = yaml.safe_load(SCHEMA.read_text())
+    rows = documented_rows()
+    for key, node in schema_keys(schema, schema).items():
+        cell = rows[key]
+        if "properties" in node:
+            assert cell == SECTION, f"{key} groups other keys: its default cell must be empty"
+        elif (default := effective_default(key, node)) is MISSING:
+            assert cell == NO_DEFAULT, f"{key} has no default, the docs show {cell!r}"
+        else:
+            assert yaml.safe_load(cell.strip("`")) == default, f"{key}: docs show {cell}, the default is {default!r}"
+
+
+def test_the_docs_test_reads_every_table_row():
+    assert len(documented_rows()) > 40  # a broken row pattern would make the tests above vacuous
+
+
+def config(**changes) -> dict:
+    return {**DEFAULT_CONFIG, **changes}
+
+
+@pytest.mark.parametrize("changes, message", [
+    ({"task": {"spec": "no_such_module_xyz:task"}}, "'task.spec': no module 'no_such_module_xyz'"),
+    ({"task": {"spec": "no_such_package_xyz.sub"}}, "'task.spec': no module 'no_such_package_xyz.sub'"),
+    ({"task": {"spec": "coar.tasks.digits:"}}, "'task.spec': bad task spec"),
+    ({"output_fn": "margins"}, r"'output_fn': unknown output function 'margins'; use one of \['margin', 'lm_margin'\]"),
+    ({"output_fn": "no_such_module_xyz:f"}, "'output_fn': no module 'no_such_module_xyz'"),
+    ({"output_fn": "coar.outputs:"}, "'output_fn': bad output function spec"),
+    ({"shards": 5, "masks": 4}, "'shards': 5 shards for 4 masks"),
+])
+def test_check_config_refuses_naming_the_key(changes, message):
+    with pytest.raises(ConfigError, match=message):
+        check_config(config(**changes))
+
+
+@pytest.mark.parametrize("output_fn", [None, "margin", "lm_margin", "coar.outputs:margin"])
+def test_check_config_accepts_the_default_run_and_every_kind_of_output_function(output_fn):
+    check_config(config(output_fn=output_fn))
