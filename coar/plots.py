@@ -1,4 +1,8 @@
-"""Figures of a run, saved as PNG (matplotlib without a display)."""
+"""Figures of a run, saved as PNG.
+
+Figures are drawn on their own Agg canvas, never through pyplot: importing this module or
+drawing a figure changes no global matplotlib state (a notebook's backend stays as it is).
+"""
 
 from __future__ import annotations
 
@@ -6,18 +10,23 @@ from pathlib import Path
 from typing import Mapping
 
 import numpy as np
+from matplotlib.backends.backend_agg import FigureCanvasAgg
+from matplotlib.figure import Figure
 
-import matplotlib
+from coar.atomic import atomic_path
 
-matplotlib.use("Agg")
-import matplotlib.pyplot as plt  # noqa: E402
 
-from coar.atomic import atomic_path  # noqa: E402
+def _figure(**kwargs) -> Figure:
+    """A figure with its own Agg canvas, outside pyplot's figure registry."""
+    fig = Figure(**kwargs)
+    FigureCanvasAgg(fig)
+    return fig
 
 
 def correlation_histogram(by_alpha: dict[str, dict], path: str | Path) -> None:
     """Distribution of per-example held-out correlations, one histogram per alpha."""
-    fig, ax = plt.subplots(figsize=(6, 3.5))
+    fig = _figure(figsize=(6, 3.5))
+    ax = fig.subplots()
     for alpha, result in by_alpha.items():
         values = [v for v in result["correlations"] if v is not None]
         ax.hist(values, bins=40, range=(-0.2, 1), histtype="step", linewidth=1.5,
@@ -28,19 +37,19 @@ def correlation_histogram(by_alpha: dict[str, dict], path: str | Path) -> None:
     _save(fig, path)
 
 
-def _save(fig: plt.Figure, path: str | Path) -> None:
-    """Write `fig` as PNG atomically and free it."""
+def _save(fig: Figure, path: str | Path) -> None:
+    """Write `fig` as PNG atomically."""
     fig.tight_layout()
     with atomic_path(path) as tmp:
         fig.savefig(tmp, format="png", dpi=120, bbox_inches="tight")
-    plt.close(fig)
 
 
 def correlation_table(table: Mapping[str, Mapping[str, float]], train_alpha: str, path: str | Path) -> None:
     """Mean held-out correlation per method (rows) and evaluation alpha (columns), annotated (cf. the paper's Figure 1)."""
     methods, alphas = list(table), list(next(iter(table.values())))
     values = np.array([[table[m][a] for a in alphas] for m in methods])
-    fig, ax = plt.subplots(figsize=(1.6 + 1.3 * len(alphas), 0.9 + 0.45 * len(methods)))
+    fig = _figure(figsize=(1.6 + 1.3 * len(alphas), 0.9 + 0.45 * len(methods)))
+    ax = fig.subplots()
     ax.imshow(values, cmap="viridis", vmin=0, vmax=1, aspect="auto")
     for (r, c), v in np.ndenumerate(values):
         ax.text(c, r, f"{v:.3f}", ha="center", va="center", color="white" if v < 0.6 else "black", fontsize=9)
@@ -55,7 +64,8 @@ def correlation_distributions(correlations: Mapping[str, list], alpha: str, path
     """Per-example held-out correlations at one alpha, one box per method."""
     methods = list(correlations)
     values = [[v for v in correlations[m] if v is not None] for m in methods]
-    fig, ax = plt.subplots(figsize=(6, 0.9 + 0.5 * len(methods)))
+    fig = _figure(figsize=(6, 0.9 + 0.5 * len(methods)))
+    ax = fig.subplots()
     ax.boxplot(values, orientation="horizontal", tick_labels=methods, showmeans=True, flierprops={"markersize": 2})
     ax.invert_yaxis()
     ax.set_xlabel(f"per-example correlation of predicted and true outputs (alpha={alpha})")
@@ -70,7 +80,8 @@ def predicted_vs_true(true: np.ndarray, predicted: Mapping[str, np.ndarray], exa
     `true` is (masks x k examples); `predicted[method]` has the same shape.
     """
     methods, k = list(predicted), true.shape[1]
-    fig, axes = plt.subplots(len(methods), k, figsize=(2.2 * k, 2.0 * len(methods)), squeeze=False)
+    fig = _figure(figsize=(2.2 * k, 2.0 * len(methods)))
+    axes = fig.subplots(len(methods), k, squeeze=False)
     for r, method in enumerate(methods):
         for c in range(k):
             ax, t, p = axes[r, c], true[:, c], predicted[method][:, c]
@@ -92,7 +103,8 @@ def layer_attributions(totals: Mapping[str, tuple[float, float]], path: str | Pa
     modules = list(totals)
     signed, magnitude = np.array([totals[m] for m in modules]).T
     y = np.arange(len(modules))
-    fig, ax = plt.subplots(figsize=(6.5, 1 + 0.35 * len(modules)))
+    fig = _figure(figsize=(6.5, 1 + 0.35 * len(modules)))
+    ax = fig.subplots()
     ax.barh(y - 0.2, magnitude, height=0.4, label="sum of |attribution|")
     ax.barh(y + 0.2, signed, height=0.4, label="sum of attributions (effect of ablating the layer)")
     ax.set_yticks(y, modules, fontsize=8)
@@ -106,7 +118,8 @@ def layer_attributions(totals: Mapping[str, tuple[float, float]], path: str | Pa
 def step_timings(seconds: Mapping[str, float], path: str | Path) -> None:
     """Wall seconds per workflow step."""
     steps = list(seconds)
-    fig, ax = plt.subplots(figsize=(6, 0.8 + 0.35 * len(steps)))
+    fig = _figure(figsize=(6, 0.8 + 0.35 * len(steps)))
+    ax = fig.subplots()
     ax.barh(steps, [seconds[s] for s in steps])
     for i, s in enumerate(steps):
         ax.text(seconds[s], i, f" {seconds[s]:.1f}", va="center", fontsize=8)
