@@ -1,6 +1,7 @@
 """Shared pytest set-up: strict extension loading, and one tiny workflow run for the workflow tests."""
 
 import os
+from pathlib import Path
 
 import pytest
 
@@ -9,9 +10,10 @@ os.environ.setdefault("COAR_REQUIRE_EXT", "1")
 
 
 @pytest.fixture(scope="session")
-def tiny_run(tmp_path_factory) -> tuple:
-    """(folder, wall seconds) of one complete run of the tiny CI config, shared by every test that reads it."""
+def tiny_run(tmp_path_factory) -> Path:
+    """The folder of one complete run of the tiny CI config, shared by every test that reads it."""
     from tests.snakemake_runs import run_tiny
 
     workdir = tmp_path_factory.mktemp("tiny")
-    return workdir, run_tiny(workdir)
+    run_tiny(workdir)
+    return workdir

@@ -43,7 +43,7 @@ def test_module_totals_sum_each_layers_columns_and_average_over_examples():
 @pytest.fixture(scope="module")
 def reported_run(tiny_run):
     """The tiny run of the whole workflow (tests/conftest.py), and its report."""
-    workdir = tiny_run[0]
+    workdir = tiny_run
     result = snakemake(workdir, "--report", "report.html", config=TEST_CONFIG)
     assert result.returncode == 0, result.stderr[-3000:]
     return workdir

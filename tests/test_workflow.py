@@ -26,7 +26,8 @@ def test_dry_run_of_the_default_config_plans_every_step(tmp_path):
 
 
 def test_lint_finds_nothing_but_the_missing_conda_environments(tmp_path):
-    text = (result := snakemake(tmp_path, "--lint")).stdout + result.stderr
+    result = snakemake(tmp_path, "--lint")
+    text = result.stdout + result.stderr
     findings = re.findall(r"^    \* (.+):$", text, re.M)
     blocks = re.findall(r"^Lints for (.+):$", text, re.M)
     assert findings and set(findings) == {NO_SOFTWARE_DEFINITION}, text
@@ -53,8 +54,7 @@ def test_bad_config_stops_before_any_work_naming_the_key(tmp_path, change, key):
 
 
 def test_tiny_run_writes_attributions_and_a_good_evaluation(tiny_run):
-    workdir, seconds = tiny_run
-    run = workdir / "results" / "tiny"
+    run = tiny_run / "results" / "tiny"
     with h5py.File(run / "attributions.h5", "r") as f:
         n, n_components = f["weight"].shape
         assert f.attrs["encoding"] == "1 = ablated"
@@ -71,11 +71,10 @@ def test_tiny_run_writes_attributions_and_a_good_evaluation(tiny_run):
     assert set(evaluation["by_alpha"]) == {"0.025", "0.05", "0.1"}
     assert (run / "summary.md").read_text().startswith("# coar run `tiny`")
     assert (run / "plots" / "correlation_histogram.png").stat().st_size > 1000
-    assert seconds < 180
 
 
 def test_heldout_masks_never_coincide_with_training_masks(tiny_run):
-    run = tiny_run[0] / "results" / "tiny"
+    run = tiny_run / "results" / "tiny"
     with h5py.File(run / "dataset.h5", "r") as f:
         train = {row.tobytes() for row in f["masks"][:]}
     for path in (run / "heldout").glob("*.h5"):
@@ -84,7 +83,7 @@ def test_heldout_masks_never_coincide_with_training_masks(tiny_run):
 
 
 def test_killed_run_resumes_recomputing_only_missing_shards_with_identical_results(tiny_run, tmp_path):
-    reference = tiny_run[0] / "results" / "tiny" / "attributions.h5"
+    reference = tiny_run / "results" / "tiny" / "attributions.h5"
     shards = tmp_path / "results" / "tiny" / "shards"
     cmd = ["snakemake", "--snakefile", str(SNAKEFILE), "--directory", str(tmp_path), "--cores", "1",
            "--configfile", str(TEST_CONFIG)]
