@@ -175,3 +175,180 @@ def test_remove_stale_temporaries_ignores_names_that_only_look_alike(tmp_path):
     lookalike.write_text("")
     assert atomic.remove_stale_temporaries(tmp_path / "dataset.h5") == []
     assert lookalike.exists()
+
+
+# ----------------------------------------------------------------------------- provenance
+
+from coar import steps  # noqa: E402
+from coar.task import load_saved_task, save_task  # noqa: E402
+
+TASK = "tests.tasks_for_tests:task"
+RUN = {"alpha": 0.1, "seed": 3, "ablation": "weight", "output_fn": "margin", "precision": "fp32"}
+COLLECT = {"masks_per_pass": 4, "max_batch": 64, "device": "cpu"}
+
+
+def collect(run_dir, out, *, masks=40, shard=0, shards=1, **changes):
+    settings = {k: v for k, v in RUN.items() if k != "precision"} | changes
+    steps.collect(run_dir, out, shard=shard, shards=shards, masks=masks, **settings, **COLLECT)
+
+
+@pytest.fixture
+def run_dir(tmp_path):
+    run = tmp_path / "run"
+    steps.prepare(TASK, {"n": 6}, ["linear"], ["*"], [], run)
+    return run
+
+
+@pytest.fixture
+def collected(run_dir):
+    """Two shards, merged and fitted with the run's settings."""
+    shards = [run_dir / f"shards/shard-{i}.h5" for i in range(2)]
+    for i, path in enumerate(shards):
+        collect(run_dir, path, shard=i, shards=2)
+    steps.merge(run_dir, shards, run_dir / "dataset.h5", 40, steps.provenance(run_dir, **RUN))
+    steps.fit(run_dir, run_dir / "dataset.h5", run_dir / "attributions.h5", method="ridge", backend="numpy",
+              chunk_rows=16, expected=steps.provenance(run_dir, **RUN))
+    return run_dir, shards
+
+
+@pytest.mark.parametrize("key, config_value, recorded", [
+    ("alpha", 0.2, "0.1"), ("seed", 4, "3"), ("ablation", "zero", "'weight'"),
+    ("output_fn", "lm_margin", "'margin'"), ("precision", "bf16", "'fp32'"),
+])
+def test_merge_refuses_shards_made_otherwise_than_the_config_naming_key_and_both_values(collected, key, config_value,
+                                                                                          recorded):
+    run_dir, shards = collected
+    expected = steps.provenance(run_dir, **(RUN | {key: config_value}))
+    with pytest.raises(FormatError, match=rf"made with {key} {recorded} but this run has {config_value!r}"):
+        steps.merge(run_dir, shards, run_dir / "other.h5", 40, expected)
+    assert not (run_dir / "other.h5").exists()
+
+
+def test_merge_by_default_expects_the_tasks_own_output_function(collected, tmp_path):
+    run_dir, _ = collected
+    shard = tmp_path / "lm.h5"
+    collect(run_dir, shard, output_fn="tests.tasks_for_tests:constant_output")
+    with pytest.raises(FormatError, match="output_fn 'tests.tasks_for_tests:constant_output' but this run has 'margin'"):
+        steps.merge(run_dir, [shard], tmp_path / "d.h5", 40, steps.provenance(run_dir))
+
+
+def test_fit_refuses_a_dataset_made_at_another_alpha(collected):
+    run_dir, _ = collected
+    with pytest.raises(FormatError, match="alpha 0.1 but this run has 0.3"):
+        steps.fit(run_dir, run_dir / "dataset.h5", run_dir / "a.h5", method="ridge", backend="numpy", chunk_rows=16,
+                  expected=steps.provenance(run_dir, **(RUN | {"alpha": 0.3})))
+
+
+def test_attributions_record_how_their_data_were_made(collected):
+    run_dir, _ = collected
+    attrs = h5format.read_attributions(run_dir / "attributions.h5").attrs
+    assert {k: attrs[k] for k in RUN} == RUN
+    assert attrs["n_masks"] == 40
+
+
+def test_evaluation_and_summary_report_the_recorded_values_and_refuse_other_ones(collected):
+    run_dir, _ = collected
+    heldout = run_dir / "heldout.h5"
+    collect(run_dir, heldout, masks=20, purpose="heldout")
+    expected = steps.provenance(run_dir, **{k: v for k, v in RUN.items() if k != "alpha"})
+    with pytest.raises(FormatError, match="alpha 0.1 but this run has 0.2"):
+        steps.evaluate(run_dir, run_dir / "attributions.h5", {0.2: heldout}, 0.2, run_dir / "e.json", expected)
+    with pytest.raises(FormatError, match="seed 3 but this run has 9"):
+        steps.evaluate(run_dir, run_dir / "attributions.h5", {0.1: heldout}, 0.1, run_dir / "e.json",
+                       expected | {"seed": 9})
+    result = steps.evaluate(run_dir, run_dir / "attributions.h5", {0.1: heldout}, 0.1, run_dir / "evaluation.json",
+                            expected)
+    assert {k: result[k] for k in RUN} == RUN
+    summary = steps.summarize(run_dir, run_dir / "evaluation.json", [], run_dir / "summary.md")
+    assert "at alpha = 0.1, seed 3" in summary
+    assert "ablation: weight; output function: `margin`; precision: fp32" in summary
+
+
+def replace_examples(run_dir):
+    """task.pt with the same model but other inputs (what prepare recorded no longer holds)."""
+    task = load_saved_task(run_dir / "task.pt")
+    task.inputs = task.inputs + 1.0
+    save_task(task, run_dir / "task.pt")
+
+
+def test_collect_refuses_a_task_whose_examples_differ_from_prepare(run_dir):
+    replace_examples(run_dir)
+    with pytest.raises(RuntimeError, match="examples in task.pt .* are not those prepare recorded"):
+        collect(run_dir, run_dir / "shard.h5")
+    assert not (run_dir / "shard.h5").exists()
+
+
+def test_baseline_refuses_a_task_whose_examples_differ_from_prepare(run_dir):
+    replace_examples(run_dir)
+    with pytest.raises(RuntimeError, match="examples in task.pt .* are not those prepare recorded"):
+        steps.baseline(run_dir, run_dir / "loo.h5", method="loo", ablation="weight", output_fn=None,
+                       masks_per_pass=4, max_batch=64, n_steps=4, device="cpu")
+
+
+# ----------------------------------------------------------------------------- non-finite values
+
+INF_FN = "tests.tasks_for_tests:margin_inf_for_class_0"
+
+
+def class_0_examples(run_dir):
+    task = load_saved_task(run_dir / "task.pt")
+    return [task.example_ids[i] for i in (task.labels == 0).nonzero().flatten().tolist()]
+
+
+def test_collect_refuses_non_finite_outputs_naming_examples_and_masks(run_dir):
+    ids = class_0_examples(run_dir)
+    assert ids, "the test task needs an example of class 0"
+    with pytest.raises(ValueError, match=rf"non-finite values .* in 40 masks \(rows\) \[0, 1, 2, 3, 4, \.\.\.\] "
+                                         rf"and {len(ids)} examples \[{', '.join(ids)}\]"):
+        collect(run_dir, run_dir / "shard.h5", output_fn=INF_FN)
+    assert not (run_dir / "shard.h5").exists()
+
+
+def test_collect_can_record_non_finite_outputs_with_a_warning(run_dir, capsys):
+    collect(run_dir, run_dir / "shard.h5", output_fn=INF_FN, nonfinite="record")
+    assert "warning:" in capsys.readouterr().err
+    (_, outputs), = h5format.iter_chunks(run_dir / "shard.h5", 1000)
+    assert np.isinf(outputs).any()
+
+
+def test_evaluate_refuses_non_finite_heldout_outputs(collected):
+    run_dir, _ = collected
+    heldout = run_dir / "heldout.h5"
+    collect(run_dir, heldout, masks=20, purpose="heldout", output_fn=INF_FN, nonfinite="record")
+    with pytest.raises(ValueError, match="heldout.h5 holds .* non-finite values"):
+        steps.evaluate(run_dir, run_dir / "attributions.h5", {0.1: heldout}, 0.1, run_dir / "e.json", {})
+    assert not (run_dir / "e.json").exists()
+
+
+def test_undefined_correlations_are_null_and_counted_never_nan(collected):
+    run_dir, _ = collected
+    fn = "tests.tasks_for_tests:constant_output"
+    heldout = run_dir / "heldout.h5"
+    collect(run_dir, heldout, masks=20, purpose="heldout", output_fn=fn)
+    # the attributions were fitted on margins; scored against constant outputs every correlation is undefined
+    h5format_expect = steps.provenance(run_dir, seed=3, ablation="weight", precision="fp32", output_fn="margin")
+    with pytest.raises(FormatError, match="output_fn"):
+        steps.evaluate(run_dir, run_dir / "attributions.h5", {0.1: heldout}, 0.1, run_dir / "e.json", h5format_expect)
+    result = steps.evaluate(run_dir, run_dir / "attributions.h5", {0.1: heldout}, 0.1, run_dir / "e.json", {})
+    text = (run_dir / "e.json").read_text()
+    json.loads(text, parse_constant=lambda name: pytest.fail(f"bare {name} in evaluation.json"))
+    assert result["mean_correlation"] is None and result["median_correlation"] is None
+    assert result["by_alpha"]["0.1"]["undefined_correlations"] == 6
+    assert "undefined" in steps.summarize(run_dir, run_dir / "e.json", [], run_dir / "summary.md")
+
+
+def test_baseline_refuses_non_finite_attributions(run_dir):
+    with pytest.raises(ValueError, match="baseline loo gave .* non-finite values"):
+        steps.baseline(run_dir, run_dir / "loo.h5", method="loo", ablation="weight", output_fn=INF_FN,
+                       masks_per_pass=4, max_batch=64, n_steps=4, device="cpu")
+    assert not (run_dir / "loo.h5").exists()
+
+
+# ----------------------------------------------------------------------------- refused before any work
+
+
+def test_prepare_refuses_ols_with_no_more_masks_than_components(tmp_path):
+    with pytest.raises(ValueError, match=r"config key 'masks': 11 masks for 11 components.*masks >= 12"):
+        steps.prepare(TASK, {}, ["linear"], ["*"], [], tmp_path / "run", masks=11, method="ols")
+    assert not (tmp_path / "run" / "prepare.json").exists()
+    steps.prepare(TASK, {}, ["linear"], ["*"], [], tmp_path / "run", masks=11, method="ridge")

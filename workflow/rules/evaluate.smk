@@ -3,7 +3,7 @@ report: "../report/workflow.rst"
 import shlex
 
 
-HELDOUT_OPTIONS = " ".join("--heldout " + shlex.quote(f"{a}={RUN}/heldout/alpha-{a}.h5") for a in ALPHAS)
+HELDOUT_OPTIONS = " ".join(f"--heldout {shlex.quote(f'{a}={RUN}/heldout/alpha-{a}.h5')}" for a in ALPHAS)
 
 
 rule evaluate:
@@ -64,7 +64,7 @@ rule summarize:
 
 
 METHOD_FILES = {"coar": f"{RUN}/attributions.h5", **{m: f"{RUN}/baselines/{m}.h5" for m in BASELINES}}
-METHOD_OPTIONS = " ".join("--method " + shlex.quote(f"{m}={path}") for m, path in METHOD_FILES.items())
+METHOD_OPTIONS = " ".join(f"--method {shlex.quote(f'{m}={path}')}" for m, path in METHOD_FILES.items())
 
 
 rule compare:
