@@ -352,3 +352,104 @@ def test_prepare_refuses_ols_with_no_more_masks_than_components(tmp_path):
         steps.prepare(TASK, {}, ["linear"], ["*"], [], tmp_path / "run", masks=11, method="ols")
     assert not (tmp_path / "run" / "prepare.json").exists()
     steps.prepare(TASK, {}, ["linear"], ["*"], [], tmp_path / "run", masks=11, method="ridge")
+
+
+from pathlib import Path  # noqa: E402
+import subprocess  # noqa: E402
+
+import yaml  # noqa: E402
+from snakemake.utils import validate  # noqa: E402
+
+from coar.config import ConfigError, check_config  # noqa: E402
+
+REPO = Path(__file__).resolve().parents[1]
+
+
+def config_with(**changes):
+    """The default config with `changes`, after the schema (which fills in defaults)."""
+    config = yaml.safe_load((REPO / "config" / "config.yaml").read_text()) | changes
+    validate(config, str(REPO / "config" / "schema.yaml"))
+    return config
+
+
+@pytest.mark.parametrize("changes, message", [
+    ({"masks": 400.0}, r"config key 'masks': 400.0 must be a whole number .*\(e.g. 400\)"),
+    ({"solver": {"chunk_rows": 64.0}}, r"config key 'solver.chunk_rows': 64.0 must be a whole number"),
+    ({"run": "."}, r"config key 'run': '\.' is not a run name.*not '\.' or '\.\.'"),
+    ({"run": ".."}, r"config key 'run': '\.\.' is not a run name"),
+    ({"run": "a/b"}, r"config key 'run': 'a/b' is not a run name.*no slashes"),
+    ({"task": {"spec": "tests.tasks_for_tests:no_such_function", "params": {}}},
+     r"config key 'task.spec': .*has no attribute 'no_such_function'"),
+    ({"task": {"spec": "tests.tasks_for_tests:NOT_CALLABLE", "params": {}}}, r"config key 'task.spec': .*not callable"),
+    ({"task": {"spec": "tests.tasks_for_tests:task$(touch marker)", "params": {}}},
+     r"config key 'task.spec': .*is not 'package.module'"),
+    ({"output_fn": "margin; touch marker"}, r"config key 'output_fn': .*is not 'package.module'"),
+    ({"output_fn": "tests.tasks_for_tests:nothing_here"}, r"config key 'output_fn': .*has no attribute"),
+])
+def test_check_config_refuses_at_start_up_naming_the_key_and_the_fix(changes, message):
+    config = config_with() | changes  # after the schema: check_config must refuse these on its own
+    with pytest.raises(ConfigError, match=message):
+        check_config(config)
+
+
+def test_the_default_config_passes_check_config():
+    check_config(config_with())
+
+
+def test_device_cuda_without_a_gpu_is_refused_at_start_up(monkeypatch):
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
+    with pytest.raises(ConfigError, match="config key 'device': 'cuda' was asked for but torch sees no GPU"):
+        check_config(config_with(device="cuda"))
+
+
+def test_the_cupy_backend_without_cupy_or_a_gpu_is_refused_at_start_up(monkeypatch):
+    import importlib.util
+
+    real_find_spec = importlib.util.find_spec
+    monkeypatch.setattr(importlib.util, "find_spec", lambda name, *a: None if name == "cupy" else real_find_spec(name, *a))
+    with pytest.raises(ConfigError, match="config key 'solver.backend': .*cupy is not installed"):
+        check_config(config_with(solver={"backend": "cupy"}))
+
+
+# ----------------------------------------------------------------------------- shell injection
+
+
+def snakemake(workdir, config, *targets):
+    (workdir / "config.yaml").write_text(yaml.safe_dump(config))
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(REPO), os.environ.get("PYTHONPATH", "")])}
+    return subprocess.run(["snakemake", "--snakefile", str(REPO / "workflow" / "Snakefile"), "--directory", str(workdir),
+                           "--cores", "1", *targets, "--configfile", str(workdir / "config.yaml")],
+                          capture_output=True, text=True, env=env, cwd=workdir)
+
+
+TINY = {"run": "inj", "task": {"spec": TASK, "params": {"n": 4}}, "components": {"kinds": ["linear"]},
+        "alpha": 0.1, "masks": 40, "solver": {"method": "ridge"}}
+
+
+@pytest.mark.parametrize("key, change", [
+    ("['task']['spec']", {"task": {"spec": TASK + "$(touch {marker})", "params": {}}}),
+    ("['output_fn']", {"output_fn": "margin$(touch {marker})"}),
+    ("['run']", {"run": "inj$(touch {marker})"}),
+])
+def test_a_command_substitution_in_a_name_is_refused_and_never_runs(tmp_path, key, change):
+    marker = tmp_path / "marker"
+    config = json.loads(json.dumps(TINY | change).replace("{marker}", str(marker)))
+    result = snakemake(tmp_path, config, "results/inj/prepare.json")
+    assert result.returncode != 0
+    assert key in result.stdout + result.stderr
+    assert not marker.exists()
+    assert not (tmp_path / "results").exists()
+
+
+def test_a_command_substitution_in_free_text_reaches_the_step_verbatim_and_never_runs(tmp_path):
+    markers = [tmp_path / f"marker{i}" for i in range(3)]
+    config = TINY | {
+        "task": {"spec": TASK, "params": {"n": 4, "note": f"$(touch {markers[0]})"}},
+        "components": {"kinds": ["linear"], "include": ["*", f"`touch {markers[1]}`"],
+                       "exclude": [f"x; touch {markers[2]}"]},
+    }
+    result = snakemake(tmp_path, config, "results/inj/prepare.json")
+    assert result.returncode == 0, result.stderr[-2000:]
+    assert not any(m.exists() for m in markers)
+    info = json.loads((tmp_path / "results" / "inj" / "prepare.json").read_text())
+    assert info["task_params"]["note"] == f"$(touch {markers[0]})"
