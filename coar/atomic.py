@@ -23,9 +23,9 @@ from typing import Iterator
 
 _TMP = re.compile(r"\.(?P<name>.+)\.[0-9a-f]{32}\.tmp")
 # How libraries report a full disk: errno 28 in an OSError, or only in the text (HDF5:
-# "Can't decrement id ref count (errno = 28)"; torch.save: "file write failed").
+# "Can't decrement id ref count (errno = 28)"), or not at all (torch.save: "file write failed",
+# "unexpected pos 832 vs 726"); an I/O error while the disk is (almost) full counts too.
 _DISK_FULL_TEXT = ("errno = 28", "errno 28", "no space left on device")
-_WRITE_FAILED_TEXT = "write failed"
 _ALMOST_FULL_BYTES = 1 << 20
 
 
@@ -122,7 +122,7 @@ def _is_disk_full(err: BaseException, directory: Path) -> bool:
             return True
         if any(marker in text for marker in _DISK_FULL_TEXT):
             return True
-        if _WRITE_FAILED_TEXT in text and _free_bytes(directory) < _ALMOST_FULL_BYTES:
+        if isinstance(chain, (OSError, RuntimeError)) and _free_bytes(directory) < _ALMOST_FULL_BYTES:
             return True
         chain = chain.__cause__ or chain.__context__
     return False
