@@ -179,9 +179,9 @@ def fit(run_dir: str | Path, data: str | Path, out: str | Path, *, method: str, 
 
     expect = {**run_expect(run_dir), **(expected or {})}
     made = h5format.run_attrs_of(data, expect)
+    task, components = _load_run(run_dir)
     start = time.perf_counter()
     result = solver.fit(lambda: h5format.iter_chunks(data, chunk_rows, expect), method=method, backend=backend)
-    task, components = _load_run(run_dir)
     h5format.write_attributions(out, result.weight, result.bias, result.lam, components.table(), task.example_ids, {
         "encoding": h5format.ENCODING, "solver": f"coar.solver backend={backend}", "method": result.method, "n_masks": result.n_masks,
         **{k: made[k] for k in PROVENANCE},
@@ -226,6 +226,7 @@ def evaluate(run_dir: str | Path, attributions: str | Path, heldout: dict[float,
         "n_masks": attr.attrs["n_masks"],
         "mean_correlation": main["mean_correlation"],
         "median_correlation": main["median_correlation"],
+        "undefined_correlations": main["undefined_correlations"],
         "n_heldout_masks": main["n_masks"],
         "by_alpha": by_alpha,
     }

@@ -333,7 +333,7 @@ def test_undefined_correlations_are_null_and_counted_never_nan(collected):
     text = (run_dir / "e.json").read_text()
     json.loads(text, parse_constant=lambda name: pytest.fail(f"bare {name} in evaluation.json"))
     assert result["mean_correlation"] is None and result["median_correlation"] is None
-    assert result["by_alpha"]["0.1"]["undefined_correlations"] == 6
+    assert result["undefined_correlations"] == result["by_alpha"]["0.1"]["undefined_correlations"] == 6
     assert "undefined" in steps.summarize(run_dir, run_dir / "e.json", [], run_dir / "summary.md")
 
 
