@@ -21,8 +21,8 @@ import os
 import sys
 from typing import Sequence
 
-from coar.constants import (ABLATION_MODES, BASELINE_METHODS, COMPONENT_KINDS, DEVICES, KIND_PRESETS, SOLVER_BACKENDS,
-                            SOLVER_METHODS)
+from coar.constants import (ABLATION_MODES, BASELINE_METHODS, COMPONENT_KINDS, DEVICES, KIND_PRESETS, NONFINITE_POLICIES,
+                            PRECISIONS, SOLVER_BACKENDS, SOLVER_METHODS)
 
 
 def _csv(text: str) -> list[str]:
@@ -47,6 +47,16 @@ def _name_path(text: str) -> tuple[str, str]:
     return name, path
 
 
+def _provenance_options(s: argparse.ArgumentParser, alpha: bool) -> None:
+    """Options naming how the step's input data must have been made; a value not given is not checked."""
+    if alpha:
+        s.add_argument("--alpha", type=float, default=None, help="alpha the data must have been collected at")
+    s.add_argument("--seed", type=int, default=None, help="seed the data must have been collected with")
+    s.add_argument("--ablation", choices=ABLATION_MODES, default=None, help="ablation the data must use")
+    s.add_argument("--output-fn", default=None, help="output function the data must use; default: the task's own")
+    s.add_argument("--precision", choices=PRECISIONS, default=None, help="precision the data must have been collected in")
+
+
 def _parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="coar", description="Component attribution via regression (COAR): one subcommand per workflow step.")
     sub = p.add_subparsers(dest="command", required=True, metavar="COMMAND")
@@ -62,6 +72,8 @@ def _parser() -> argparse.ArgumentParser:
     s.add_argument("--kinds", default="conv", type=_kinds, help=f"comma-separated unit kinds ({','.join(COMPONENT_KINDS)}) or one of {' / '.join(KIND_PRESETS)}")
     s.add_argument("--include", default="*", type=_csv, help="comma-separated glob patterns of module names to keep")
     s.add_argument("--exclude", default="", type=_csv, help="comma-separated glob patterns of module names to drop")
+    s.add_argument("--masks", type=int, default=None, help="training masks m of the run (with --method ols: refuse m <= components now)")
+    s.add_argument("--method", choices=SOLVER_METHODS, default=None, help="the run's solver method")
 
     s = add("collect", "Sample one shard of ablation masks and record the ablated model's outputs on every example.")
     s.add_argument("--out", required=True, help="shard HDF5 file to write (appears only when complete)")
@@ -78,12 +90,16 @@ def _parser() -> argparse.ArgumentParser:
     s.add_argument("--masks-per-pass", type=int, default=8, help="masks evaluated in one batched forward pass")
     s.add_argument("--max-batch", type=int, default=4096, help="most rows (masks x examples) per forward pass")
     s.add_argument("--device", choices=DEVICES, default="auto")
+    s.add_argument("--precision", choices=PRECISIONS, default="fp32", help="arithmetic precision of the forward passes")
+    s.add_argument("--nonfinite", choices=NONFINITE_POLICIES, default="error",
+                   help="NaN or infinite outputs: refuse (error) or write them with a warning (record)")
     s.add_argument("--threads", type=int, default=None, help="torch CPU threads")
 
     s = add("merge", "Check that shards belong to this run and tile all rows, then merge them into one dataset.")
     s.add_argument("--out", required=True)
     s.add_argument("--masks", type=int, required=True, help="total number of masks m the shards must cover")
     s.add_argument("shards", nargs="+", help="shard files")
+    _provenance_options(s, alpha=True)
 
     s = add("fit", "Fit one linear model per example (attributions) on a dataset, streamed in row chunks.")
     s.add_argument("--data", required=True, help="merged dataset file")
@@ -91,12 +107,14 @@ def _parser() -> argparse.ArgumentParser:
     s.add_argument("--method", choices=SOLVER_METHODS, default="ols")
     s.add_argument("--backend", choices=SOLVER_BACKENDS, default="auto")
     s.add_argument("--chunk-rows", type=int, default=4096)
+    _provenance_options(s, alpha=True)
 
     s = add("evaluate", "Correlate attribution predictions with true outputs on held-out masks.")
     s.add_argument("--attributions", required=True)
     s.add_argument("--alpha", type=float, required=True, help="training alpha (the headline numbers)")
     s.add_argument("--heldout", type=_alpha_path, action="append", required=True, help="ALPHA=PATH of a held-out shard (repeat)")
     s.add_argument("--out", required=True, help="evaluation.json to write")
+    _provenance_options(s, alpha=False)
 
     s = add("summarize", "Write summary.md and plots from a finished run.")
     s.add_argument("--evaluation", required=True)
@@ -120,6 +138,7 @@ def _parser() -> argparse.ArgumentParser:
     s.add_argument("--heldout", type=_alpha_path, action="append", required=True, help="ALPHA=PATH of a held-out shard (repeat)")
     s.add_argument("--out", required=True, help="comparison.json to write")
     s.add_argument("--table", required=True, help="Markdown table to write")
+    _provenance_options(s, alpha=False)
 
     s = add("figures", "Draw the report's figures from a comparison (PNG files in --plots-dir).")
     s.add_argument("--comparison", required=True, help="comparison.json")
@@ -152,20 +171,23 @@ def _run(args: argparse.Namespace) -> None:
     from coar import steps  # imported late so `coar --help` is instant
 
     if args.command == "prepare":
-        info = steps.prepare(args.task, args.task_params, args.kinds, args.include, args.exclude, args.run_dir)
+        info = steps.prepare(args.task, args.task_params, args.kinds, args.include, args.exclude, args.run_dir,
+                             masks=args.masks, method=args.method)
         print(json.dumps({k: info[k] for k in ("n_examples", "n_components", "task_info")}, indent=1))
     elif args.command == "collect":
         steps.collect(args.run_dir, args.out, shard=args.shard, shards=args.shards, masks=args.masks, alpha=args.alpha,
                       seed=args.seed, ablation=args.ablation, output_fn=args.output_fn, masks_per_pass=args.masks_per_pass,
                       max_batch=args.max_batch, device=args.device, purpose=args.purpose, stream=args.stream,
-                      exclude_masks_of=args.exclude_masks_of, threads=args.threads)
+                      exclude_masks_of=args.exclude_masks_of, threads=args.threads, precision=args.precision,
+                      nonfinite=args.nonfinite)
     elif args.command == "merge":
-        steps.merge(args.run_dir, args.shards, args.out, args.masks)
+        steps.merge(args.run_dir, args.shards, args.out, args.masks, _expected(args))
     elif args.command == "fit":
         print(json.dumps(steps.fit(args.run_dir, args.data, args.out, method=args.method, backend=args.backend,
-                                   chunk_rows=args.chunk_rows)))
+                                   chunk_rows=args.chunk_rows, expected=_expected(args))))
     elif args.command == "evaluate":
-        result = steps.evaluate(args.run_dir, args.attributions, dict(args.heldout), args.alpha, args.out)
+        result = steps.evaluate(args.run_dir, args.attributions, dict(args.heldout), args.alpha, args.out,
+                                _expected(args))
         print(f"mean held-out correlation at alpha={args.alpha:g}: {result['mean_correlation']:.3f}")
     elif args.command == "summarize":
         print(steps.summarize(args.run_dir, args.evaluation, args.timings, args.out))
@@ -175,7 +197,8 @@ def _run(args: argparse.Namespace) -> None:
                                         max_batch=args.max_batch, n_steps=args.n_steps, device=args.device,
                                         threads=args.threads)))
     elif args.command == "compare":
-        result = steps.compare(args.run_dir, dict(args.method), dict(args.heldout), args.alpha, args.out, args.table)
+        result = steps.compare(args.run_dir, dict(args.method), dict(args.heldout), args.alpha, args.out, args.table,
+                               _expected(args))
         print(f"mean held-out correlation at alpha={args.alpha:g}: "
               + ", ".join(f"{m} {r[result['alpha']]:.3f}" for m, r in result["mean_correlation"].items()))
     elif args.command == "figures":
@@ -185,6 +208,15 @@ def _run(args: argparse.Namespace) -> None:
     elif args.command == "edit":
         report = steps.edit(args.run_dir, args.task, args.params, threads=args.threads)
         print(json.dumps({"results": report["results"], "all_targets_met": report["all_targets_met"]}, indent=1))
+
+
+def _expected(args: argparse.Namespace) -> dict:
+    """The provenance values given on the command line (evaluate and compare take --alpha separately)."""
+    from coar import steps
+
+    alpha = args.alpha if args.command in ("merge", "fit") else None
+    return steps.provenance(args.run_dir, alpha=alpha, seed=args.seed, ablation=args.ablation,
+                            output_fn=args.output_fn, precision=args.precision)
 
 
 if __name__ == "__main__":

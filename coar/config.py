@@ -1,13 +1,25 @@
-"""Checks of a run's configuration beyond its schema (workflow/schemas/config.schema.yaml), run at start-up."""
+"""Checks of a run's configuration beyond its schema (workflow/schemas/config.schema.yaml), run at start-up.
+
+Everything that can be known before the first job is checked here, so a bad value fails in a
+second with a message naming the key and the fix, not after hours of collection.
+"""
 
 from __future__ import annotations
 
+import re
+from functools import lru_cache
 from pathlib import Path
 
+import yaml
+
 from coar.constants import DEFAULT_TASK_FUNCTION, OUTPUT_FUNCTION_NAMES
-from coar.spec import module_exists, parse_spec
+from coar.spec import import_object, module_exists, parse_spec
 
 SCHEMA = Path(__file__).resolve().parents[1] / "workflow" / "schemas" / "config.schema.yaml"
+
+# 'package.module' or 'package.module:function', identifiers only: nothing a shell interprets.
+SPEC_PATTERN = re.compile(r"[A-Za-z_][A-Za-z0-9_]*(\.[A-Za-z_][A-Za-z0-9_]*)*(:[A-Za-z_][A-Za-z0-9_]*)?")
+RUN_PATTERN = re.compile(r"[A-Za-z0-9_.-]+")
 
 
 class ConfigError(ValueError):
@@ -16,20 +28,30 @@ class ConfigError(ValueError):
 
 def check_config(config: dict) -> None:
     """Refuse, before any work, values the schema cannot judge (e.g. a task module that does not exist)."""
-    _check_spec("task.spec", config["task"]["spec"], DEFAULT_TASK_FUNCTION, "task")
-    output_fn = config.get("output_fn")
-    if output_fn is not None and output_fn not in OUTPUT_FUNCTION_NAMES:
-        if ":" not in output_fn:
-            raise ConfigError(f"config key 'output_fn': unknown output function {output_fn!r}; use one of "
-                              f"{list(OUTPUT_FUNCTION_NAMES)} or a 'package.module:function' spec")
-        _check_spec("output_fn", output_fn, None, "output function")
+    _check_integers(config, _schema(), "")
+    _check_run_name(config["run"])
+    _check_task(config["task"]["spec"])
+    if config.get("output_fn") is not None:
+        _check_output_fn(config["output_fn"])
     if config["shards"] > config["masks"]:
         raise ConfigError(f"config key 'shards': {config['shards']} shards for {config['masks']} masks; "
                           "use at most one shard per mask")
+    if config["device"] == "cuda":
+        _check_gpu()
+    if config["solver"]["backend"] == "cupy":
+        _check_cupy()
+
+
+def check_spec(key: str, spec: object) -> None:
+    """Refuse a spec that is not 'package.module[:function]' (identifiers, dots and one colon)."""
+    if not isinstance(spec, str) or not SPEC_PATTERN.fullmatch(spec):
+        raise ConfigError(f"config key {key!r}: {spec!r} is not 'package.module' or 'package.module:function' "
+                          "(letters, digits and underscores, dots between names, one colon); fix the name")
 
 
 def _check_spec(key: str, spec: str, default_attr: str | None, kind: str) -> None:
-    """Refuse a malformed spec, or one whose module cannot be found (without importing the module)."""
+    """Refuse a malformed spec, or one whose module cannot be found (before importing the module)."""
+    check_spec(key, spec)
     try:
         module, _ = parse_spec(spec, default_attr, kind)
     except ValueError as error:
@@ -44,3 +66,69 @@ def evaluation_alphas(config: dict) -> list[float]:
     alpha = config["alpha"]
     others = config["evaluation"]["alphas"] or [alpha / 2, min(2 * alpha, 0.99)]
     return sorted({float(f"{a:g}") for a in [alpha, *others]})
+
+
+@lru_cache(maxsize=1)
+def _schema() -> dict:
+    return yaml.safe_load(SCHEMA.read_text())
+
+
+def _check_integers(value: object, schema: dict, key: str) -> None:
+    """Refuse floats where the schema wants an integer (JSON Schema accepts 400.0 as an integer)."""
+    if "$ref" in schema:
+        schema = _schema()["$defs"][schema["$ref"].rsplit("/", 1)[-1]]
+    if schema.get("type") == "integer" and isinstance(value, float):
+        raise ConfigError(f"config key {key!r}: {value!r} must be a whole number written without a decimal point "
+                          f"(e.g. {int(value) if value.is_integer() else round(value)})")
+    if isinstance(value, dict):
+        for name, sub in schema.get("properties", {}).items():
+            if name in value:
+                _check_integers(value[name], sub, f"{key}.{name}" if key else name)
+
+
+def _check_run_name(run: str) -> None:
+    if run in (".", "..") or not RUN_PATTERN.fullmatch(run):
+        raise ConfigError(f"config key 'run': {run!r} is not a run name; results go to results/<run>/, so use a "
+                          "plain name of letters, digits, '_', '.' and '-' (no slashes, not '.' or '..')")
+
+
+def _check_task(spec: str) -> None:
+    """The task module must import and have the task function; it is not called here."""
+    _check_spec("task.spec", spec, DEFAULT_TASK_FUNCTION, "task")
+    try:
+        import_object(spec, default_attr=DEFAULT_TASK_FUNCTION, kind="task")
+    except (ImportError, TypeError, ValueError) as error:
+        raise ConfigError(f"config key 'task.spec': {error}; install the module, put it on PYTHONPATH "
+                          "or fix the name") from None
+
+
+def _check_output_fn(spec: str) -> None:
+    """A registry name, or a 'package.module:function' spec whose function exists."""
+    check_spec("output_fn", spec)
+    if ":" not in spec:
+        if spec not in OUTPUT_FUNCTION_NAMES:
+            raise ConfigError(f"config key 'output_fn': unknown output function {spec!r}; use one of "
+                              f"{list(OUTPUT_FUNCTION_NAMES)} or a 'package.module:function' spec")
+        return
+    _check_spec("output_fn", spec, None, "output function")
+    try:
+        import_object(spec, kind="output function")
+    except (ImportError, TypeError, ValueError) as error:
+        raise ConfigError(f"config key 'output_fn': {error}") from None
+
+
+def _check_gpu() -> None:
+    import torch
+
+    if not torch.cuda.is_available():
+        raise ConfigError("config key 'device': 'cuda' was asked for but torch sees no GPU here; "
+                          "use device: auto or cpu, or run where a GPU is visible")
+
+
+def _check_cupy() -> None:
+    from coar.solver.backend import get_backend
+
+    try:
+        get_backend("cupy")
+    except (ImportError, RuntimeError, ValueError) as error:
+        raise ConfigError(f"config key 'solver.backend': {error}") from None

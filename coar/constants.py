@@ -25,6 +25,12 @@ SolverBackend = Literal["auto", "numpy", "cupy"]
 SOLVER_BACKENDS: tuple[str, ...] = get_args(SolverBackend)
 """Array backends of the solver; "auto" is cupy when installed with a visible GPU, else numpy."""
 
+PRECISIONS = ("fp32", "bf16", "fp16")
+"""Arithmetic precision of the ablated forward passes; outputs are stored as float32 whatever it is."""
+
+NONFINITE_POLICIES = ("error", "record")
+"""What collection does with NaN or infinite outputs: refuse (error) or write them with a warning."""
+
 DEVICES = ("auto", "cpu", "cuda")
 """Where forward passes run; "auto" is CUDA when torch sees a GPU."""
 

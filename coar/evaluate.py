@@ -3,6 +3,10 @@
 For every example, the Pearson correlation across held-out masks between the true outputs
 and the attribution's predictions `<w, mask> + b` (the paper's metric), plus the rank
 correlation and the mean absolute error.
+
+A correlation is undefined where an example's outputs or predictions are constant across the
+masks. Undefined values are written as null (JSON has no NaN) and counted beside the means,
+which are over the defined ones; a statistic with no defined value at all is null too.
 """
 
 from __future__ import annotations
@@ -41,18 +45,31 @@ def score(true: np.ndarray, pred: np.ndarray, example_ids: list[str], worst: int
     r = correlation(true, pred)
     finite = np.isfinite(r)
     order = np.argsort(np.where(finite, r, np.inf))[: min(worst, int(finite.sum()))]
+    defined, ranks = r[finite], rank_correlation(true, pred)
+    ranks = ranks[np.isfinite(ranks)]
     return {
         "n_masks": int(true.shape[0]),
         "n_examples": int(true.shape[1]),
-        "mean_correlation": float(np.nanmean(r)),
-        "median_correlation": float(np.nanmedian(r)),
-        "correlation_quantiles": {str(q): float(np.nanquantile(r, q)) for q in QUANTILES},
-        "mean_rank_correlation": float(np.nanmean(rank_correlation(true, pred))),
-        "mean_absolute_error": float(np.abs(true - pred).mean()),
+        "mean_correlation": _stat(np.mean, defined),
+        "median_correlation": _stat(np.median, defined),
+        "correlation_quantiles": {str(q): _stat(lambda v: np.quantile(v, q), defined) for q in QUANTILES},
+        "mean_rank_correlation": _stat(np.mean, ranks),
+        "mean_absolute_error": _stat(np.mean, np.abs(true - pred)),
         "undefined_correlations": int((~finite).sum()),
         "worst_examples": [{"example": example_ids[i], "correlation": float(r[i])} for i in order],
         "correlations": [None if not np.isfinite(v) else float(v) for v in r],
     }
+
+
+def _stat(fn, values: np.ndarray) -> float | None:
+    """fn(values) as a float, or None when there is nothing finite to summarise."""
+    result = float(fn(values)) if values.size else float("nan")
+    return result if np.isfinite(result) else None
+
+
+def format_value(value: float | None, digits: int = 3) -> str:
+    """A statistic for a table: fixed digits, or 'undefined' for None."""
+    return "undefined" if value is None else f"{value:.{digits}f}"
 
 
 def compare(models: Mapping[str, tuple[np.ndarray, np.ndarray]], heldout: Mapping[str, tuple[np.ndarray, np.ndarray]],
@@ -73,7 +90,7 @@ def correlation_table(comparison: Mapping[str, Mapping[str, dict]], train_alpha:
     alphas = list(next(iter(comparison.values())))
     header = [f"{a} (training)" if a == train_alpha else a for a in alphas]
     lines = [f"| method | {' | '.join(header)} |", "|---" * (len(alphas) + 1) + "|"]
-    lines += [f"| {method} | " + " | ".join(f"{by_alpha[a][key]:.3f}" for a in alphas) + " |"
+    lines += [f"| {method} | " + " | ".join(format_value(by_alpha[a][key]) for a in alphas) + " |"
               for method, by_alpha in comparison.items()]
     return "\n".join(lines)
 

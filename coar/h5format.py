@@ -4,6 +4,10 @@ Writing: a file is created under a temporary name in its target directory, gets 
 `complete=True` last, and is renamed into place only then; on an exception the temporary file is
 removed. A killed job therefore never leaves a file that looks finished.
 
+Checksums: every numeric array is stored with HDF5's fletcher32 filter, so each chunk carries a
+checksum that HDF5 verifies on every read; a flipped bit is refused as FormatError naming the
+file, the dataset and the rows. Shards and attributions without checksums are refused.
+
 Reading: files are opened without HDF5 file locks (NFS and Lustre refuse them). A reader checks
 that the file exists and is whole, is `complete`, is the layout asked for, carries every
 provenance attribute, has datasets of the shapes its attributes imply, and matches what the
@@ -56,6 +60,7 @@ _RUN_ATTRS: dict[str, type] = {
     "examples_fingerprint": str,
     "output_fn": str,
     "ablation": str,
+    "precision": str,
     "coar_version": str,
     "encoding": str,
 }
@@ -67,6 +72,9 @@ _ATTRIBUTION_ONLY: dict[str, type] = {
     "solver": str,
     "method": str,
     "n_masks": Integral,
+    "ablation": str,
+    "output_fn": str,
+    "precision": str,
     "model_fingerprint": str,
     "components_fingerprint": str,
     "examples_fingerprint": str,
@@ -80,11 +88,13 @@ ATTRIBUTION_ATTRS = tuple(_ATTRIBUTION_ONLY)
 
 @dataclass(frozen=True)
 class _Layout:
-    """One file format: its `coar_format` tag, required attributes and implied datasets."""
+    """One file format: its `coar_format` tag, required attributes, implied datasets and the
+    datasets that must carry fletcher32 checksums."""
 
     name: str
     attrs: Mapping[str, type]
     datasets: Callable[[Mapping], dict[str, tuple[tuple[int, ...], object]]]
+    checksummed: tuple[str, ...] = ()
 
 
 def _row_datasets(rows: int, meta: Mapping) -> dict[str, tuple[tuple[int, ...], object]]:
@@ -108,20 +118,28 @@ def _attribution_datasets(meta: Mapping) -> dict[str, tuple[tuple[int, ...], obj
 
 
 _SHARD = _Layout(
-    "coar.shard.v1", _RUN_ATTRS | _SHARD_ONLY, lambda a: _row_datasets(a["row_stop"] - a["row_start"], a)
+    "coar.shard.v1",
+    _RUN_ATTRS | _SHARD_ONLY,
+    lambda a: _row_datasets(a["row_stop"] - a["row_start"], a),
+    ("masks", "outputs"),
 )
 _DATASET = _Layout("coar.dataset.v1", _RUN_ATTRS | _DATASET_ONLY, lambda a: _row_datasets(a["m"], a))
-_ATTRIBUTIONS = _Layout("coar.attributions.v1", _ATTRIBUTION_ONLY | _SIZES, _attribution_datasets)
+_ATTRIBUTIONS = _Layout(
+    "coar.attributions.v1",
+    _ATTRIBUTION_ONLY | _SIZES,
+    _attribution_datasets,
+    ("weight", "bias", "lambda", "components/unit"),
+)
 
 
 # ----------------------------------------------------------------------------- writing
 
 
 @contextmanager
-def atomic_h5(path: PathLike) -> Iterator[h5py.File]:
+def atomic_h5(path: PathLike, size_hint: int | None = None) -> Iterator[h5py.File]:
     """Yield a new HDF5 file that appears at `path`, marked complete, only if the block succeeds."""
-    with atomic_path(path) as tmp:
-        with h5py.File(tmp, "x", locking=False) as f:
+    with atomic_path(path, size_hint) as tmp:
+        with h5py.File(tmp, "w", locking=False) as f:
             yield f
             f.attrs[_COMPLETE] = True
 
@@ -149,7 +167,7 @@ def write_shard(path: PathLike, masks: np.ndarray, outputs: np.ndarray, meta: Ma
                 f"implies {expected[name][0]}"
             )
     chunk = _chunk_rows(meta["n_components"], meta["n_examples"])
-    with atomic_h5(path) as f:
+    with atomic_h5(path, masks.nbytes + 4 * outputs.size) as f:
         _create_rows(f, "masks", masks.shape, bool, chunk, masks)
         _create_rows(f, "outputs", outputs.shape, np.float32, chunk, outputs.astype(np.float32))
         _write_attrs(f, _SHARD, meta)
@@ -186,12 +204,12 @@ def write_attributions(
     attrs = _checked_attrs(_ATTRIBUTIONS, {**attrs, **computed})
     modules, units, kinds = zip(*components)
     strings = h5py.string_dtype()
-    with atomic_h5(path) as f:
+    with atomic_h5(path, weight.nbytes + 20 * n + 64 * n_components) as f:
         _create_rows(f, "weight", weight.shape, np.float32, _chunk_rows(n_components), weight)
-        f.create_dataset("bias", data=np.asarray(bias, dtype=np.float32))
-        f.create_dataset("lambda", data=np.asarray(lam, dtype=np.float64))
+        f.create_dataset("bias", data=np.asarray(bias, dtype=np.float32), fletcher32=True)
+        f.create_dataset("lambda", data=np.asarray(lam, dtype=np.float64), fletcher32=True)
         f.create_dataset("components/module", data=[str(s) for s in modules], dtype=strings)
-        f.create_dataset("components/unit", data=np.asarray(units, dtype=np.int64))
+        f.create_dataset("components/unit", data=np.asarray(units, dtype=np.int64), fletcher32=True)
         f.create_dataset("components/kind", data=[str(s) for s in kinds], dtype=strings)
         f.create_dataset("example_ids", data=example_ids, dtype=strings)
         _write_attrs(f, _ATTRIBUTIONS, attrs)
@@ -228,10 +246,11 @@ def _chunk_rows(*column_counts: int) -> int:
 def _create_rows(
     f: h5py.File, name: str, shape: tuple[int, int], dtype, chunk_rows: int, data: np.ndarray | None = None
 ) -> h5py.Dataset:
-    """A matrix chunked along rows; bool (mask) matrices are gzip-compressed, being mostly zeros."""
+    """A matrix chunked along rows, each chunk checksummed (fletcher32); bool (mask) matrices are
+    gzip-compressed, being mostly zeros."""
     compression = {"compression": "gzip", "compression_opts": 4} if np.dtype(dtype) == bool else {}
     chunks = (min(chunk_rows, shape[0]), shape[1])
-    return f.create_dataset(name, shape=shape, dtype=dtype, data=data, chunks=chunks, **compression)
+    return f.create_dataset(name, shape=shape, dtype=dtype, data=data, chunks=chunks, fletcher32=True, **compression)
 
 
 def _checked_attrs(layout: _Layout, attrs: Mapping) -> dict:
@@ -305,12 +324,18 @@ def iter_chunks(
     return _chunks(_row_sources(paths, expect or {}, None, (_SHARD, _DATASET)), chunk_rows)
 
 
+def run_attrs_of(paths: PathLike | Iterable[PathLike], expect: Mapping | None = None) -> dict:
+    """How the rows of shards or a merged dataset were made (alpha, seed, ablation, output_fn,
+    precision, fingerprints, sizes), after validating every file as `iter_chunks` does."""
+    return _run_attrs(_row_sources(paths, expect or {}, None, (_SHARD, _DATASET))[0][1])
+
+
 def read_dataset(path: PathLike, expect: Mapping | None = None) -> tuple[np.ndarray, np.ndarray, dict]:
     """Load a merged dataset file whole: masks (m x N bool), outputs (m x n float32), attrs."""
     with _reading(path) as f:
         attrs = _read_meta(f, path, _DATASET)
         _check_expected(path, attrs, expect or {})
-        return f["masks"][()], f["outputs"][()], attrs
+        return _verified(f, path, "masks"), _verified(f, path, "outputs"), attrs
 
 
 @dataclass(frozen=True)
@@ -335,10 +360,10 @@ def read_attributions(path: PathLike, expect: Mapping | None = None) -> Attribut
         _check_expected(path, attrs, expect or {})
         modules, kinds = (f[f"components/{name}"].asstr()[()].tolist() for name in ("module", "kind"))
         return Attributions(
-            weight=f["weight"][()],
-            bias=f["bias"][()],
-            lam=f["lambda"][()],
-            components=list(zip(modules, f["components/unit"][()].tolist(), kinds)),
+            weight=_verified(f, path, "weight"),
+            bias=_verified(f, path, "bias"),
+            lam=_verified(f, path, "lambda"),
+            components=list(zip(modules, _verified(f, path, "components/unit").tolist(), kinds)),
             example_ids=f["example_ids"].asstr()[()].tolist(),
             attrs=attrs,
         )
@@ -384,11 +409,29 @@ def _read_meta(f: h5py.File, path: PathLike, layout: _Layout) -> dict:
             f"{path} uses mask encoding {attrs['encoding']!r}, coar needs {ENCODING!r}; rerun the step that makes it"
         )
     for name, (shape, dtype) in layout.datasets(attrs).items():
-        if problem := _dataset_problem(f, name, shape, dtype):
+        problem = _dataset_problem(f, name, shape, dtype)
+        if problem is None and name in layout.checksummed and not f[name].fletcher32:
+            problem = f"dataset {name!r} carries no checksum (written by an older coar)"
+        if problem:
             raise FormatError(
                 f"{path}: {problem}; the file is damaged or inconsistent, delete it and rerun the step that makes it"
             )
     return {k: v for k, v in attrs.items() if k not in (_COMPLETE, _FORMAT)}
+
+
+def _verified(f: h5py.File, path: PathLike, name: str, start: int | None = None, stop: int | None = None) -> np.ndarray:
+    """Rows start..stop of dataset `name` (all by default); HDF5 verifies the chunks' checksums,
+    and a failure becomes FormatError naming the file, the dataset and the rows."""
+    ds = f[name]
+    rows = slice(start, stop)
+    try:
+        return ds[rows] if ds.ndim else ds[()]
+    except OSError as err:
+        first, last = rows.indices(ds.shape[0] if ds.ndim else 1)[:2]
+        raise FormatError(
+            f"{path}: dataset {name!r} rows {first}..{last} fail their checksum or cannot be read ({err}); "
+            "the file is corrupt: delete it and rerun the step that makes it"
+        ) from err
 
 
 def _dataset_problem(f: h5py.File, name: str, shape: tuple[int, ...], dtype: object) -> str | None:
@@ -492,12 +535,11 @@ def _chunks(sources: list[tuple[str, dict]], chunk_rows: int) -> Iterator[tuple[
     masks, outputs, held = [], [], 0
     for path, _ in sources:
         with _reading(path) as f:
-            mask_ds, output_ds = f["masks"], f["outputs"]
-            start, rows = 0, mask_ds.shape[0]
+            start, rows = 0, f["masks"].shape[0]
             while start < rows:
                 stop = min(rows, start + chunk_rows - held)
-                masks.append(mask_ds[start:stop])
-                outputs.append(output_ds[start:stop])
+                masks.append(_verified(f, path, "masks", start, stop))
+                outputs.append(_verified(f, path, "outputs", start, stop))
                 held, start = held + stop - start, stop
                 if held == chunk_rows:
                     yield np.concatenate(masks), np.concatenate(outputs)

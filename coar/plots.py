@@ -14,6 +14,7 @@ from matplotlib.backends.backend_agg import FigureCanvasAgg
 from matplotlib.figure import Figure
 
 from coar.atomic import atomic_path
+from coar.evaluate import format_value
 
 
 def _figure(**kwargs) -> Figure:
@@ -30,7 +31,7 @@ def correlation_histogram(by_alpha: dict[str, dict], path: str | Path) -> None:
     for alpha, result in by_alpha.items():
         values = [v for v in result["correlations"] if v is not None]
         ax.hist(values, bins=40, range=(-0.2, 1), histtype="step", linewidth=1.5,
-                label=f"alpha={alpha}: mean {result['mean_correlation']:.3f}")
+                label=f"alpha={alpha}: mean {format_value(result['mean_correlation'])}")
     ax.set_xlabel("correlation of predicted and true outputs (per example)")
     ax.set_ylabel("examples")
     ax.legend(loc="upper left", fontsize=8)
@@ -47,7 +48,7 @@ def _save(fig: Figure, path: str | Path) -> None:
 def correlation_table(table: Mapping[str, Mapping[str, float]], train_alpha: str, path: str | Path) -> None:
     """Mean held-out correlation per method (rows) and evaluation alpha (columns), annotated (cf. the paper's Figure 1)."""
     methods, alphas = list(table), list(next(iter(table.values())))
-    values = np.array([[table[m][a] for a in alphas] for m in methods])
+    values = np.array([[np.nan if table[m][a] is None else table[m][a] for a in alphas] for m in methods])
     fig = _figure(figsize=(1.6 + 1.3 * len(alphas), 0.9 + 0.45 * len(methods)))
     ax = fig.subplots()
     ax.imshow(values, cmap="viridis", vmin=0, vmax=1, aspect="auto")

@@ -2,12 +2,15 @@
 
 A run directory holds what `prepare` made: `task.pt` (the model and examples), 
 `components.json` and `prepare.json` (task info and fingerprints). Every later step checks
-that what it reads was made for this run.
+that what it reads was made for this run: fingerprints and sizes against prepare.json, and how
+the data were made (alpha, seed, ablation, output function, precision) against the values the
+step is given from the config.
 """
 
 from __future__ import annotations
 
 import json
+import sys
 import time
 from pathlib import Path
 from typing import Sequence
@@ -20,7 +23,8 @@ import coar
 from coar import h5format
 from coar.atomic import atomic_path, write_json
 from coar.components import ComponentSet, discover
-from coar.evaluate import predict, score
+from coar.evaluate import format_value, predict, score
+from coar.finite import nonfinite_problem
 from coar.fingerprint import model_fingerprint, tensors_fingerprint
 from coar.forward import run_masked
 from coar.masks import drop_rows_in, sample_masks, shard_ranges
@@ -44,12 +48,26 @@ def _run_file(run_dir: str | Path, name: str) -> Path:
     return path
 
 
+PROVENANCE = ("alpha", "seed", "ablation", "output_fn", "precision")
+"""How a row file's data were made; every step compares these with the config's values."""
+
+NONFINITE = ("error", "record")
+
+
 def prepare(spec: str, params: dict, kinds: str | Sequence[str], include: Sequence[str], exclude: Sequence[str],
-            run_dir: str | Path) -> dict:
-    """Build the task, discover its components and save both with their fingerprints."""
+            run_dir: str | Path, masks: int | None = None, method: str | None = None) -> dict:
+    """Build the task, discover its components and save both with their fingerprints.
+
+    Given the run's `masks` and solver `method`, refuse OLS with masks <= components now, before
+    anything is saved or collected (the number of components is first known here).
+    """
     start = time.perf_counter()
     task = load_task(spec, params)
     components = discover(task.model, kinds, include, exclude)
+    if method == "ols" and masks is not None and masks <= len(components):
+        raise ValueError(f"config key 'masks': {masks} masks for {len(components)} components, but solver.method "
+                         f"ols needs more masks than components; use masks >= {len(components) + 1}, "
+                         "or solver.method: ridge or lasso")
     run_dir = Path(run_dir)
     save_task(task, run_dir / "task.pt")
     with atomic_path(run_dir / "components.json") as tmp:
@@ -84,24 +102,44 @@ def run_expect(run_dir: str | Path) -> dict:
     return {k: info[k] for k in keys}
 
 
+def provenance(run_dir: str | Path, *, alpha: float | None = None, seed: int | None = None,
+               ablation: str | None = None, output_fn: str | None = None, precision: str | None = None) -> dict:
+    """The PROVENANCE values a step's inputs must carry: those given (None = not checked), with
+    output_fn defaulting, as in collect, to the task's own recorded by prepare."""
+    values = {"alpha": alpha, "seed": seed, "ablation": ablation, "precision": precision,
+              "output_fn": output_fn or run_info(run_dir)["output_fn"]}
+    return {k: v for k, v in values.items() if v is not None}
+
+
+def check_task_examples(run_dir: str | Path, task: Task) -> None:
+    """Refuse a saved task whose examples are not the ones prepare recorded."""
+    recorded, found = run_info(run_dir)["examples_fingerprint"], tensors_fingerprint(task.inputs, task.labels)
+    if found != recorded:
+        raise RuntimeError(f"{run_dir}: the examples in task.pt (fingerprint {found[:12]}) are not those prepare "
+                           f"recorded (examples_fingerprint {recorded[:12]}); rerun the prepare step")
+
+
 def collect(run_dir: str | Path, out: str | Path, *, shard: int, shards: int, masks: int, alpha: float, seed: int,
             ablation: str, output_fn: str | None, masks_per_pass: int, max_batch: int, device: str,
             purpose: str = "train", stream: int | None = None, exclude_masks_of: str | Path | None = None,
-            threads: int | None = None) -> None:
+            threads: int | None = None, precision: str = "fp32", nonfinite: str = "error") -> None:
     """Sample shard `shard` of the masks, run the ablated model on them, write the shard file.
 
     Masks come from the random stream (seed, purpose, stream), stream defaulting to the shard
     index, so each shard is reproducible on its own.
     With `exclude_masks_of` (a dataset file), masks that coincide with its masks are dropped
     first, so held-out masks never repeat a training mask.
+    Outputs that are NaN or infinite are refused, naming the masks and examples; with
+    nonfinite="record" they are written and a warning is printed instead.
     """
+    if nonfinite not in NONFINITE:
+        raise ValueError(f"nonfinite must be one of {NONFINITE}, got {nonfinite!r}")
+    if precision != "fp32":
+        raise ValueError(f"precision {precision!r} is not implemented by collection here; use fp32")
     if threads:
         torch.set_num_threads(threads)
-    info, expect = run_info(run_dir), run_expect(run_dir)
-    task = load_saved_task(_run_file(run_dir, "task.pt"))
-    components = ComponentSet.load(_run_file(run_dir, "components.json"))
-    if model_fingerprint(task.model) != info["model_fingerprint"] or components.fingerprint != info["components_fingerprint"]:
-        raise RuntimeError(f"{run_dir}: task.pt or components.json changed after prepare; rerun the prepare step")
+    expect = run_expect(run_dir)
+    task, components = _load_run(run_dir)
     start, stop = shard_ranges(masks, shards)[shard]
     x = sample_masks(seed, shard if stream is None else stream, stop - start, len(components), alpha, purpose)
     if exclude_masks_of is not None:
@@ -113,55 +151,82 @@ def collect(run_dir: str | Path, out: str | Path, *, shard: int, shards: int, ma
     y = run_masked(task.model.to(dev), components, x, task.inputs, task.labels, resolve_output_fn(fn_name),
                    masks_per_pass=masks_per_pass, max_batch=max_batch, mode=ablation,
                    reference_inputs=task.reference_inputs, progress=True)
+    if problem := nonfinite_problem(y, range(start, stop), task.example_ids, "masks (rows)", "examples"):
+        if nonfinite == "error":
+            raise ValueError(f"the ablated model gave {problem}; nothing was written. Check the model and output "
+                             "function, or set nonfinite: record to keep such values")
+        print(f"warning: {out}: recording {problem} (nonfinite: record)", file=sys.stderr)
     meta = {**expect, "seed": seed, "alpha": alpha, "shard": shard, "row_start": start, "row_stop": stop,
-            "output_fn": fn_name, "ablation": ablation, "coar_version": coar.__version__, "encoding": h5format.ENCODING}
+            "output_fn": fn_name, "ablation": ablation, "precision": precision, "coar_version": coar.__version__,
+            "encoding": h5format.ENCODING}
     h5format.write_shard(out, x, y, meta)
 
 
-def merge(run_dir: str | Path, shard_paths: Sequence[str | Path], out: str | Path, masks: int) -> None:
-    """Check that the shards belong to this run and tile all m rows, then merge them."""
-    h5format.merge_shards(shard_paths, out, run_expect(run_dir), masks)
+def merge(run_dir: str | Path, shard_paths: Sequence[str | Path], out: str | Path, masks: int,
+          expected: dict | None = None) -> None:
+    """Check that the shards belong to this run, were made as `expected` (see `provenance`) and
+    tile all m rows, then merge them."""
+    h5format.merge_shards(shard_paths, out, {**run_expect(run_dir), **(expected or {})}, masks)
 
 
-def fit(run_dir: str | Path, data: str | Path, out: str | Path, *, method: str, backend: str, chunk_rows: int) -> dict:
-    """Fit one linear model per example on the merged dataset (streamed) and save it."""
+def fit(run_dir: str | Path, data: str | Path, out: str | Path, *, method: str, backend: str, chunk_rows: int,
+        expected: dict | None = None) -> dict:
+    """Fit one linear model per example on the merged dataset (streamed) and save it.
+
+    The attributions record how their data were made, as the dataset recorded it.
+    """
     from coar import solver
 
-    expect = run_expect(run_dir)
+    expect = {**run_expect(run_dir), **(expected or {})}
+    made = h5format.run_attrs_of(data, expect)
+    task, components = _load_run(run_dir)
     start = time.perf_counter()
     result = solver.fit(lambda: h5format.iter_chunks(data, chunk_rows, expect), method=method, backend=backend)
-    task_ids = load_saved_task(_run_file(run_dir, "task.pt")).example_ids
-    components = ComponentSet.load(_run_file(run_dir, "components.json"))
-    h5format.write_attributions(out, result.weight, result.bias, result.lam, components.table(), task_ids, {
+    h5format.write_attributions(out, result.weight, result.bias, result.lam, components.table(), task.example_ids, {
         "encoding": h5format.ENCODING, "solver": f"coar.solver backend={backend}", "method": result.method, "n_masks": result.n_masks,
+        **{k: made[k] for k in PROVENANCE},
         **{k: expect[k] for k in ("model_fingerprint", "components_fingerprint", "examples_fingerprint")},
     })
     return {"seconds": time.perf_counter() - start, "method": result.method, "n_masks": result.n_masks}
 
 
 def _read_rows(path: str | Path, expect: dict) -> tuple[np.ndarray, np.ndarray]:
-    """All (masks, outputs) rows of a shard or dataset file, validated against `expect`."""
+    """All (masks, outputs) rows of a shard or dataset file, validated against `expect`; refused
+    if an output is NaN or infinite (a correlation over such rows means nothing)."""
     blocks = list(h5format.iter_chunks(path, 1 << 16, expect))
-    return np.concatenate([b[0] for b in blocks]), np.concatenate([b[1] for b in blocks])
+    masks, outputs = np.concatenate([b[0] for b in blocks]), np.concatenate([b[1] for b in blocks])
+    if problem := nonfinite_problem(outputs, range(len(outputs)), range(outputs.shape[1]), "masks (rows)", "examples (columns)"):
+        raise ValueError(f"{path} holds {problem}; held-out outputs must be finite: fix the cause and rerun its collection")
+    return masks, outputs
+
+
+def _heldout_expect(expect: dict, expected: dict | None, alpha: float) -> dict:
+    """What a held-out file at `alpha` must carry: this run's fingerprints, `expected` but its alpha."""
+    return {**expect, **(expected or {}), "alpha": alpha}
 
 
 def evaluate(run_dir: str | Path, attributions: str | Path, heldout: dict[float, str | Path], train_alpha: float,
-             out: str | Path) -> dict:
-    """Score the attributions on held-out masks at each alpha; write evaluation.json."""
+             out: str | Path, expected: dict | None = None) -> dict:
+    """Score the attributions on held-out masks at each alpha; write evaluation.json.
+
+    The attributions must have been made at `train_alpha` and as `expected` (see `provenance`);
+    evaluation.json reports the values they recorded.
+    """
     expect = run_expect(run_dir)
     fingerprints = {k: expect[k] for k in ("model_fingerprint", "components_fingerprint", "examples_fingerprint")}
-    attr = h5format.read_attributions(attributions, expect=fingerprints)
+    attr = h5format.read_attributions(attributions, expect={**fingerprints, **(expected or {}), "alpha": train_alpha})
     by_alpha = {}
     for alpha, path in sorted(heldout.items()):
-        masks, outputs = _read_rows(path, {**expect, "alpha": alpha})
+        masks, outputs = _read_rows(path, _heldout_expect(expect, expected, alpha))
         by_alpha[f"{alpha:g}"] = score(outputs, predict(attr.weight, attr.bias, masks), attr.example_ids)
     main = by_alpha[f"{train_alpha:g}"]
     result = {
-        "alpha": train_alpha,
+        **{k: attr.attrs[k] for k in PROVENANCE},
         "method": attr.attrs["method"],
         "n_masks": attr.attrs["n_masks"],
         "mean_correlation": main["mean_correlation"],
         "median_correlation": main["median_correlation"],
+        "undefined_correlations": main["undefined_correlations"],
         "n_heldout_masks": main["n_masks"],
         "by_alpha": by_alpha,
     }
@@ -194,14 +259,17 @@ def summarize(run_dir: str | Path, evaluation: str | Path, timings: Sequence[str
         f"- task: `{info['task']}`" + (f", test accuracy {task_info['test_accuracy']:.4f}" if "test_accuracy" in task_info else ""),
         f"- components: {info['n_components']} ({', '.join(f'{v} {k}' for k, v in info['components_by_kind'].items())})",
         f"- examples attributed: {info['n_examples']}",
-        f"- training masks: {ev['n_masks']} at alpha = {ev['alpha']:g}; estimator: {ev['method']}",
+        f"- training masks: {ev['n_masks']} at alpha = {ev['alpha']:g}, seed {ev['seed']}; estimator: {ev['method']}",
+        f"- ablation: {ev['ablation']}; output function: `{ev['output_fn']}`; precision: {ev['precision']} "
+        "(as recorded in the attributions)",
         "",
-        "| alpha | held-out masks | mean corr. | median corr. | mean rank corr. | MAE |",
-        "|---|---|---|---|---|---|",
+        "| alpha | held-out masks | mean corr. | median corr. | mean rank corr. | MAE | undefined corr. |",
+        "|---|---|---|---|---|---|---|",
     ]
     for alpha, r in ev["by_alpha"].items():
-        lines.append(f"| {alpha} | {r['n_masks']} | {r['mean_correlation']:.3f} | {r['median_correlation']:.3f} | "
-                     f"{r['mean_rank_correlation']:.3f} | {r['mean_absolute_error']:.3f} |")
+        values = (r[k] for k in ("mean_correlation", "median_correlation", "mean_rank_correlation", "mean_absolute_error"))
+        lines.append(f"| {alpha} | {r['n_masks']} | " + " | ".join(format_value(v) for v in values)
+                     + f" | {r['undefined_correlations']} |")
     seconds = _step_seconds(timings)
     if seconds:
         lines += ["", "| step | wall seconds |", "|---|---|"] + [f"| {k} | {v:.1f} |" for k, v in seconds.items()]
@@ -219,6 +287,7 @@ def _load_run(run_dir: str | Path) -> tuple[Task, ComponentSet]:
     components = ComponentSet.load(_run_file(run_dir, "components.json"))
     if model_fingerprint(task.model) != info["model_fingerprint"] or components.fingerprint != info["components_fingerprint"]:
         raise RuntimeError(f"{run_dir}: task.pt or components.json changed after prepare; rerun the prepare step")
+    check_task_examples(run_dir, task)
     return task, components
 
 
@@ -237,36 +306,48 @@ def baseline(run_dir: str | Path, out: str | Path, *, method: str, ablation: str
                                  resolve_output_fn(fn_name), mode=ablation, reference_inputs=task.reference_inputs,
                                  masks_per_pass=masks_per_pass, max_batch=max_batch, n_steps=n_steps)
     seconds = time.perf_counter() - start
+    found = np.column_stack([result.weight, result.bias])
+    columns = [f"{m}[{u}]" for m, u, _ in components.table()] + ["bias"]
+    if problem := nonfinite_problem(found, task.example_ids, columns, "examples", "components"):
+        raise ValueError(f"baseline {method} gave {problem}; nothing was written: check the model and output function")
     h5format.write_attributions(out, result.weight, result.bias, np.zeros(len(result.bias)), components.table(),
                                 task.example_ids, {
         "encoding": h5format.ENCODING, "solver": "coar.baselines", "method": method,
         "n_masks": len(components) + 1 if method == "loo" else 0, "ablation": ablation, "output_fn": fn_name,
+        "precision": "fp32",
         **{k: expect[k] for k in ("model_fingerprint", "components_fingerprint", "examples_fingerprint")},
     })
     return {"method": method, "seconds": seconds}
 
 
-def _read_heldout(run_dir: str | Path, heldout: dict[float, str | Path]) -> dict[str, tuple[np.ndarray, np.ndarray]]:
+def _read_heldout(run_dir: str | Path, heldout: dict[float, str | Path],
+                  expected: dict | None = None) -> dict[str, tuple[np.ndarray, np.ndarray]]:
     """(masks, outputs) of every held-out file, keyed by alpha as text, in alpha order."""
     expect = run_expect(run_dir)
-    return {f"{alpha:g}": _read_rows(path, {**expect, "alpha": alpha}) for alpha, path in sorted(heldout.items())}
+    return {f"{alpha:g}": _read_rows(path, _heldout_expect(expect, expected, alpha))
+            for alpha, path in sorted(heldout.items())}
 
 
-def _read_methods(run_dir: str | Path, attributions: dict[str, str | Path]) -> dict[str, h5format.Attributions]:
-    """Every method's attributions file, checked to belong to this run."""
+def _read_methods(run_dir: str | Path, attributions: dict[str, str | Path],
+                  expected: dict | None = None) -> dict[str, h5format.Attributions]:
+    """Every method's attributions file, checked to belong to this run and to model the same
+    ablation and output function as `expected` (every method records these two)."""
     expect = run_expect(run_dir)
     fingerprints = {k: expect[k] for k in ("model_fingerprint", "components_fingerprint", "examples_fingerprint")}
-    return {method: h5format.read_attributions(path, expect=fingerprints) for method, path in attributions.items()}
+    shared = {k: v for k, v in (expected or {}).items() if k in ("ablation", "output_fn")}
+    return {method: h5format.read_attributions(path, expect={**fingerprints, **shared})
+            for method, path in attributions.items()}
 
 
 def compare(run_dir: str | Path, attributions: dict[str, str | Path], heldout: dict[float, str | Path],
-            train_alpha: float, out: str | Path, table: str | Path) -> dict:
+            train_alpha: float, out: str | Path, table: str | Path, expected: dict | None = None) -> dict:
     """Score COAR and the baselines on the same held-out masks: comparison.json and a Markdown table."""
     from coar.evaluate import compare as compare_methods, correlation_table
 
-    methods = _read_methods(run_dir, attributions)
+    methods = _read_methods(run_dir, attributions, expected)
     ids = next(iter(methods.values())).example_ids
-    by_method = compare_methods({m: (a.weight, a.bias) for m, a in methods.items()}, _read_heldout(run_dir, heldout), ids)
+    by_method = compare_methods({m: (a.weight, a.bias) for m, a in methods.items()},
+                                _read_heldout(run_dir, heldout, expected), ids)
     train = f"{train_alpha:g}"
     result = {
         "alpha": train,

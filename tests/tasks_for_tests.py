@@ -49,3 +49,15 @@ def returns_a_model(params: dict) -> nn.Module:
 
 
 NOT_CALLABLE = 42
+
+
+def margin_inf_for_class_0(output: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
+    """The margin, but +infinity for examples of class 0 (an output function that overflows)."""
+    from coar.outputs import margin
+
+    return torch.where(labels == 0, torch.inf, margin(output, labels))
+
+
+def constant_output(output: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
+    """1.0 for every example, whatever the model does (correlations are then undefined)."""
+    return torch.ones(len(labels))

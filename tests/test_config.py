@@ -76,10 +76,10 @@ def config(**changes) -> dict:
 @pytest.mark.parametrize("changes, message", [
     ({"task": {"spec": "no_such_module_xyz:task"}}, "'task.spec': no module 'no_such_module_xyz'"),
     ({"task": {"spec": "no_such_package_xyz.sub"}}, "'task.spec': no module 'no_such_package_xyz.sub'"),
-    ({"task": {"spec": "coar.tasks.digits:"}}, "'task.spec': bad task spec"),
+    ({"task": {"spec": "coar.tasks.digits:"}}, "'task.spec': 'coar.tasks.digits:' is not 'package.module'"),
     ({"output_fn": "margins"}, r"'output_fn': unknown output function 'margins'; use one of \['margin', 'lm_margin'\]"),
     ({"output_fn": "no_such_module_xyz:f"}, "'output_fn': no module 'no_such_module_xyz'"),
-    ({"output_fn": "coar.outputs:"}, "'output_fn': bad output function spec"),
+    ({"output_fn": "coar.outputs:"}, "'output_fn': 'coar.outputs:' is not 'package.module'"),
     ({"shards": 5, "masks": 4}, "'shards': 5 shards for 4 masks"),
 ])
 def test_check_config_refuses_naming_the_key(changes, message):

@@ -39,6 +39,7 @@ SCHEMA_ENUM_SOURCES = {
     "properties/solver/properties/backend": constants.SOLVER_BACKENDS,
     "properties/evaluation/properties/baselines/items": constants.BASELINE_METHODS,
     "properties/device": constants.DEVICES,
+    "properties/nonfinite": constants.NONFINITE_POLICIES,
     "properties/edit/properties/tasks/items": constants.EDIT_TASKS,
     "$defs/edit_task/properties/method": constants.SOLVER_METHODS,
     f"{EDIT_KINDS_PATH}/oneOf/0": tuple(constants.KIND_PRESETS),

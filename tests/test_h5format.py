@@ -38,6 +38,7 @@ def run_meta(**overrides):
         "examples_fingerprint": "ex-33",
         "output_fn": "margin",
         "ablation": "zero_weight",
+        "precision": "fp32",
         "coar_version": "0.1.0",
         "encoding": ENCODING,
     } | overrides
@@ -338,6 +339,9 @@ def attribution_inputs(n=3, n_components=4):
             "model_fingerprint": "model-aa11",
             "components_fingerprint": "ab12",
             "examples_fingerprint": "ex-33",
+            "ablation": "weight",
+            "output_fn": "margin",
+            "precision": "fp32",
             "alpha": 0.05,
         },
     }

@@ -13,10 +13,14 @@ rule baseline:
         method="|".join(BASELINE_METHODS),
     params:
         run_dir=run_dir_of_input,
-        options=(
-            f"--ablation {config['ablation']} --masks-per-pass {config['masks_per_pass']}"
-            f" --max-batch {config['max_batch']} --device {config['device']}"
-            + (f" --output-fn {config['output_fn']}" if config["output_fn"] else "")
+        options=shell_options(
+            {
+                "ablation": config["ablation"],
+                "masks-per-pass": config["masks_per_pass"],
+                "max-batch": config["max_batch"],
+                "device": config["device"],
+                "output-fn": config["output_fn"],
+            }
         ),
     log:
         f"{RUN}/logs/baseline-{{method}}.log",
@@ -26,5 +30,5 @@ rule baseline:
     # Below the collection jobs: when cores are scarce, COAR's own data comes first.
     priority: -1
     shell:
-        "coar baseline --run-dir {params.run_dir} --method {wildcards.method} --out {output} {params.options}"
-        " --threads {threads} 2>&1 | tee {log}"
+        "coar baseline --run-dir {params.run_dir:q} --method {wildcards.method:q} --out {output:q} {params.options}"
+        " --threads {threads} 2>&1 | tee {log:q}"

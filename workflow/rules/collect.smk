@@ -59,8 +59,8 @@ rule collect:
         ),
         **COLLECT_GPU,
     shell:
-        "coar collect --run-dir {params.run_dir} --out {output} --shard {wildcards.shard} --shards {params.shards}"
-        " --masks {params.masks} --alpha {params.alpha} {params.options} --threads {threads} 2>&1 | tee {log}"
+        "coar collect --run-dir {params.run_dir:q} --out {output:q} --shard {wildcards.shard:q} --shards {params.shards:q}"
+        " --masks {params.masks:q} --alpha {params.alpha:q} {params.options} --threads {threads} 2>&1 | tee {log:q}"
 
 
 rule merge:
@@ -73,12 +73,14 @@ rule merge:
     params:
         run_dir=run_dir_of_input,
         masks=config["masks"],
+        provenance=provenance_options(),
     log:
         f"{RUN}/logs/merge.log",
     benchmark:
         f"{RUN}/benchmarks/merge.tsv"
     shell:
-        "coar merge --run-dir {params.run_dir} --masks {params.masks} --out {output} {input.shards} 2>&1 | tee {log}"
+        "coar merge --run-dir {params.run_dir:q} --masks {params.masks:q} --out {output:q} {params.provenance}"
+        " {input.shards:q} 2>&1 | tee {log:q}"
 
 
 rule collect_heldout:
@@ -105,6 +107,6 @@ rule collect_heldout:
         runtime=lambda wildcards, attempt, threads: collect_runtime(HELDOUT_ROWS, attempt, threads, run_sizes()),
         **COLLECT_GPU,
     shell:
-        "coar collect --run-dir {params.run_dir} --out {output} --masks {params.masks}"
-        " --alpha {wildcards.alpha} --stream {params.stream} --exclude-masks-of {input.data} {params.options}"
-        " --threads {threads} 2>&1 | tee {log}"
+        "coar collect --run-dir {params.run_dir:q} --out {output:q} --masks {params.masks:q}"
+        " --alpha {wildcards.alpha:q} --stream {params.stream:q} --exclude-masks-of {input.data:q} {params.options}"
+        " --threads {threads} 2>&1 | tee {log:q}"

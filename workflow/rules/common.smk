@@ -1,4 +1,7 @@
-# Helpers shared by the rules.
+# Helpers shared by the rules. Every value that reaches a shell command is quoted (shlex.quote
+# here, `:q` in the rules), so no config string is ever interpreted by the shell.
+
+import shlex
 
 
 def run_dir_of_input(wildcards, input):
@@ -6,11 +9,34 @@ def run_dir_of_input(wildcards, input):
     return os.path.dirname(input.run[0])
 
 
+def shell_options(options):
+    """`--key value` pairs, each value quoted for the shell; None values are left out."""
+    return " ".join(f"--{key} {shlex.quote(str(value))}" for key, value in options.items() if value is not None)
+
+
+def provenance_options(alpha=True):
+    """How the data a step reads must have been made, from the config (coar/steps.py provenance)."""
+    c = config
+    return shell_options({
+        "alpha": c["alpha"] if alpha else None,
+        "seed": c["seed"],
+        "ablation": c["ablation"],
+        "output-fn": c["output_fn"],
+        "precision": c.get("precision", "fp32"),
+    })
+
+
 def collect_options(purpose):
     """Command-line options shared by training and held-out collection."""
     c = config
-    output_fn = f" --output-fn {c['output_fn']}" if c["output_fn"] else ""
-    return (
-        f"--seed {c['seed']} --ablation {c['ablation']} --masks-per-pass {c['masks_per_pass']}"
-        f" --max-batch {c['max_batch']} --device {c['device']} --purpose {purpose}{output_fn}"
-    )
+    return shell_options({
+        "seed": c["seed"],
+        "ablation": c["ablation"],
+        "masks-per-pass": c["masks_per_pass"],
+        "max-batch": c["max_batch"],
+        "device": c["device"],
+        "purpose": purpose,
+        "output-fn": c["output_fn"],
+        "precision": c.get("precision", "fp32"),
+        "nonfinite": c["nonfinite"],
+    })

@@ -25,8 +25,8 @@ rule edit:
         f"{RUN}/benchmarks/edit-{{task}}.tsv"
     threads: 1
     shell:
-        "coar edit --run-dir {params.run_dir} --task {wildcards.task} --params {params.task_params}"
-        " --threads {threads} 2>&1 | tee {log}"
+        "coar edit --run-dir {params.run_dir:q} --task {wildcards.task:q} --params {params.task_params}"
+        " --threads {threads} 2>&1 | tee {log:q}"
 
 
 rule edits:

@@ -1,7 +1,9 @@
 report: "../report/workflow.rst"
 
+import shlex
 
-HELDOUT_OPTIONS = " ".join(f"--heldout {a}={RUN}/heldout/alpha-{a}.h5" for a in ALPHAS)
+
+HELDOUT_OPTIONS = " ".join(f"--heldout {shlex.quote(f'{a}={RUN}/heldout/alpha-{a}.h5')}" for a in ALPHAS)
 
 
 rule evaluate:
@@ -16,13 +18,14 @@ rule evaluate:
         run_dir=run_dir_of_input,
         alpha=config["alpha"],
         heldout=HELDOUT_OPTIONS,
+        provenance=provenance_options(alpha=False),
     log:
         f"{RUN}/logs/evaluate.log",
     benchmark:
         f"{RUN}/benchmarks/evaluate.tsv"
     shell:
-        "coar evaluate --run-dir {params.run_dir} --attributions {input.attributions} --alpha {params.alpha}"
-        " {params.heldout} --out {output} 2>&1 | tee {log}"
+        "coar evaluate --run-dir {params.run_dir:q} --attributions {input.attributions:q} --alpha {params.alpha:q}"
+        " {params.heldout} {params.provenance} --out {output:q} 2>&1 | tee {log:q}"
 
 
 STEP_TIMINGS = [
@@ -52,12 +55,12 @@ rule summarize:
     log:
         f"{RUN}/logs/summarize.log",
     shell:
-        "coar summarize --run-dir {params.run_dir} --evaluation {input.evaluation} --timings {input.timings}"
-        " --out {output.summary} 2>&1 | tee {log}"
+        "coar summarize --run-dir {params.run_dir:q} --evaluation {input.evaluation:q} --timings {input.timings:q}"
+        " --out {output.summary:q} 2>&1 | tee {log:q}"
 
 
 METHOD_FILES = {"coar": f"{RUN}/attributions.h5", **{m: f"{RUN}/baselines/{m}.h5" for m in BASELINES}}
-METHOD_OPTIONS = " ".join(f"--method {m}={path}" for m, path in METHOD_FILES.items())
+METHOD_OPTIONS = " ".join(f"--method {shlex.quote(f'{m}={path}')}" for m, path in METHOD_FILES.items())
 
 
 rule compare:
@@ -74,13 +77,14 @@ rule compare:
         alpha=config["alpha"],
         methods=METHOD_OPTIONS,
         heldout=HELDOUT_OPTIONS,
+        provenance=provenance_options(alpha=False),
     log:
         f"{RUN}/logs/compare.log",
     benchmark:
         f"{RUN}/benchmarks/compare.tsv"
     shell:
-        "coar compare --run-dir {params.run_dir} --alpha {params.alpha} {params.methods} {params.heldout}"
-        " --out {output.json} --table {output.table} 2>&1 | tee {log}"
+        "coar compare --run-dir {params.run_dir:q} --alpha {params.alpha:q} {params.methods} {params.heldout}"
+        " {params.provenance} --out {output.json:q} --table {output.table:q} 2>&1 | tee {log:q}"
 
 
 rule figures:
@@ -122,5 +126,5 @@ rule figures:
     log:
         f"{RUN}/logs/figures.log",
     shell:
-        "coar figures --run-dir {params.run_dir} --comparison {input.comparison} {params.methods} {params.heldout}"
-        " --timings {input.timings} --plots-dir {params.plots_dir} 2>&1 | tee {log}"
+        "coar figures --run-dir {params.run_dir:q} --comparison {input.comparison:q} {params.methods} {params.heldout}"
+        " --timings {input.timings:q} --plots-dir {params.plots_dir:q} 2>&1 | tee {log:q}"

@@ -8,10 +8,12 @@ rule fit:
     params:
         run_dir=run_dir_of_input,
         solver=config["solver"],
+        provenance=provenance_options(),
     log:
         f"{RUN}/logs/fit.log",
     benchmark:
         f"{RUN}/benchmarks/fit.tsv"
     shell:
-        "coar fit --run-dir {params.run_dir} --data {input.data} --out {output} --method {params.solver[method]}"
-        " --backend {params.solver[backend]} --chunk-rows {params.solver[chunk_rows]} 2>&1 | tee {log}"
+        "coar fit --run-dir {params.run_dir:q} --data {input.data:q} --out {output:q} --method {params.solver[method]:q}"
+        " --backend {params.solver[backend]:q} --chunk-rows {params.solver[chunk_rows]:q} {params.provenance}"
+        " 2>&1 | tee {log:q}"

@@ -10,7 +10,8 @@ rule prepare:
         info=f"{RUN}/prepare.json",
     params:
         run_dir=lambda wildcards, output: os.path.dirname(output.info),
-        spec=config["task"]["spec"],
+        spec=shlex.quote(config["task"]["spec"]),
+        checks=shell_options({"masks": config["masks"], "method": config["solver"]["method"]}),
         task_params=shlex.quote(json.dumps(config["task"]["params"])),
         kinds=shlex.quote(
             config["components"]["kinds"]
@@ -24,5 +25,6 @@ rule prepare:
     benchmark:
         f"{RUN}/benchmarks/prepare.tsv"
     shell:
-        "coar prepare --run-dir {params.run_dir} --task {params.spec} --task-params {params.task_params}"
-        " --kinds {params.kinds} --include {params.include} --exclude {params.exclude} 2>&1 | tee {log}"
+        "coar prepare --run-dir {params.run_dir:q} --task {params.spec} --task-params {params.task_params}"
+        " --kinds {params.kinds} --include {params.include} --exclude {params.exclude} {params.checks}"
+        " 2>&1 | tee {log:q}"
