@@ -65,12 +65,26 @@ def choices(command: str) -> dict:
     return {a.option_strings[0]: tuple(a.choices) for a in sub._actions if a.choices}
 
 
+OPTION_SOURCES = {
+    "--ablation": constants.ABLATION_MODES,
+    "--device": constants.DEVICES,
+    "--precision": constants.PRECISIONS,
+    "--nonfinite": constants.NONFINITE_POLICIES,
+    "--backend": constants.SOLVER_BACKENDS,
+    "--method": constants.SOLVER_METHODS,
+    "--purpose": ("train", "heldout"),
+}
+
+
 def test_command_line_choices_are_the_constants():
-    assert choices("collect") == {"--purpose": ("train", "heldout"), "--ablation": constants.ABLATION_MODES,
-                                  "--device": constants.DEVICES}
-    assert choices("fit") == {"--method": constants.SOLVER_METHODS, "--backend": constants.SOLVER_BACKENDS}
-    assert choices("baseline") == {"--method": constants.BASELINE_METHODS, "--ablation": constants.ABLATION_MODES,
-                                   "--device": constants.DEVICES}
+    commands = next(a for a in _parser()._actions if a.dest == "command").choices
+    seen = set()
+    for command in commands:
+        for option, values in choices(command).items():
+            expected = constants.BASELINE_METHODS if (command, option) == ("baseline", "--method") else OPTION_SOURCES[option]
+            assert values == expected, f"coar {command} {option}"
+            seen.add(option)
+    assert seen == set(OPTION_SOURCES)
 
 
 def test_the_implementing_modules_use_the_constants():
