@@ -73,6 +73,7 @@ setup(
         "pyyaml",
         "scipy",
         "captum",
+        "safetensors",
     ],
     extras_require={
         "gpu": ["cupy-cuda13x"],  # match the CUDA major version of your torch build

@@ -159,7 +159,10 @@ def reopen(run_dir: str | Path, info: dict, loader: LoaderOptions = LoaderOption
 def example_ids(run_dir: str | Path, n_examples: int) -> list[str]:
     """The example ids prepare saved (n_examples unique strings)."""
     path = _file(Path(run_dir), IDS)
-    ids = json.loads(path.read_text())
+    try:
+        ids = json.loads(path.read_text(encoding="utf-8"))
+    except ValueError as error:  # not UTF-8, or not JSON
+        raise ValueError(f"{path} is not a JSON list of example ids ({error}); rerun the prepare step") from None
     if not isinstance(ids, list) or len(ids) != n_examples or len(set(map(str, ids))) != n_examples:
         raise ValueError(f"{path} must hold {n_examples} unique example ids; rerun the prepare step")
     return [str(i) for i in ids]

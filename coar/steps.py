@@ -126,9 +126,9 @@ def fit(run_dir: str | Path, data: str | Path, out: str | Path, *, method: str, 
     from coar import solver
 
     expect = run_expect(run_dir)
+    task_ids = saved_task.example_ids(run_dir, expect["n_examples"])
     start = time.perf_counter()
     result = solver.fit(lambda: h5format.iter_chunks(data, chunk_rows, expect), method=method, backend=backend)
-    task_ids = saved_task.example_ids(run_dir, expect["n_examples"])
     components = ComponentSet.load(_run_file(run_dir, "components.json"))
     h5format.write_attributions(out, result.weight, result.bias, result.lam, components.table(), task_ids, {
         "encoding": h5format.ENCODING, "solver": f"coar.solver backend={backend}", "method": result.method, "n_masks": result.n_masks,
@@ -237,6 +237,7 @@ def baseline(run_dir: str | Path, out: str | Path, *, method: str, ablation: str
     expect = run_expect(run_dir)
     dev = resolve_device(device)
     task, components = _load_run(run_dir, _loader_for(loader, dev))
+    ids = saved_task.example_ids(run_dir, expect["n_examples"])
     inputs, labels = stack(task.examples)  # the baselines take tensors: all examples in memory
     fn_name = output_fn or task.output_fn
     start = time.perf_counter()
@@ -245,7 +246,7 @@ def baseline(run_dir: str | Path, out: str | Path, *, method: str, ablation: str
                                  masks_per_pass=masks_per_pass, max_batch=max_batch, n_steps=n_steps)
     seconds = time.perf_counter() - start
     h5format.write_attributions(out, result.weight, result.bias, np.zeros(len(result.bias)), components.table(),
-                                saved_task.example_ids(run_dir, expect["n_examples"]), {
+                                ids, {
         "encoding": h5format.ENCODING, "solver": "coar.baselines", "method": method,
         "n_masks": len(components) + 1 if method == "loo" else 0, "ablation": ablation, "output_fn": fn_name,
         **{k: expect[k] for k in ("model_fingerprint", "components_fingerprint", "examples_fingerprint")},

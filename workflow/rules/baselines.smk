@@ -15,6 +15,7 @@ rule baseline:
             f"--ablation {config['ablation']} --masks-per-pass {config['masks_per_pass']}"
             f" --max-batch {config['max_batch']} --device {config['device']}"
             + (f" --output-fn {config['output_fn']}" if config["output_fn"] else "")
+            + f" {loader_options()}"
         ),
     log:
         f"{RUN}/logs/baseline-{{method}}.log",
