@@ -39,10 +39,13 @@ HASH_BATCH = 256  # examples per batch while prepare hashes a Dataset
 
 @dataclass(frozen=True)
 class LoaderOptions:
-    """How a Dataset's examples are read: DataLoader workers, pinned memory, in-memory cache (MiB)."""
+    """How a Dataset's examples are read: DataLoader workers, pinned memory, in-memory cache (MiB).
+
+    The defaults are config `loader`'s; steps pin memory only when the device is a GPU.
+    """
 
     workers: int = 0
-    pin_memory: bool = False
+    pin_memory: bool = True
     cache_mb: float = 0.0
 
     def source(self, task: Task) -> Examples:
