@@ -89,10 +89,20 @@ def main() -> None:
     parser.add_argument("--masks", type=int, default=8, help="masks of the collect job")
     parser.add_argument("--masks-per-pass", type=int, default=4, help="masks per block (each block re-reads the images)")
     parser.add_argument("--width", type=int, default=4, help="channel width of the task's CNN (small: decoding dominates)")
+    parser.add_argument("--repeats", type=int, default=3, help="interleaved runs of the cache tradeoff")
+    parser.add_argument("--only", choices=["memory", "tradeoff"], default=None, help="run one part only")
     args = parser.parse_args()
 
     small, large = args.sizes
     work = args.cache_dir / "coar-bench-runs"
+    if args.only != "tradeoff":
+        memory(args, work, small, large)
+    if args.only != "memory":
+        tradeoff(work, small, args.masks_per_pass, args.repeats)
+
+
+def memory(args: argparse.Namespace, work: Path, small: int, large: int) -> None:
+    """Peak RSS of prepare and of one collect job at the small and the large n."""
     rows = {}
     for n in (small, large):
         start = time.perf_counter()
@@ -115,14 +125,33 @@ def main() -> None:
     print(f"collect peak RSS ratio n={large:,} / n={small:,}: {ratio:.3f} (goal: within 15%, "
           f"{'met' if abs(ratio - 1) <= 0.15 else 'NOT met'})")
 
-    # The tradeoff of re-reading: the same job at the small n, streamed vs cached in memory.
-    run = work / f"n{small}"
-    masks = 4 * args.masks_per_pass
-    streamed = peak_rss_mib(collect_args(run, run / "streamed.h5", masks, args.masks_per_pass))
-    cached = peak_rss_mib(collect_args(run, run / "cached.h5", masks, args.masks_per_pass, "--loader-cache-mb", "4096"))
-    print(f"\nn = {small:,}, {masks} masks in {masks // args.masks_per_pass} blocks: re-read per block "
-          f"{streamed[1]:.0f} s, {streamed[0]:.0f} MiB; cached {cached[1]:.0f} s, {cached[0]:.0f} MiB "
-          f"(cached/re-read time {cached[1] / streamed[1]:.2f}, memory {cached[0] / streamed[0]:.2f})")
+
+def tradeoff(work: Path, n: int, masks_per_pass: int, repeats: int) -> None:
+    """Re-reading vs the in-memory cache: one job at n, 4 blocks of masks, runs interleaved, medians."""
+    run = work / f"n{n}"
+    masks = 4 * masks_per_pass
+    runs = {"re-read per block": (), "cached": ("--loader-cache-mb", "4096")}
+    results: dict[str, list[tuple[float, float]]] = {name: [] for name in runs}
+    for _ in range(repeats):
+        for name, extra in runs.items():
+            results[name].append(peak_rss_mib(collect_args(run, run / "tradeoff.h5", masks, masks_per_pass, *extra)))
+    medians = {name: np.median(np.array(r), axis=0) for name, r in results.items()}
+    from coar.task import load_task
+
+    task = load_task(TASK, json.loads((run / "prepare.json").read_text())["task_params"])
+    passes = []
+    for _ in range(repeats):
+        start = time.perf_counter()
+        for _batch in task.example_source().batches(256):
+            pass
+        passes.append(time.perf_counter() - start)
+    print(f"\none pass reading all {n:,} images (what the cache saves per block after the first): "
+          f"{np.median(passes):.1f} s (median of {repeats})")
+    print(f"n = {n:,}, {masks} masks in 4 blocks, medians of {repeats} interleaved runs:")
+    for name, (rss, seconds) in medians.items():
+        print(f"  {name}: {seconds:.0f} s, peak RSS {rss:.0f} MiB")
+    (rss0, s0), (rss1, s1) = medians.values()
+    print(f"  cached / re-read: time {s1 / s0:.2f}, memory {rss1 / rss0:.2f}")
 
 
 if __name__ == "__main__":

@@ -53,7 +53,7 @@ def prepare(spec: str, params: dict, kinds: str | Sequence[str], include: Sequen
     task = load_task(spec, params)
     components = discover(task.model, kinds, include, exclude)
     run_dir = Path(run_dir)
-    saved = saved_task.save(task, run_dir, LoaderOptions(workers=loader.workers))  # one pass on the CPU: no pinning, no cache
+    saved = saved_task.save(task, run_dir, LoaderOptions(loader.workers, pin_memory=False))  # one pass on the CPU: no pinning, no cache
     with atomic_path(run_dir / "components.json") as tmp:
         components.save(tmp)
     info = {
