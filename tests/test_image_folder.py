@@ -1,13 +1,18 @@
 """An ImageFolder task streamed from disk gives exactly the outputs of the same images as tensors."""
 
+import subprocess
+from pathlib import Path
+
 import numpy as np
 import pytest
+import yaml
 from PIL import Image
 
 from coar import h5format, steps
 from coar.saved_task import LoaderOptions, example_ids
 
 TASK = "coar.tasks.image_folder"
+SNAKEFILE = Path(__file__).resolve().parents[1] / "workflow" / "Snakefile"
 
 
 def write_images(root, n: int = 60, classes: int = 3, size: int = 64) -> None:
@@ -65,3 +70,24 @@ def test_an_image_changed_after_prepare_is_refused_before_the_shard_is_written(i
                                            f"{info['examples_fingerprint']}"):
         collect(run, run / "shard.h5")
     assert not (run / "shard.h5").exists()
+
+
+def test_an_image_folder_task_runs_through_the_workflow(tmp_path):
+    write_images(tmp_path / "images", n=24, size=16)
+    config = {
+        "run": "images",
+        "task": {"spec": TASK, "params": {"root": str(tmp_path / "images"), "width": 2}},
+        "alpha": 0.1, "masks": 60, "shards": 2, "masks_per_pass": 4,
+        "evaluation": {"heldout_masks": 20, "alphas": [0.2]},
+        "loader": {"workers": 1, "cache_mb": 1},
+    }
+    (tmp_path / "config.yaml").write_text(yaml.safe_dump(config))
+    result = subprocess.run(["snakemake", "--snakefile", str(SNAKEFILE), "--directory", str(tmp_path), "--cores", "2",
+                             "results/images/evaluation.json", "--configfile", str(tmp_path / "config.yaml")],
+                            capture_output=True, text=True)
+    assert result.returncode == 0, result.stderr[-3000:]
+    run = tmp_path / "results" / "images"
+    assert steps.run_info(run)["examples_kind"] == "dataset"
+    assert not (run / "task.pt").exists()
+    attributions = h5format.read_attributions(run / "attributions.h5")
+    assert attributions.weight.shape == (24, 14) and attributions.example_ids[0] == "class0/000.png"
