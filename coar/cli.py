@@ -63,8 +63,15 @@ def _parser() -> argparse.ArgumentParser:
 
     def add(name: str, help: str) -> argparse.ArgumentParser:
         s = sub.add_parser(name, help=help, description=help, formatter_class=argparse.ArgumentDefaultsHelpFormatter)
-        s.add_argument("--run-dir", required=True, help="run folder (results/<run>) holding task.pt, components.json, prepare.json")
+        s.add_argument("--run-dir", required=True, help="run folder (results/<run>) of the prepare step's files")
         return s
+
+    def add_loader(s: argparse.ArgumentParser) -> None:
+        s.add_argument("--loader-workers", type=int, default=0, help="DataLoader worker processes (Dataset tasks)")
+        s.add_argument("--loader-pin-memory", action=argparse.BooleanOptionalAction, default=True,
+                       help="pinned host memory for copies to a GPU (Dataset tasks; ignored on CPU)")
+        s.add_argument("--loader-cache-mb", type=float, default=0,
+                       help="keep a Dataset's examples in memory between mask blocks when they fit in this many MiB")
 
     s = add("prepare", "Build the task (train the model if the task does), discover its components, save both.")
     s.add_argument("--task", required=True, help="task function, 'package.module:function' or 'package.module'")
@@ -74,6 +81,7 @@ def _parser() -> argparse.ArgumentParser:
     s.add_argument("--exclude", default="", type=_csv, help="comma-separated glob patterns of module names to drop")
     s.add_argument("--masks", type=int, default=None, help="training masks m of the run (with --method ols: refuse m <= components now)")
     s.add_argument("--method", choices=SOLVER_METHODS, default=None, help="the run's solver method")
+    add_loader(s)
 
     s = add("collect", "Sample one shard of ablation masks and record the ablated model's outputs on every example.")
     s.add_argument("--out", required=True, help="shard HDF5 file to write (appears only when complete)")
@@ -94,6 +102,7 @@ def _parser() -> argparse.ArgumentParser:
     s.add_argument("--nonfinite", choices=NONFINITE_POLICIES, default="error",
                    help="NaN or infinite outputs: refuse (error) or write them with a warning (record)")
     s.add_argument("--threads", type=int, default=None, help="torch CPU threads")
+    add_loader(s)
 
     s = add("merge", "Check that shards belong to this run and tile all rows, then merge them into one dataset.")
     s.add_argument("--out", required=True)
@@ -131,6 +140,7 @@ def _parser() -> argparse.ArgumentParser:
     s.add_argument("--n-steps", type=int, default=50, help="conductance, internal_influence: integration steps")
     s.add_argument("--device", choices=DEVICES, default="auto")
     s.add_argument("--threads", type=int, default=None, help="torch CPU threads")
+    add_loader(s)
 
     s = add("compare", "Score COAR and baselines on the same held-out masks: the methods x alphas table.")
     s.add_argument("--method", type=_name_path, action="append", required=True, help="NAME=PATH of an attributions file (repeat)")
@@ -167,19 +177,25 @@ def main(argv: Sequence[str] | None = None) -> int:
     return 0
 
 
+def _loader(args: argparse.Namespace):  # -> coar.saved_task.LoaderOptions, imported late like steps
+    from coar.saved_task import LoaderOptions
+
+    return LoaderOptions(args.loader_workers, args.loader_pin_memory, args.loader_cache_mb)
+
+
 def _run(args: argparse.Namespace) -> None:
     from coar import steps  # imported late so `coar --help` is instant
 
     if args.command == "prepare":
         info = steps.prepare(args.task, args.task_params, args.kinds, args.include, args.exclude, args.run_dir,
-                             masks=args.masks, method=args.method)
+                             masks=args.masks, method=args.method, loader=_loader(args))
         print(json.dumps({k: info[k] for k in ("n_examples", "n_components", "task_info")}, indent=1))
     elif args.command == "collect":
         steps.collect(args.run_dir, args.out, shard=args.shard, shards=args.shards, masks=args.masks, alpha=args.alpha,
                       seed=args.seed, ablation=args.ablation, output_fn=args.output_fn, masks_per_pass=args.masks_per_pass,
                       max_batch=args.max_batch, device=args.device, purpose=args.purpose, stream=args.stream,
                       exclude_masks_of=args.exclude_masks_of, threads=args.threads, precision=args.precision,
-                      nonfinite=args.nonfinite)
+                      nonfinite=args.nonfinite, loader=_loader(args))
     elif args.command == "merge":
         steps.merge(args.run_dir, args.shards, args.out, args.masks, _expected(args))
     elif args.command == "fit":
@@ -195,7 +211,7 @@ def _run(args: argparse.Namespace) -> None:
         print(json.dumps(steps.baseline(args.run_dir, args.out, method=args.method, ablation=args.ablation,
                                         output_fn=args.output_fn, masks_per_pass=args.masks_per_pass,
                                         max_batch=args.max_batch, n_steps=args.n_steps, device=args.device,
-                                        threads=args.threads)))
+                                        threads=args.threads, loader=_loader(args))))
     elif args.command == "compare":
         result = steps.compare(args.run_dir, dict(args.method), dict(args.heldout), args.alpha, args.out, args.table,
                                _expected(args))

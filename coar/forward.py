@@ -12,6 +12,7 @@ from tqdm.auto import tqdm
 
 from coar.ablation import Ablation, Mode
 from coar.components import ComponentSet
+from coar.examples import Examples, TensorExamples
 
 OutputFn = Callable[[object, torch.Tensor], torch.Tensor]
 
@@ -26,8 +27,8 @@ def run_masked(
     model: nn.Module,
     components: ComponentSet,
     masks: np.ndarray | torch.Tensor,
-    inputs: torch.Tensor,
-    labels: torch.Tensor,
+    inputs: torch.Tensor | Examples,
+    labels: torch.Tensor | None,
     output_fn: OutputFn,
     *,
     masks_per_pass: int = 8,
@@ -41,17 +42,17 @@ def run_masked(
 
     `masks` is (m x N) bool, True = ablated. Each forward pass holds `masks_per_pass` masks
     times up to `max_batch // masks_per_pass` examples. The model must be in eval mode.
+    The examples are tensors `inputs` and `labels`, or a batch source (coar.examples) as
+    `inputs` with `labels` None; a source is read once per block of masks.
     """
     masks = torch.as_tensor(masks, dtype=torch.bool)
-    if len(inputs) != len(labels):
-        raise ValueError(f"inputs hold {len(inputs)} examples but labels {len(labels)}")
     if masks_per_pass < 1 or max_batch < 1:
         raise ValueError("masks_per_pass and max_batch must be >= 1")
     if model.training:
         raise ValueError("run_masked needs the model in eval mode (call model.eval()): BatchNorm and dropout would mix masks")
     device = next(model.parameters()).device
-    inputs, labels = inputs.to(device), labels.to(device)
-    n = len(inputs)
+    examples = inputs if labels is None else TensorExamples(inputs.to(device), labels.to(device))
+    n = len(examples)
     per_pass = max(1, min(n, max_batch // masks_per_pass))
     out = np.empty((len(masks), n), dtype=np.float32)
     ablation = Ablation(model, components, mode=mode, fills=fills, reference_inputs=reference_inputs)
@@ -63,10 +64,16 @@ def run_masked(
             block = masks[m0 : m0 + masks_per_pass]
             k = len(block)
             ablation.set_masks(block)
-            for z0 in range(0, n, per_pass):
-                x, y = inputs[z0 : z0 + per_pass], labels[z0 : z0 + per_pass]
+            z0 = 0
+            for x, y in examples.batches(per_pass):
+                x, y = x.to(device, non_blocking=True), y.to(device, non_blocking=True)
+                if z0 + len(x) > n:
+                    raise ValueError(f"the examples yielded more than their length {n}")
                 values = output_fn(model(_repeat_rows(x, k)), _repeat_rows(y, k))
                 out[m0 : m0 + k, z0 : z0 + len(x)] = values.float().reshape(k, len(x)).cpu().numpy()
+                z0 += len(x)
+            if z0 != n:
+                raise ValueError(f"the examples yielded {z0} examples, not their length {n}")
             if m0 == 0:
                 ablation.check_reached()
             bar.update(k)

@@ -1,7 +1,8 @@
 """One function per workflow step. Each rule (and each `coar` subcommand) calls one of these.
 
-A run directory holds what `prepare` made: `task.pt` (the model and examples), 
-`components.json` and `prepare.json` (task info and fingerprints). Every later step checks
+A run directory holds what `prepare` made: the task's weights and examples as data
+(coar.saved_task: `weights.safetensors`, `examples.safetensors`, `example_ids.json`),
+`components.json` and `prepare.json` (task spec, info and fingerprints). Every later step checks
 that what it reads was made for this run: fingerprints and sizes against prepare.json, and how
 the data were made (alpha, seed, ablation, output function, precision) against the values the
 step is given from the config.
@@ -20,16 +21,18 @@ import numpy as np
 import torch
 
 import coar
-from coar import h5format
+from coar import h5format, saved_task
 from coar.atomic import atomic_path, write_json
 from coar.components import ComponentSet, discover
+from coar.constants import NONFINITE_POLICIES
 from coar.evaluate import format_value, predict, score
+from coar.examples import stack
 from coar.finite import nonfinite_problem
-from coar.fingerprint import model_fingerprint, tensors_fingerprint
 from coar.forward import run_masked
 from coar.masks import drop_rows_in, sample_masks, shard_ranges
 from coar.outputs import resolve_output_fn
-from coar.task import Task, load_saved_task, load_task, save_task
+from coar.saved_task import LoaderOptions, PreparedTask
+from coar.task import load_task
 
 
 def resolve_device(device: str) -> torch.device:
@@ -51,11 +54,11 @@ def _run_file(run_dir: str | Path, name: str) -> Path:
 PROVENANCE = ("alpha", "seed", "ablation", "output_fn", "precision")
 """How a row file's data were made; every step compares these with the config's values."""
 
-NONFINITE = ("error", "record")
 
 
 def prepare(spec: str, params: dict, kinds: str | Sequence[str], include: Sequence[str], exclude: Sequence[str],
-            run_dir: str | Path, masks: int | None = None, method: str | None = None) -> dict:
+            run_dir: str | Path, masks: int | None = None, method: str | None = None,
+            loader: LoaderOptions = LoaderOptions()) -> dict:
     """Build the task, discover its components and save both with their fingerprints.
 
     Given the run's `masks` and solver `method`, refuse OLS with masks <= components now, before
@@ -69,7 +72,7 @@ def prepare(spec: str, params: dict, kinds: str | Sequence[str], include: Sequen
                          f"ols needs more masks than components; use masks >= {len(components) + 1}, "
                          "or solver.method: ridge or lasso")
     run_dir = Path(run_dir)
-    save_task(task, run_dir / "task.pt")
+    saved = saved_task.save(task, run_dir, LoaderOptions(loader.workers, pin_memory=False))  # one pass on the CPU: no pinning, no cache
     with atomic_path(run_dir / "components.json") as tmp:
         components.save(tmp)
     info = {
@@ -80,9 +83,8 @@ def prepare(spec: str, params: dict, kinds: str | Sequence[str], include: Sequen
         "n_examples": task.n_examples,
         "n_components": len(components),
         "components_by_kind": {k: sum(g.size for g in components.groups if g.kind == k) for k in {g.kind for g in components.groups}},
-        "model_fingerprint": model_fingerprint(task.model),
         "components_fingerprint": components.fingerprint,
-        "examples_fingerprint": tensors_fingerprint(task.inputs, task.labels),
+        **saved,
         "coar_version": coar.__version__,
         "seconds": time.perf_counter() - start,
     }
@@ -111,18 +113,11 @@ def provenance(run_dir: str | Path, *, alpha: float | None = None, seed: int | N
     return {k: v for k, v in values.items() if v is not None}
 
 
-def check_task_examples(run_dir: str | Path, task: Task) -> None:
-    """Refuse a saved task whose examples are not the ones prepare recorded."""
-    recorded, found = run_info(run_dir)["examples_fingerprint"], tensors_fingerprint(task.inputs, task.labels)
-    if found != recorded:
-        raise RuntimeError(f"{run_dir}: the examples in task.pt (fingerprint {found[:12]}) are not those prepare "
-                           f"recorded (examples_fingerprint {recorded[:12]}); rerun the prepare step")
-
-
 def collect(run_dir: str | Path, out: str | Path, *, shard: int, shards: int, masks: int, alpha: float, seed: int,
             ablation: str, output_fn: str | None, masks_per_pass: int, max_batch: int, device: str,
             purpose: str = "train", stream: int | None = None, exclude_masks_of: str | Path | None = None,
-            threads: int | None = None, precision: str = "fp32", nonfinite: str = "error") -> None:
+            threads: int | None = None, precision: str = "fp32", nonfinite: str = "error",
+            loader: LoaderOptions = LoaderOptions()) -> None:
     """Sample shard `shard` of the masks, run the ablated model on them, write the shard file.
 
     Masks come from the random stream (seed, purpose, stream), stream defaulting to the shard
@@ -132,23 +127,23 @@ def collect(run_dir: str | Path, out: str | Path, *, shard: int, shards: int, ma
     Outputs that are NaN or infinite are refused, naming the masks and examples; with
     nonfinite="record" they are written and a warning is printed instead.
     """
-    if nonfinite not in NONFINITE:
-        raise ValueError(f"nonfinite must be one of {NONFINITE}, got {nonfinite!r}")
+    if nonfinite not in NONFINITE_POLICIES:
+        raise ValueError(f"nonfinite must be one of {NONFINITE_POLICIES}, got {nonfinite!r}")
     if precision != "fp32":
         raise ValueError(f"precision {precision!r} is not implemented by collection here; use fp32")
     if threads:
         torch.set_num_threads(threads)
     expect = run_expect(run_dir)
-    task, components = _load_run(run_dir)
+    dev = resolve_device(device)
+    task, components = _load_run(run_dir, _loader_for(loader, dev))
     start, stop = shard_ranges(masks, shards)[shard]
     x = sample_masks(seed, shard if stream is None else stream, stop - start, len(components), alpha, purpose)
     if exclude_masks_of is not None:
         with h5py.File(exclude_masks_of, "r", locking=False) as f:
             x = drop_rows_in(x, f["masks"])
         stop = start + len(x)
-    dev = resolve_device(device)
     fn_name = output_fn or task.output_fn
-    y = run_masked(task.model.to(dev), components, x, task.inputs, task.labels, resolve_output_fn(fn_name),
+    y = run_masked(task.model.to(dev), components, x, task.examples, None, resolve_output_fn(fn_name),
                    masks_per_pass=masks_per_pass, max_batch=max_batch, mode=ablation,
                    reference_inputs=task.reference_inputs, progress=True)
     if problem := nonfinite_problem(y, range(start, stop), task.example_ids, "masks (rows)", "examples"):
@@ -179,10 +174,11 @@ def fit(run_dir: str | Path, data: str | Path, out: str | Path, *, method: str, 
 
     expect = {**run_expect(run_dir), **(expected or {})}
     made = h5format.run_attrs_of(data, expect)
-    task, components = _load_run(run_dir)
+    task_ids = saved_task.example_ids(run_dir, expect["n_examples"])
+    components = _components(run_dir)
     start = time.perf_counter()
     result = solver.fit(lambda: h5format.iter_chunks(data, chunk_rows, expect), method=method, backend=backend)
-    h5format.write_attributions(out, result.weight, result.bias, result.lam, components.table(), task.example_ids, {
+    h5format.write_attributions(out, result.weight, result.bias, result.lam, components.table(), task_ids, {
         "encoding": h5format.ENCODING, "solver": f"coar.solver backend={backend}", "method": result.method, "n_masks": result.n_masks,
         **{k: made[k] for k in PROVENANCE},
         **{k: expect[k] for k in ("model_fingerprint", "components_fingerprint", "examples_fingerprint")},
@@ -280,38 +276,53 @@ def summarize(run_dir: str | Path, evaluation: str | Path, timings: Sequence[str
     return text
 
 
-def _load_run(run_dir: str | Path) -> tuple[Task, ComponentSet]:
-    """The saved task and component list of a run, checked against what `prepare` recorded."""
+def _loader_for(loader: LoaderOptions, device: torch.device) -> LoaderOptions:
+    """Pinned memory only helps copies to a GPU (and warns without one)."""
+    return LoaderOptions(loader.workers, loader.pin_memory and device.type == "cuda", loader.cache_mb)
+
+
+def _load_run(run_dir: str | Path, loader: LoaderOptions = LoaderOptions()) -> tuple[PreparedTask, ComponentSet]:
+    """The prepared task and component list of a run, checked against what `prepare` recorded."""
     info = run_info(run_dir)
-    task = load_saved_task(_run_file(run_dir, "task.pt"))
+    return saved_task.reopen(run_dir, info, loader), _components(run_dir, info)
+
+
+def _components(run_dir: str | Path, info: dict | None = None) -> ComponentSet:
+    """The run's component list, checked against what `prepare` recorded."""
+    info = run_info(run_dir) if info is None else info
     components = ComponentSet.load(_run_file(run_dir, "components.json"))
-    if model_fingerprint(task.model) != info["model_fingerprint"] or components.fingerprint != info["components_fingerprint"]:
-        raise RuntimeError(f"{run_dir}: task.pt or components.json changed after prepare; rerun the prepare step")
-    check_task_examples(run_dir, task)
-    return task, components
+    if components.fingerprint != info["components_fingerprint"]:
+        raise RuntimeError(f"{run_dir}: components.json changed after prepare: components fingerprint "
+                           f"{components.fingerprint} but prepare.json records {info['components_fingerprint']}; "
+                           "rerun the prepare step")
+    return components
 
 
 def baseline(run_dir: str | Path, out: str | Path, *, method: str, ablation: str, output_fn: str | None,
-             masks_per_pass: int, max_batch: int, n_steps: int, device: str, threads: int | None = None) -> dict:
+             masks_per_pass: int, max_batch: int, n_steps: int, device: str, threads: int | None = None,
+             loader: LoaderOptions = LoaderOptions()) -> dict:
     """Attributions of one baseline method (coar.baselines), written like COAR's ("1 = ablated")."""
     from coar import baselines
 
     if threads:
         torch.set_num_threads(threads)
     expect = run_expect(run_dir)
-    task, components = _load_run(run_dir)
+    dev = resolve_device(device)
+    task, components = _load_run(run_dir, _loader_for(loader, dev))
+    ids = saved_task.example_ids(run_dir, expect["n_examples"])
+    inputs, labels = stack(task.examples)  # the baselines take tensors: all examples in memory
     fn_name = output_fn or task.output_fn
     start = time.perf_counter()
-    result = baselines.attribute(method, task.model.to(resolve_device(device)), components, task.inputs, task.labels,
+    result = baselines.attribute(method, task.model.to(dev), components, inputs, labels,
                                  resolve_output_fn(fn_name), mode=ablation, reference_inputs=task.reference_inputs,
                                  masks_per_pass=masks_per_pass, max_batch=max_batch, n_steps=n_steps)
     seconds = time.perf_counter() - start
     found = np.column_stack([result.weight, result.bias])
     columns = [f"{m}[{u}]" for m, u, _ in components.table()] + ["bias"]
-    if problem := nonfinite_problem(found, task.example_ids, columns, "examples", "components"):
+    if problem := nonfinite_problem(found, ids, columns, "examples", "components"):
         raise ValueError(f"baseline {method} gave {problem}; nothing was written: check the model and output function")
     h5format.write_attributions(out, result.weight, result.bias, np.zeros(len(result.bias)), components.table(),
-                                task.example_ids, {
+                                ids, {
         "encoding": h5format.ENCODING, "solver": "coar.baselines", "method": method,
         "n_masks": len(components) + 1 if method == "loo" else 0, "ablation": ablation, "output_fn": fn_name,
         "precision": "fp32",

@@ -2,53 +2,85 @@
 
 A task is produced by a task function named by a spec, ``"package.module:function"`` or
 ``"package.module"`` (then the function ``task``), called with a dict of parameters. The
-workflow's prepare step builds the task once and saves it; later steps load the saved task so
-they never retrain.
+workflow's prepare step builds the task once and saves its weights and examples as data
+(coar.saved_task); later steps call the task function again with :func:`restoring` true, so
+it can skip training, and load the saved weights into the model it returns (docs/tasks.md).
 """
 
+import contextvars
 import json
-import os
-from dataclasses import dataclass, field, fields
-from typing import Any
+from collections.abc import Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass, field
 
 import torch
+from torch.utils.data import Dataset
 
-from coar.atomic import atomic_path
 from coar.constants import DEFAULT_TASK_FUNCTION
+from coar.examples import DatasetExamples, Examples, TensorExamples
 from coar.outputs import OutputFn, resolve_output_fn
 from coar.spec import import_object
 
-SAVE_FORMAT = 1
+_RESTORING = contextvars.ContextVar("coar_restoring", default=False)
+
+
+def restoring() -> bool:
+    """True while coar rebuilds a prepared task from its run folder.
+
+    The saved weights then replace the model's, so a task function may skip training (and
+    anything else only ``prepare`` needs, such as accuracy in ``info``) and return the model
+    freshly initialised. Its examples must still be the prepared ones (they are fingerprinted).
+    """
+    return _RESTORING.get()
+
+
+@contextmanager
+def _restoring_mode(on: bool) -> Iterator[None]:
+    token = _RESTORING.set(on)
+    try:
+        yield
+    finally:
+        _RESTORING.reset(token)
 
 
 @dataclass
 class Task:
     """What COAR attributes: ``output_fn(model(inputs), labels)`` per example.
 
+    The examples are either two tensors, ``inputs`` and ``labels``, or ``examples``: a map-style
+    ``torch.utils.data.Dataset`` of (input, label) pairs (e.g. an ImageFolder), read in index
+    order and streamed from disk. ``example_ids`` default to the positions "0", "1", ...
     Construction validates the fields and puts the model in eval mode (BatchNorm and dropout
     must not change behaviour between ablated forward passes).
     """
 
     model: torch.nn.Module
-    inputs: torch.Tensor
-    labels: torch.Tensor
+    inputs: torch.Tensor | None = None
+    labels: torch.Tensor | None = None
     output_fn: str = "margin"
     example_ids: list[str] | None = None
     reference_inputs: torch.Tensor | None = None
     info: dict = field(default_factory=dict)
+    examples: Dataset | None = None
 
     def __post_init__(self) -> None:
         if not isinstance(self.model, torch.nn.Module):
             raise TypeError(f"model must be a torch.nn.Module, got {type(self.model).__name__}")
-        for name in ("inputs", "labels"):
-            value = getattr(self, name)
-            if not isinstance(value, torch.Tensor) or value.dim() == 0:
-                raise TypeError(f"{name} must be a Tensor with a leading example dimension")
-        n = len(self.inputs)
+        if self.examples is not None:
+            if self.inputs is not None or self.labels is not None:
+                raise TypeError("give the examples either as inputs and labels or as a Dataset `examples`, not both")
+            if not isinstance(self.examples, Dataset) or not hasattr(self.examples, "__len__"):
+                raise TypeError("examples must be a map-style torch.utils.data.Dataset with a length")
+        else:
+            for name in ("inputs", "labels"):
+                value = getattr(self, name)
+                if not isinstance(value, torch.Tensor) or value.dim() == 0:
+                    raise TypeError(f"{name} must be a Tensor with a leading example dimension")
+            if len(self.labels) != len(self.inputs):
+                raise ValueError(f"inputs has {len(self.inputs)} examples but labels has {len(self.labels)}")
+        n = self.n_examples
         if n < 1:
             raise ValueError("a task needs at least one example, inputs is empty")
-        if len(self.labels) != n:
-            raise ValueError(f"inputs has {n} examples but labels has {len(self.labels)}")
         if self.example_ids is None:
             self.example_ids = [str(i) for i in range(n)]
         self.example_ids = [str(i) for i in self.example_ids]
@@ -70,7 +102,13 @@ class Task:
     @property
     def n_examples(self) -> int:
         """Number of examples to attribute."""
-        return len(self.inputs)
+        return len(self.inputs) if self.examples is None else len(self.examples)
+
+    def example_source(self, *, workers: int = 0, pin_memory: bool = False, cache_bytes: int = 0) -> Examples:
+        """The examples as batches (coar.examples); the loader options apply to a Dataset only."""
+        if self.examples is None:
+            return TensorExamples(self.inputs, self.labels)
+        return DatasetExamples(self.examples, workers=workers, pin_memory=pin_memory, cache_bytes=cache_bytes)
 
     @property
     def output(self) -> OutputFn:
@@ -78,32 +116,21 @@ class Task:
         return resolve_output_fn(self.output_fn)
 
 
-def load_task(spec: str, params: dict | None = None) -> Task:
-    """Build the task named by ``spec`` by calling its task function with ``params`` (default {})."""
+def load_task(spec: str, params: dict | None = None, *, restore: bool = False) -> Task:
+    """Build the task named by ``spec`` by calling its task function with ``params`` (default {}).
+
+    With ``restore``, :func:`restoring` is true during the call (see coar.saved_task).
+    """
     params = {} if params is None else params
     if not isinstance(params, dict):
         raise TypeError(f"task {spec!r}: params must be a dict, got {type(params).__name__}")
     function = import_object(spec, default_attr=DEFAULT_TASK_FUNCTION, kind="task")
     try:
-        task = function(dict(params))
+        with _restoring_mode(restore):
+            task = function(dict(params))
     except Exception as error:
         raise RuntimeError(f"task function {spec!r} raised {type(error).__name__}: {error}") from error
     if not isinstance(task, Task):
         raise TypeError(f"task function {spec!r} returned {type(task).__name__}, not a coar.task.Task")
     return task
 
-
-def save_task(task: Task, path: str | os.PathLike) -> None:
-    """Save ``task`` (model included) to ``path`` atomically: a killed job leaves no partial file."""
-    payload = {"format": SAVE_FORMAT, **{f.name: getattr(task, f.name) for f in fields(Task)}}
-    with atomic_path(path) as tmp:
-        torch.save(payload, tmp)
-
-
-def load_saved_task(path: str | os.PathLike, map_location: Any = "cpu") -> Task:
-    """Load a task written by :func:`save_task` (tensors and model onto ``map_location``)."""
-    payload = torch.load(path, map_location=map_location, weights_only=False)
-    if not isinstance(payload, dict) or payload.get("format") != SAVE_FORMAT:
-        raise ValueError(f"{os.fspath(path)!r} is not a task saved by coar.task.save_task (format {SAVE_FORMAT})")
-    payload.pop("format")
-    return Task(**payload)

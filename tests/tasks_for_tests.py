@@ -3,7 +3,7 @@
 import torch
 from torch import nn
 
-from coar.task import Task
+from coar.task import Task, restoring
 
 
 class TinyNet(nn.Module):
@@ -31,6 +31,11 @@ def task(params: dict) -> Task:
         reference_inputs=torch.randn(7, 4, generator=generator),
         info={"params": params},
     )
+
+
+def records_restoring(params: dict) -> Task:
+    """Records in its info whether coar was restoring a prepared task when it was called."""
+    return Task(model=TinyNet(), inputs=torch.zeros(2, 4), labels=torch.zeros(2).long(), info={"restoring": restoring()})
 
 
 def labels_one_short(params: dict) -> Task:

@@ -1,14 +1,11 @@
-"""Task interface: loading tasks by spec, validation, and the atomic save/load round trip."""
-
-import os
-from pathlib import Path
+"""Task interface: loading tasks by spec, validation, examples as tensors or a Dataset, restoring mode."""
 
 import pytest
 import torch
 
 import coar.task
 from coar.outputs import lm_margin, margin
-from coar.task import Task, load_saved_task, load_task, save_task
+from coar.task import Task, load_task, restoring
 from tests.tasks_for_tests import TinyNet
 
 HELPERS = "tests.tasks_for_tests"
@@ -89,40 +86,39 @@ def test_task_rejects_info_that_is_not_json_serialisable():
         small_task(info={"scores": torch.ones(2)})
 
 
-def test_saved_task_loads_with_identical_fields_and_model_outputs(tmp_path):
-    task = load_task(HELPERS, {"n": 6})
-    path = tmp_path / "sub" / "task.pt"
-    save_task(task, path)
-    loaded = load_saved_task(path)
-    for name in ("inputs", "labels", "reference_inputs"):
-        assert torch.equal(getattr(loaded, name), getattr(task, name))
-    assert (loaded.output_fn, loaded.example_ids, loaded.info) == (task.output_fn, task.example_ids, task.info)
-    assert not loaded.model.training
-    with torch.no_grad():
-        assert torch.equal(loaded.model(loaded.inputs), task.model(task.inputs))
+class Pairs(torch.utils.data.Dataset):
+    """(input, label) pairs of two tensors, as a map-style Dataset."""
+
+    def __init__(self, inputs: torch.Tensor, labels: torch.Tensor) -> None:
+        self.inputs, self.labels = inputs, labels
+
+    def __len__(self) -> int:
+        return len(self.inputs)
+
+    def __getitem__(self, i: int) -> tuple[torch.Tensor, int]:
+        return self.inputs[i], int(self.labels[i])
 
 
-def test_failed_save_leaves_no_file_and_keeps_the_previous_one(tmp_path, monkeypatch):
-    path = tmp_path / "task.pt"
-    path.write_bytes(b"previous")
-
-    def save_then_crash(obj, file):
-        Path(file).write_bytes(b"partial")
-        raise OSError("disk full")
-
-    monkeypatch.setattr(coar.task.torch, "save", save_then_crash)
-    with pytest.raises(OSError, match="disk full"):
-        save_task(small_task(), path)
-    assert path.read_bytes() == b"previous"
-    assert os.listdir(tmp_path) == ["task.pt"]
-
-    with pytest.raises(OSError, match="disk full"):
-        save_task(small_task(), tmp_path / "new.pt")
-    assert os.listdir(tmp_path) == ["task.pt"]
+def test_a_dataset_task_counts_ids_and_streams_the_same_batches_as_tensors():
+    inputs, labels = torch.randn(7, 4), torch.tensor([0, 1, 2, 0, 1, 2, 0])
+    as_dataset = Task(model=TinyNet(), examples=Pairs(inputs, labels))
+    as_tensors = Task(model=TinyNet(), inputs=inputs, labels=labels)
+    assert as_dataset.n_examples == 7 and as_dataset.example_ids == [str(i) for i in range(7)]
+    for a, b in zip(as_dataset.example_source().batches(3), as_tensors.example_source().batches(3), strict=True):
+        assert torch.equal(a[0], b[0]) and torch.equal(a[1], b[1])
 
 
-def test_loading_a_file_that_is_not_a_saved_task_fails_clearly(tmp_path):
-    path = tmp_path / "weights.pt"
-    torch.save({"weight": torch.ones(2)}, path)
-    with pytest.raises(ValueError, match="not a task saved by coar.task.save_task"):
-        load_saved_task(path)
+def test_a_task_takes_examples_as_tensors_or_a_dataset_not_both():
+    with pytest.raises(TypeError, match="not both"):
+        Task(model=TinyNet(), inputs=torch.zeros(2, 4), labels=torch.zeros(2).long(),
+             examples=Pairs(torch.zeros(2, 4), torch.zeros(2)))
+    with pytest.raises(TypeError, match="map-style torch.utils.data.Dataset"):
+        Task(model=TinyNet(), examples=[(torch.zeros(4), 0)])
+    with pytest.raises(ValueError, match="at least one example"):
+        Task(model=TinyNet(), examples=Pairs(torch.zeros(0, 4), torch.zeros(0)))
+
+
+def test_restoring_is_true_only_inside_a_restoring_load():
+    assert load_task(f"{HELPERS}:records_restoring").info == {"restoring": False}
+    assert load_task(f"{HELPERS}:records_restoring", restore=True).info == {"restoring": True}
+    assert not restoring()

@@ -19,7 +19,7 @@ from sklearn.datasets import load_digits
 from sklearn.model_selection import train_test_split
 from torch import nn
 
-from coar.task import Task
+from coar.task import Task, restoring
 
 DEFAULT_PARAMS = {
     "seed": 0,  # model initialisation, shuffling and augmentation
@@ -168,6 +168,8 @@ def accuracy(model: nn.Module, x: torch.Tensor, y: torch.Tensor) -> float:
 def task(params: dict) -> Task:
     """Train a DigitsResNet and return the task attributing its test-set margins.
 
+    While coar restores a prepared run (coar.task.restoring()), the model is returned untrained.
+
     Params (all optional): seed, split_seed, test_fraction, epochs, width, n_reference.
     """
     unknown = set(params) - set(DEFAULT_PARAMS)
@@ -179,8 +181,9 @@ def task(params: dict) -> Task:
         torch.manual_seed(int(p["seed"]))
         model = DigitsResNet(width=float(p["width"]))
     start = time.perf_counter()
-    with single_threaded():
-        train(model, split, int(p["epochs"]), int(p["seed"]))
+    if not restoring():  # a later step loads the prepared weights: no need to train again
+        with single_threaded():
+            train(model, split, int(p["epochs"]), int(p["seed"]))
     train_seconds = time.perf_counter() - start
 
     reference = torch.randperm(len(split.train_x), generator=torch.Generator().manual_seed(int(p["seed"])))

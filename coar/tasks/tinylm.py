@@ -22,7 +22,7 @@ from transformers import GPT2Config, GPT2LMHeadModel
 
 import coar.hf_adapters  # noqa: F401  registers the GPT-2 adapters (also when a saved task is unpickled)
 from coar.outputs import IGNORE_INDEX, lm_margin
-from coar.task import Task
+from coar.task import Task, restoring
 from coar.tasks.digits import single_threaded
 
 DEFAULT_PARAMS = {
@@ -142,6 +142,7 @@ def next_token_accuracy(model: nn.Module, inputs: torch.Tensor, labels: torch.Te
 def task(params: dict) -> Task:
     """Train the small GPT-2 and return the task attributing `lm_margin` on held-out paragraphs.
 
+    While coar restores a prepared run (coar.task.restoring()), the model is returned untrained.
     Params (all optional): see DEFAULT_PARAMS.
     """
     unknown = set(params) - set(DEFAULT_PARAMS)
@@ -165,8 +166,10 @@ def task(params: dict) -> Task:
         torch.manual_seed(int(p["seed"]))
         model = CausalLM(build_model(len(tokenizer), seq_len, *(int(p[k]) for k in ("layers", "heads", "width", "neurons"))))
     start = time.perf_counter()
-    with single_threaded():
-        final_loss = train(model, stream, p)
+    final_loss = None
+    if not restoring():  # a later step loads the prepared weights: no need to train again
+        with single_threaded():
+            final_loss = train(model, stream, p)
     train_seconds = time.perf_counter() - start
     reference_starts = torch.randint(0, len(stream) - seq_len, (int(p["n_reference"]), 1),
                                      generator=torch.Generator().manual_seed(int(p["seed"]) + 1))

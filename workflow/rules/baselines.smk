@@ -21,7 +21,9 @@ rule baseline:
                 "device": config["device"],
                 "output-fn": config["output_fn"],
             }
-        ),
+        )
+        + " "
+        + loader_options(),
     log:
         f"{RUN}/logs/baseline-{{method}}.log",
     benchmark:

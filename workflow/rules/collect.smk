@@ -5,9 +5,9 @@ from pathlib import Path
 from coar.masks import shard_ranges
 
 # Cluster resources of a collect job, derived from its shard's size (docs/scaling.md). With
-# rows = the job's masks, n = examples and N = components (prepare.json) and task = the size of
-# task.pt in MiB:
-#   mem_mb  = attempt * (1500 + 2 task + 3 rows (4 n + N) / 2**20)
+# rows = the job's masks, n = examples and N = components (prepare.json), task = the size of
+# weights.safetensors and examples.safetensors in MiB and cache = config loader.cache_mb:
+#   mem_mb  = attempt * (1500 + 2 task + cache + 3 rows (4 n + N) / 2**20)
 #   runtime = attempt * (10 + rows n N SECONDS / 60)   minutes
 # SECONDS is a conservative cost of one ablated forward pass per example and component: 3e-5 s
 # per CPU thread (GPT-2, the slowest per component of the published models, measured on one
@@ -23,10 +23,10 @@ HELDOUT_ROWS = config["evaluation"]["heldout_masks"]
 # Sizes from the prepare step's files; before they exist Snakemake shows the resources as <TBD>.
 run_sizes = lambda: {
     **json.loads(Path(rules.prepare.output.info).read_text()),
-    "task_mib": os.path.getsize(rules.prepare.output.task) / 2**20,
+    "task_mib": sum(os.path.getsize(f) for f in (rules.prepare.output.weights, rules.prepare.output.arrays)) / 2**20,
 }
 collect_mem_mb = lambda rows, attempt, s: math.ceil(
-    attempt * (1500 + 2 * s["task_mib"] + 3 * rows * (4 * s["n_examples"] + s["n_components"]) / 2**20)
+    attempt * (1500 + 2 * s["task_mib"] + config["loader"]["cache_mb"] + 3 * rows * (4 * s["n_examples"] + s["n_components"]) / 2**20)
 )
 collect_runtime = lambda rows, attempt, threads, s: math.ceil(
     attempt * (10 + rows * s["n_examples"] * s["n_components"] * SECONDS / (1 if CUDA else threads) / 60)

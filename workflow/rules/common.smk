@@ -26,6 +26,13 @@ def provenance_options(alpha=True):
     })
 
 
+def loader_options():
+    """How Dataset examples are read (config `loader`): DataLoader workers, pinned memory, cache."""
+    c = config["loader"]
+    pin = "--loader-pin-memory" if c["pin_memory"] else "--no-loader-pin-memory"
+    return shell_options({"loader-workers": c["workers"], "loader-cache-mb": c["cache_mb"]}) + f" {pin}"
+
+
 def collect_options(purpose):
     """Command-line options shared by training and held-out collection."""
     c = config
@@ -39,4 +46,4 @@ def collect_options(purpose):
         "output-fn": c["output_fn"],
         "precision": c.get("precision", "fp32"),
         "nonfinite": c["nonfinite"],
-    })
+    }) + " " + loader_options()

@@ -3,9 +3,11 @@ import shlex
 
 
 rule prepare:
-    """Build the task (the default trains its CNN), discover its components, save both."""
+    """Build the task (the default trains its CNN), discover its components, save both (as data, no pickle)."""
     output:
-        task=f"{RUN}/task.pt",
+        weights=f"{RUN}/weights.safetensors",
+        arrays=f"{RUN}/examples.safetensors",
+        ids=f"{RUN}/example_ids.json",
         components=f"{RUN}/components.json",
         info=f"{RUN}/prepare.json",
     params:
@@ -20,11 +22,12 @@ rule prepare:
         ),
         include=shlex.quote(",".join(config["components"]["include"])),
         exclude=shlex.quote(",".join(config["components"]["exclude"])),
+        loader=loader_options(),
     log:
         f"{RUN}/logs/prepare.log",
     benchmark:
         f"{RUN}/benchmarks/prepare.tsv"
     shell:
         "coar prepare --run-dir {params.run_dir:q} --task {params.spec} --task-params {params.task_params}"
-        " --kinds {params.kinds} --include {params.include} --exclude {params.exclude} {params.checks}"
+        " --kinds {params.kinds} --include {params.include} --exclude {params.exclude} {params.checks} {params.loader}"
         " 2>&1 | tee {log:q}"
