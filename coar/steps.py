@@ -146,7 +146,8 @@ def collect(run_dir: str | Path, out: str | Path, *, shard: int, shards: int, ma
     y = run_masked(task.model.to(dev), components, x, task.examples, None, resolve_output_fn(fn_name),
                    masks_per_pass=masks_per_pass, max_batch=max_batch, mode=ablation,
                    reference_inputs=task.reference_inputs, progress=True)
-    if problem := nonfinite_problem(y, range(start, stop), task.example_ids, "masks (rows)", "examples"):
+    ids = saved_task.example_ids(run_dir, expect["n_examples"])
+    if problem := nonfinite_problem(y, range(start, stop), ids, "masks (rows)", "examples"):
         if nonfinite == "error":
             raise ValueError(f"the ablated model gave {problem}; nothing was written. Check the model and output "
                              "function, or set nonfinite: record to keep such values")

@@ -85,7 +85,7 @@ def test_no_coar_command_runs_a_pickle_payload_from_the_run_folder(finished_run,
                      "--heldout", f"0.2={run / 'heldout.h5'}", "--out", str(tmp_path / "e.json")],
     }
     reads = {"weights.safetensors": {"collect", "baseline"}, "examples.safetensors": {"collect", "baseline"},
-             "example_ids.json": {"fit", "baseline"}, "task.pt": set()}[poisoned]
+             "example_ids.json": {"collect", "fit", "baseline"}, "task.pt": set()}[poisoned]
     for name, args in commands.items():
         code = main(args)
         err = capsys.readouterr().err

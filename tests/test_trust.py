@@ -123,8 +123,8 @@ def test_a_full_disk_in_torch_save_is_recognised(tmp_path, monkeypatch):
     real_usage = shutil.disk_usage(tmp_path)
     monkeypatch.setattr(torch, "save", full)
     monkeypatch.setattr(shutil, "disk_usage", lambda path: type(real_usage)(100, 100, 0))
-    with pytest.raises(DiskFullError, match=r"disk full at .*task\.pt: more than 0 bytes needed, 0 bytes free"):
-        with atomic_path(tmp_path / "task.pt") as tmp:
+    with pytest.raises(DiskFullError, match=r"disk full at .*model\.pt: more than 0 bytes needed, 0 bytes free"):
+        with atomic_path(tmp_path / "model.pt") as tmp:
             torch.save({}, tmp)
 
 
@@ -180,7 +180,7 @@ def test_remove_stale_temporaries_ignores_names_that_only_look_alike(tmp_path):
 # ----------------------------------------------------------------------------- provenance
 
 from coar import steps  # noqa: E402
-from coar.task import load_saved_task, save_task  # noqa: E402
+from coar.task import load_task  # noqa: E402
 
 TASK = "tests.tasks_for_tests:task"
 RUN = {"alpha": 0.1, "seed": 3, "ablation": "weight", "output_fn": "margin", "precision": "fp32"}
@@ -264,25 +264,8 @@ def test_evaluation_and_summary_report_the_recorded_values_and_refuse_other_ones
     assert "ablation: weight; output function: `margin`; precision: fp32" in summary
 
 
-def replace_examples(run_dir):
-    """task.pt with the same model but other inputs (what prepare recorded no longer holds)."""
-    task = load_saved_task(run_dir / "task.pt")
-    task.inputs = task.inputs + 1.0
-    save_task(task, run_dir / "task.pt")
-
-
-def test_collect_refuses_a_task_whose_examples_differ_from_prepare(run_dir):
-    replace_examples(run_dir)
-    with pytest.raises(RuntimeError, match="examples in task.pt .* are not those prepare recorded"):
-        collect(run_dir, run_dir / "shard.h5")
-    assert not (run_dir / "shard.h5").exists()
-
-
-def test_baseline_refuses_a_task_whose_examples_differ_from_prepare(run_dir):
-    replace_examples(run_dir)
-    with pytest.raises(RuntimeError, match="examples in task.pt .* are not those prepare recorded"):
-        steps.baseline(run_dir, run_dir / "loo.h5", method="loo", ablation="weight", output_fn=None,
-                       masks_per_pass=4, max_batch=64, n_steps=4, device="cpu")
+# A task whose examples differ from prepare's is refused by every step that reopens the run:
+# tests/test_saved_task.py::test_changed_tensor_examples_are_refused_naming_the_fingerprint.
 
 
 # ----------------------------------------------------------------------------- non-finite values
@@ -291,7 +274,7 @@ INF_FN = "tests.tasks_for_tests:margin_inf_for_class_0"
 
 
 def class_0_examples(run_dir):
-    task = load_saved_task(run_dir / "task.pt")
+    task = load_task(TASK, {"n": 6})
     return [task.example_ids[i] for i in (task.labels == 0).nonzero().flatten().tolist()]
 
 
