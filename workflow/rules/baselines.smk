@@ -13,17 +13,7 @@ rule baseline:
         method="|".join(BASELINE_METHODS),
     params:
         run_dir=run_dir_of_input,
-        options=shell_options(
-            {
-                "ablation": config["ablation"],
-                "masks-per-pass": config["masks_per_pass"],
-                "max-batch": config["max_batch"],
-                "device": config["device"],
-                "output-fn": config["output_fn"],
-            }
-        )
-        + " "
-        + loader_options(),
+        options=baseline_options(),
     log:
         f"{RUN}/logs/baseline-{{method}}.log",
     benchmark:

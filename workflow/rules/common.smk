@@ -30,13 +30,13 @@ def loader_options():
     """How Dataset examples are read (config `loader`): DataLoader workers, pinned memory, cache."""
     c = config["loader"]
     pin = "--loader-pin-memory" if c["pin_memory"] else "--no-loader-pin-memory"
-    return shell_options({"loader-workers": c["workers"], "loader-cache-mb": c["cache_mb"]}) + f" {pin}"
+    return f"{shell_options({'loader-workers': c['workers'], 'loader-cache-mb': c['cache_mb']})} {pin}"
 
 
 def collect_options(purpose):
     """Command-line options shared by training and held-out collection."""
     c = config
-    return shell_options({
+    options = shell_options({
         "seed": c["seed"],
         "ablation": c["ablation"],
         "masks-per-pass": c["masks_per_pass"],
@@ -46,4 +46,18 @@ def collect_options(purpose):
         "output-fn": c["output_fn"],
         "precision": c.get("precision", "fp32"),
         "nonfinite": c["nonfinite"],
-    }) + " " + loader_options()
+    })
+    return f"{options} {loader_options()}"
+
+
+def baseline_options():
+    """Command-line options of the baseline jobs."""
+    c = config
+    options = shell_options({
+        "ablation": c["ablation"],
+        "masks-per-pass": c["masks_per_pass"],
+        "max-batch": c["max_batch"],
+        "device": c["device"],
+        "output-fn": c["output_fn"],
+    })
+    return f"{options} {loader_options()}"
