@@ -12,6 +12,7 @@ from tqdm.auto import tqdm
 
 from coar.ablation import Ablation, Mode
 from coar.components import ComponentSet
+from coar.exactness import probe_layout
 
 OutputFn = Callable[[object, torch.Tensor], torch.Tensor]
 
@@ -36,11 +37,15 @@ def run_masked(
     fills: list[torch.Tensor] | None = None,
     reference_inputs: torch.Tensor | None = None,
     progress: bool = False,
+    check: bool = True,
 ) -> np.ndarray:
     """Outputs of the ablated model: entry [i, z] is `output_fn` on example z under mask i.
 
     `masks` is (m x N) bool, True = ablated. Each forward pass holds `masks_per_pass` masks
     times up to `max_batch // masks_per_pass` examples. The model must be in eval mode.
+    Before any pass, `coar.exactness.probe_layout` finds where each hooked tensor holds the
+    batch and refuses groups the masks ablate that it cannot reach; every pass then checks that
+    each group it ablates was reached (`check=False` skips that check, for benchmarks only).
     """
     masks = torch.as_tensor(masks, dtype=torch.bool)
     if len(inputs) != len(labels):
@@ -54,7 +59,14 @@ def run_masked(
     n = len(inputs)
     per_pass = max(1, min(n, max_batch // masks_per_pass))
     out = np.empty((len(masks), n), dtype=np.float32)
-    ablation = Ablation(model, components, mode=mode, fills=fills, reference_inputs=reference_inputs)
+    layout = probe_layout(model, components, inputs[:2])
+    used = masks.any(0)
+    refused = [f"{g.module} ({g.kind}): {layout.problems[i]}" for i, g in enumerate(components.groups)
+               if i in layout.problems and bool(used[g.start : g.stop].any())]
+    if refused:
+        raise RuntimeError("cannot ablate exactly:\n  " + "\n  ".join(refused))
+    ablation = Ablation(model, components, mode=mode, fills=fills, reference_inputs=reference_inputs,
+                        batch_dims=layout.batch_dims)
     # Redirected to a log, a bar redraws rarely so the log stays readable.
     bar = tqdm(total=len(masks), unit="mask", disable=not progress, desc="ablated forward",
                mininterval=1 if sys.stderr.isatty() else 15)
@@ -66,9 +78,9 @@ def run_masked(
             for z0 in range(0, n, per_pass):
                 x, y = inputs[z0 : z0 + per_pass], labels[z0 : z0 + per_pass]
                 values = output_fn(model(_repeat_rows(x, k)), _repeat_rows(y, k))
+                if check:
+                    ablation.check_reached()
                 out[m0 : m0 + k, z0 : z0 + len(x)] = values.float().reshape(k, len(x)).cpu().numpy()
-            if m0 == 0:
-                ablation.check_reached()
             bar.update(k)
     bar.close()
     return out
