@@ -59,6 +59,8 @@ def _parser() -> argparse.ArgumentParser:
     s.add_argument("--kinds", default="conv", type=_kinds, help="comma-separated unit kinds (conv,linear,head,qkv) or weight_rows / all")
     s.add_argument("--include", default="*", type=_csv, help="comma-separated glob patterns of module names to keep")
     s.add_argument("--exclude", default="", type=_csv, help="comma-separated glob patterns of module names to drop")
+    s.add_argument("--unreachable", choices=["error", "drop"], default="error",
+                   help="component groups that cannot be ablated exactly (dry pass): stop naming them, or drop them with a warning")
 
     s = add("collect", "Sample one shard of ablation masks and record the ablated model's outputs on every example.")
     s.add_argument("--out", required=True, help="shard HDF5 file to write (appears only when complete)")
@@ -69,7 +71,8 @@ def _parser() -> argparse.ArgumentParser:
     s.add_argument("--seed", type=int, default=0)
     s.add_argument("--purpose", choices=["train", "heldout"], default="train", help="random stream: training or held-out masks")
     s.add_argument("--stream", type=int, default=None, help="random stream index (default: the shard index)")
-    s.add_argument("--exclude-masks-of", default=None, help="dataset file whose masks must not be repeated (for held-out masks)")
+    s.add_argument("--count-coincidences-with", default=None,
+                   help="dataset file: record how many masks equal one of its masks (held-out masks; they are kept)")
     s.add_argument("--ablation", choices=["weight", "zero", "mean"], default="weight")
     s.add_argument("--output-fn", default=None, help="output function; default: the task's own")
     s.add_argument("--masks-per-pass", type=int, default=8, help="masks evaluated in one batched forward pass")
@@ -149,13 +152,14 @@ def _run(args: argparse.Namespace) -> None:
     from coar import steps  # imported late so `coar --help` is instant
 
     if args.command == "prepare":
-        info = steps.prepare(args.task, args.task_params, args.kinds, args.include, args.exclude, args.run_dir)
-        print(json.dumps({k: info[k] for k in ("n_examples", "n_components", "task_info")}, indent=1))
+        info = steps.prepare(args.task, args.task_params, args.kinds, args.include, args.exclude, args.run_dir,
+                             unreachable=args.unreachable)
+        print(json.dumps({k: info[k] for k in ("n_examples", "n_components", "dropped_components", "task_info")}, indent=1))
     elif args.command == "collect":
         steps.collect(args.run_dir, args.out, shard=args.shard, shards=args.shards, masks=args.masks, alpha=args.alpha,
                       seed=args.seed, ablation=args.ablation, output_fn=args.output_fn, masks_per_pass=args.masks_per_pass,
                       max_batch=args.max_batch, device=args.device, purpose=args.purpose, stream=args.stream,
-                      exclude_masks_of=args.exclude_masks_of, threads=args.threads)
+                      count_coincidences_with=args.count_coincidences_with, threads=args.threads)
     elif args.command == "merge":
         steps.merge(args.run_dir, args.shards, args.out, args.masks)
     elif args.command == "fit":

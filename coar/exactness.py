@@ -131,22 +131,23 @@ def _zeroed_output(model: nn.Module, b: BoundGroup, x: torch.Tensor) -> torch.Te
 
 
 @torch.no_grad()
-def _mismatches(model: nn.Module, components: ComponentSet, bound: list[BoundGroup], layout: Layout,
-                groups: list[int], x: torch.Tensor, per_pass: int = 8) -> dict[int, str]:
+def _mismatches(model: nn.Module, components: ComponentSet, batch_dims: list[int], x: torch.Tensor,
+                per_pass: int = 8) -> dict[int, str]:
     """Groups whose batched all-units ablation differs from zeroing their weights, with the error."""
+    bound = bind(model, components)
+    wanted = [_zeroed_output(model, b, x).reshape(-1) for b in bound]  # before any hook is installed
     found = {}
-    ablation = Ablation(model, components, mode="weight", batch_dims=layout.batch_dims)
-    with ablation:
-        for g0 in range(0, len(groups), per_pass):
-            chunk = groups[g0 : g0 + per_pass]
+    with Ablation(model, components, mode="weight", batch_dims=batch_dims) as ablation:
+        for g0 in range(0, len(bound), per_pass):
+            chunk = range(g0, min(g0 + per_pass, len(bound)))
             masks = torch.zeros(len(chunk), len(components), dtype=torch.bool)
             for row, i in enumerate(chunk):
                 masks[row, bound[i].group.start : bound[i].group.stop] = True
             ablation.set_masks(masks)
-            got = _first_tensor(model(x.repeat(len(chunk), *([1] * (x.dim() - 1)))))
-            got = got.reshape(len(chunk), -1)
+            got = _first_tensor(model(x.repeat(len(chunk), *([1] * (x.dim() - 1))))).reshape(len(chunk), -1)
+            ablation.check_reached()
             for row, i in enumerate(chunk):
-                want = _zeroed_output(model, bound[i], x).reshape(-1)
+                want = wanted[i]
                 error = float((got[row] - want).abs().max() / want.abs().max().clamp(min=1e-12))
                 if not error <= TOLERANCE:
                     found[i] = (
@@ -165,13 +166,10 @@ def dry_pass(model: nn.Module, components: ComponentSet, inputs: torch.Tensor) -
     problems = dict(tied_weights(model, bound))
     layout = probe_layout(model, components, inputs, bound)
     problems.update({i: r for i, r in layout.problems.items() if i not in problems})
-    rest = [i for i in range(len(bound)) if i not in problems]
-    if rest:
-        clean = components.without((bound[i].group.module, bound[i].group.kind) for i in problems) if problems else components
-        kept = [i for i in range(len(bound)) if i not in problems]
-        sub_bound = bind(model, clean)
-        sub_layout = Layout([layout.batch_dims[i] for i in kept], {})
-        found = _mismatches(model, clean, sub_bound, sub_layout, list(range(len(kept))), _rows(inputs, 1).to(_device(model)))
+    kept = [i for i in range(len(bound)) if i not in problems]
+    if kept:
+        clean = components.without((bound[i].group.module, bound[i].group.kind) for i in problems)
+        found = _mismatches(model, clean, [layout.batch_dims[i] for i in kept], _rows(inputs, 1).to(_device(model)))
         problems.update({kept[j]: r for j, r in found.items()})
     return {(bound[i].group.module, bound[i].group.kind): r for i, r in sorted(problems.items())}
 

@@ -21,9 +21,10 @@ from coar import h5format
 from coar.atomic import atomic_path, write_json
 from coar.components import ComponentSet, discover
 from coar.evaluate import predict, score
+from coar.exactness import OnProblem, check_components
 from coar.fingerprint import model_fingerprint, tensors_fingerprint
 from coar.forward import run_masked
-from coar.masks import drop_rows_in, sample_masks, shard_ranges
+from coar.masks import count_rows_in, sample_masks, shard_ranges
 from coar.outputs import resolve_output_fn
 from coar.task import Task, load_saved_task, load_task, save_task
 
@@ -45,11 +46,17 @@ def _run_file(run_dir: str | Path, name: str) -> Path:
 
 
 def prepare(spec: str, params: dict, kinds: str | Sequence[str], include: Sequence[str], exclude: Sequence[str],
-            run_dir: str | Path) -> dict:
-    """Build the task, discover its components and save both with their fingerprints."""
+            run_dir: str | Path, unreachable: OnProblem = "error") -> dict:
+    """Build the task, discover its components and save both with their fingerprints.
+
+    A dry pass on two examples (coar.exactness) first checks that every component group can be
+    ablated exactly; `unreachable` says whether those that cannot stop prepare ("error") or are
+    dropped with a warning ("drop", listed in prepare.json).
+    """
     start = time.perf_counter()
     task = load_task(spec, params)
     components = discover(task.model, kinds, include, exclude)
+    components, problems = check_components(task.model, components, task.inputs[:2], unreachable)
     run_dir = Path(run_dir)
     save_task(task, run_dir / "task.pt")
     with atomic_path(run_dir / "components.json") as tmp:
@@ -61,6 +68,7 @@ def prepare(spec: str, params: dict, kinds: str | Sequence[str], include: Sequen
         "output_fn": task.output_fn,
         "n_examples": task.n_examples,
         "n_components": len(components),
+        "dropped_components": [{"module": m, "kind": k, "reason": r} for (m, k), r in problems.items()],
         "components_by_kind": {k: sum(g.size for g in components.groups if g.kind == k) for k in {g.kind for g in components.groups}},
         "model_fingerprint": model_fingerprint(task.model),
         "components_fingerprint": components.fingerprint,
@@ -86,14 +94,14 @@ def run_expect(run_dir: str | Path) -> dict:
 
 def collect(run_dir: str | Path, out: str | Path, *, shard: int, shards: int, masks: int, alpha: float, seed: int,
             ablation: str, output_fn: str | None, masks_per_pass: int, max_batch: int, device: str,
-            purpose: str = "train", stream: int | None = None, exclude_masks_of: str | Path | None = None,
+            purpose: str = "train", stream: int | None = None, count_coincidences_with: str | Path | None = None,
             threads: int | None = None) -> None:
     """Sample shard `shard` of the masks, run the ablated model on them, write the shard file.
 
     Masks come from the random stream (seed, purpose, stream), stream defaulting to the shard
-    index, so each shard is reproducible on its own.
-    With `exclude_masks_of` (a dataset file), masks that coincide with its masks are dropped
-    first, so held-out masks never repeat a training mask.
+    index, so each shard is reproducible on its own. With `count_coincidences_with` (a dataset
+    file), the number of masks equal to one of its masks is recorded in the shard's
+    `coincident_with_training` attribute; they are kept, so held-out masks stay independent draws.
     """
     if threads:
         torch.set_num_threads(threads)
@@ -104,17 +112,17 @@ def collect(run_dir: str | Path, out: str | Path, *, shard: int, shards: int, ma
         raise RuntimeError(f"{run_dir}: task.pt or components.json changed after prepare; rerun the prepare step")
     start, stop = shard_ranges(masks, shards)[shard]
     x = sample_masks(seed, shard if stream is None else stream, stop - start, len(components), alpha, purpose)
-    if exclude_masks_of is not None:
-        with h5py.File(exclude_masks_of, "r", locking=False) as f:
-            x = drop_rows_in(x, f["masks"])
-        stop = start + len(x)
+    extra = {}
+    if count_coincidences_with is not None:
+        with h5py.File(count_coincidences_with, "r", locking=False) as f:
+            extra["coincident_with_training"] = count_rows_in(x, f["masks"])
     dev = resolve_device(device)
     fn_name = output_fn or task.output_fn
     y = run_masked(task.model.to(dev), components, x, task.inputs, task.labels, resolve_output_fn(fn_name),
                    masks_per_pass=masks_per_pass, max_batch=max_batch, mode=ablation,
                    reference_inputs=task.reference_inputs, progress=True)
     meta = {**expect, "seed": seed, "alpha": alpha, "shard": shard, "row_start": start, "row_stop": stop,
-            "output_fn": fn_name, "ablation": ablation, "coar_version": coar.__version__, "encoding": h5format.ENCODING}
+            "output_fn": fn_name, "ablation": ablation, "coar_version": coar.__version__, "encoding": h5format.ENCODING, **extra}
     h5format.write_shard(out, x, y, meta)
 
 
@@ -145,6 +153,13 @@ def _read_rows(path: str | Path, expect: dict) -> tuple[np.ndarray, np.ndarray]:
     return np.concatenate([b[0] for b in blocks]), np.concatenate([b[1] for b in blocks])
 
 
+def _coincidences(path: str | Path) -> int | None:
+    """How many of a held-out file's masks equal a training mask (None when not counted)."""
+    with h5py.File(path, "r", locking=False) as f:
+        value = f.attrs.get("coincident_with_training")
+    return None if value is None else int(value)
+
+
 def evaluate(run_dir: str | Path, attributions: str | Path, heldout: dict[float, str | Path], train_alpha: float,
              out: str | Path) -> dict:
     """Score the attributions on held-out masks at each alpha; write evaluation.json."""
@@ -154,7 +169,8 @@ def evaluate(run_dir: str | Path, attributions: str | Path, heldout: dict[float,
     by_alpha = {}
     for alpha, path in sorted(heldout.items()):
         masks, outputs = _read_rows(path, {**expect, "alpha": alpha})
-        by_alpha[f"{alpha:g}"] = score(outputs, predict(attr.weight, attr.bias, masks), attr.example_ids)
+        by_alpha[f"{alpha:g}"] = {**score(outputs, predict(attr.weight, attr.bias, masks), attr.example_ids),
+                                  "coincident_with_training": _coincidences(path)}
     main = by_alpha[f"{train_alpha:g}"]
     result = {
         "alpha": train_alpha,
@@ -163,6 +179,7 @@ def evaluate(run_dir: str | Path, attributions: str | Path, heldout: dict[float,
         "mean_correlation": main["mean_correlation"],
         "median_correlation": main["median_correlation"],
         "n_heldout_masks": main["n_masks"],
+        "heldout_coincident_with_training": main["coincident_with_training"],
         "by_alpha": by_alpha,
     }
     write_json(out, result)
@@ -196,11 +213,13 @@ def summarize(run_dir: str | Path, evaluation: str | Path, timings: Sequence[str
         f"- examples attributed: {info['n_examples']}",
         f"- training masks: {ev['n_masks']} at alpha = {ev['alpha']:g}; estimator: {ev['method']}",
         "",
-        "| alpha | held-out masks | mean corr. | median corr. | mean rank corr. | MAE |",
-        "|---|---|---|---|---|---|",
+        "| alpha | held-out masks | of them equal to a training mask | mean corr. | median corr. | mean rank corr. | MAE |",
+        "|---|---|---|---|---|---|---|",
     ]
     for alpha, r in ev["by_alpha"].items():
-        lines.append(f"| {alpha} | {r['n_masks']} | {r['mean_correlation']:.3f} | {r['median_correlation']:.3f} | "
+        same = r.get("coincident_with_training")
+        lines.append(f"| {alpha} | {r['n_masks']} | {'not counted' if same is None else same} | "
+                     f"{r['mean_correlation']:.3f} | {r['median_correlation']:.3f} | "
                      f"{r['mean_rank_correlation']:.3f} | {r['mean_absolute_error']:.3f} |")
     seconds = _step_seconds(timings)
     if seconds:

@@ -3,7 +3,8 @@ import shlex
 
 
 rule prepare:
-    """Build the task (the default trains its CNN), discover its components, save both."""
+    """Build the task (the default trains its CNN), discover its components, check on two examples
+    that each can be ablated exactly (refusing or dropping those that cannot), save both."""
     output:
         task=f"{RUN}/task.pt",
         components=f"{RUN}/components.json",
@@ -19,6 +20,7 @@ rule prepare:
         ),
         include=shlex.quote(",".join(config["components"]["include"])),
         exclude=shlex.quote(",".join(config["components"]["exclude"])),
+        unreachable=config["components"]["unreachable"],
     log:
         f"{RUN}/logs/prepare.log",
     conda:
@@ -27,4 +29,5 @@ rule prepare:
         f"{RUN}/benchmarks/prepare.tsv"
     shell:
         "coar prepare --run-dir {params.run_dir} --task {params.spec} --task-params {params.task_params}"
-        " --kinds {params.kinds} --include {params.include} --exclude {params.exclude} 2>&1 | tee {log}"
+        " --kinds {params.kinds} --include {params.include} --exclude {params.exclude}"
+        " --unreachable {params.unreachable} 2>&1 | tee {log}"
