@@ -7,6 +7,8 @@ and inputs so the whole file stays cheap.
 """
 
 import copy
+import subprocess
+import sys
 
 import pytest
 import torch
@@ -15,8 +17,11 @@ from torch import nn
 from torchvision.models import convnext, densenet, maxvit, swin_transformer, vision_transformer
 
 from coar.ablation import Ablation, ablate_weights_
+from coar.baselines import leave_one_out
 from coar.components import discover
 from coar.exactness import check_components, probe_layout
+from coar.forward import run_masked
+from coar.outputs import margin
 from tests.models import randomize_batchnorm_
 
 ALPHAS = (0.1, 0.4)
@@ -298,3 +303,85 @@ def test_gpt2_lm_head_tied_to_the_embedding_is_refused():
     components = discover(model, kinds=["linear"])
     with pytest.raises(ValueError, match=r"lm_head \(linear\): 'lm_head' shares a weight Parameter with \['transformer.wte'\]"):
         check_components(model, components, x)
+
+
+def test_the_fused_fast_path_is_real_and_coar_turns_it_off_while_hooked():
+    model = build(lambda: encoder(batch_first=True, norm_first=False))
+    attention = model.body.layers[0].self_attn
+    calls = []
+    attention.forward = lambda *args, **kwargs: calls.append(1)  # replaced per instance, as coar does for heads
+    with torch.no_grad():
+        model(tokens())
+    del attention.forward
+    assert calls == [], "in eval mode PyTorch's fused encoder layer never calls its attention module"
+    components = discover(model, kinds=["head"])
+    with Ablation(model, components, torch.ones(1, len(components), dtype=torch.bool)) as ablation:
+        with torch.no_grad():
+            model(tokens())
+        ablation.check_reached()
+    assert torch.backends.mha.get_fastpath_enabled(), "the fast path is restored afterwards"
+
+
+def test_leave_one_out_on_a_fast_path_encoder_gives_the_true_head_effects():
+    model = build(lambda: encoder(batch_first=True, norm_first=False))
+    components = discover(model, kinds=["head"])
+    x, y = tokens(), torch.tensor([0, 1])
+    result = leave_one_out(model, components, x, y, margin, masks_per_pass=3)
+    with torch.no_grad():
+        base = margin(model(x), y)
+        true = torch.stack([margin(zero_by_hand(model, components, torch.eye(len(components))[i].bool())(x), y) - base
+                            for i in range(len(components))], dim=1)
+    assert torch.allclose(torch.from_numpy(result.weight), true, atol=1e-5)
+    assert true.abs().min() > 1e-4, "every head must matter for the comparison to mean anything"
+
+
+class BypassedLater(nn.Module):
+    """Calls its Linear for the first three passes, then uses its weight directly (bypassing hooks)."""
+
+    def __init__(self):
+        super().__init__()
+        self.inp, self.mid, self.out = nn.Linear(6, 8), nn.Linear(8, 8), nn.Linear(8, 3)
+        self.passes = 0
+
+    def forward(self, x):
+        self.passes += 1
+        h = torch.relu(self.inp(x))
+        h = self.mid(h) if self.passes <= 3 else nn.functional.linear(h, self.mid.weight, self.mid.bias)
+        return self.out(torch.relu(h))
+
+
+def test_every_pass_checks_that_its_ablated_modules_were_reached_not_only_the_first():
+    model = build(BypassedLater)
+    components = discover(model, kinds=["linear"], include=["mid"])
+    masks = torch.ones(2, len(components), dtype=torch.bool)  # one mask per pass: passes 3 and 4 after the probe's two
+    x = tokens()[:, 0]
+    with pytest.raises(RuntimeError, match=r"never reached 1 module\(s\).*\['mid'\].*uses its weight directly"):
+        run_masked(model, components, masks, x, torch.zeros(2, dtype=torch.long), margin, masks_per_pass=1)
+    assert model.passes == 4
+
+
+def test_hugging_face_adapters_register_when_discovery_meets_a_transformers_model():
+    pytest.importorskip("transformers")
+    code = (
+        "import sys, transformers\n"
+        "from coar.presets import preset\n"
+        "assert 'coar.hf_adapters' not in sys.modules\n"
+        "config = transformers.GPT2Config(n_layer=2, n_head=2, n_embd=16, vocab_size=50, n_positions=16)\n"
+        "components = preset('gpt2_weight_rows').discover(transformers.GPT2LMHeadModel(config))\n"
+        "assert 'coar.hf_adapters' in sys.modules\n"
+        "print(len(components))\n"
+    )
+    result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
+    assert result.returncode == 0, result.stderr
+    assert int(result.stdout) == 2 * (16 + 16 + 16 + 64)  # c_attn, c_proj, c_fc rows (in = 16), mlp.c_proj rows (64)
+
+
+def test_discovery_never_imports_transformers_for_other_models():
+    code = (
+        "import sys, torchvision\n"
+        "from coar.components import discover\n"
+        "discover(torchvision.models.resnet18())\n"
+        "assert 'transformers' not in sys.modules and 'coar.hf_adapters' not in sys.modules\n"
+    )
+    result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
+    assert result.returncode == 0, result.stderr
