@@ -301,7 +301,7 @@ def unreached_cause(model: nn.Module, module: str) -> str:
     parent_name = module.rpartition(".")[0]
     parent = model.get_submodule(parent_name) if parent_name else model
     kind = type(parent).__name__
-    if isinstance(parent, (nn.TransformerEncoderLayer, nn.TransformerDecoderLayer)) or "fast" in kind.lower():
+    if isinstance(parent, (nn.TransformerEncoderLayer, nn.TransformerDecoderLayer)):
         return (f"its parent {parent_name!r} ({kind}) ran a fused fast path; coar turns PyTorch's off while it "
                 "ablates (torch.backends.mha.set_fastpath_enabled(False)), so another fused kernel skipped it")
     return (f"its parent {parent_name or '<model>'!r} ({kind}) likely uses its weight directly (e.g. "
