@@ -7,6 +7,7 @@ and inputs so the whole file stays cheap.
 """
 
 import copy
+import json
 import subprocess
 import sys
 
@@ -16,9 +17,10 @@ import torchvision
 from torch import nn
 from torchvision.models import convnext, densenet, maxvit, swin_transformer, vision_transformer
 
+from coar import cli, steps
 from coar.ablation import Ablation, ablate_weights_
 from coar.baselines import leave_one_out
-from coar.components import discover
+from coar.components import ComponentSet, discover
 from coar.exactness import check_components, probe_layout
 from coar.forward import run_masked
 from coar.outputs import margin
@@ -385,3 +387,16 @@ def test_discovery_never_imports_transformers_for_other_models():
     )
     result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
     assert result.returncode == 0, result.stderr
+
+
+def test_prepare_refuses_inexact_groups_by_name_or_drops_them_when_asked(tmp_path):
+    with pytest.raises(ValueError, match=r"(?s)2 component group\(s\) cannot be ablated exactly.*'a' shares.*"
+                                         r"components\.unreachable: drop"):
+        steps.prepare("tests.tasks_for_tests:tied", {}, ["linear"], ["*"], [], tmp_path / "strict")
+    assert not (tmp_path / "strict" / "components.json").exists()
+    assert cli.main(["prepare", "--run-dir", str(tmp_path / "lenient"), "--task", "tests.tasks_for_tests:tied",
+                     "--kinds", "linear", "--unreachable", "drop"]) == 0
+    info = json.loads((tmp_path / "lenient" / "prepare.json").read_text())
+    assert [(d["module"], d["kind"]) for d in info["dropped_components"]] == [("a", "linear"), ("b", "linear")]
+    assert "tied weights" in info["dropped_components"][0]["reason"]
+    assert [g.module for g in ComponentSet.load(tmp_path / "lenient" / "components.json").groups] == ["out"]
