@@ -8,6 +8,11 @@ each ablating a random fraction alpha of all conv filters, on n examples, four w
 - reference: the same with the pure-PyTorch `reference_apply_masks_` patched in;
 - published: per mask, deep-copy the model, zero the ablated weight rows, run the n examples.
 
+With `--check-cost`, a fifth way, `unchecked` (`run_masked(..., check=False)`: no per-pass reach
+check), is timed beside `compiled` (the `check` column: paired ratio, minus 1; within the timing
+noise), the check itself is timed in isolation and printed as a fraction of a pass, and so is
+the one-off `probe_layout` (two tiny forwards per `run_masked` call).
+
 Throughput is in (examples x masks) per second. Repetitions are interleaved (one of each
 method in turn) and ratios are medians of per-repetition ratios, so load from other processes
 hits all methods alike. Before timing, the compiled and reference paths are checked against the
@@ -33,6 +38,7 @@ from torchvision.models import resnet18
 import coar.ablation
 from coar.ablation import ablate_weights_
 from coar.components import ComponentSet, discover
+from coar.exactness import probe_layout
 from coar.forward import run_masked
 from coar.masks import sample_masks
 from coar.ops import backend, reference_apply_masks_
@@ -112,10 +118,35 @@ def plain(w: Workload, passes: int, k: int) -> Callable[[], None]:
     return run
 
 
-def batched(w: Workload, masks: torch.Tensor, k: int) -> np.ndarray:
+def batched(w: Workload, masks: torch.Tensor, k: int, check: bool = True) -> np.ndarray:
     """The library path: all `masks`, k per pass, over all n examples in one chunk."""
     n = len(w.inputs)
-    return run_masked(w.model, w.components, masks, w.inputs, w.labels, margin, masks_per_pass=k, max_batch=k * n)
+    return run_masked(w.model, w.components, masks, w.inputs, w.labels, margin, masks_per_pass=k, max_batch=k * n,
+                      check=check)
+
+
+def check_seconds(w: Workload, k: int, calls: int = 2000) -> float:
+    """Seconds of one per-pass reach check (`Ablation.check_reached`) after a pass that ablates every group.
+
+    Measured in isolation, since its cost is far below the timing noise of whole passes.
+    """
+    masks = torch.ones(k, len(w.components), dtype=torch.bool)
+    with coar.ablation.Ablation(w.model, w.components, masks) as ablation:
+        w.model(w.inputs[:1].repeat(k, *([1] * (w.inputs.dim() - 1))))
+        t0 = time.perf_counter()
+        for _ in range(calls):
+            ablation.check_reached()
+        return (time.perf_counter() - t0) / calls
+
+
+def probe_seconds(w: Workload, reps: int = 5) -> float:
+    """Median seconds of the layout probe that every `run_masked` call starts with."""
+    times = []
+    for _ in range(reps):
+        t0 = time.perf_counter()
+        probe_layout(w.model, w.components, w.inputs[:2])
+        times.append(time.perf_counter() - t0)
+    return statistics.median(times)
 
 
 def batched_reference(w: Workload, masks: torch.Tensor, k: int) -> np.ndarray:
@@ -196,7 +227,8 @@ class Row:
         return max((max(s) - min(s)) / statistics.median(s) for s in self.seconds.values())
 
 
-def bench(w: Workload, k: int, n_masks: int, alpha: float, reps: int, warmup: int, seed: int) -> Row:
+def bench(w: Workload, k: int, n_masks: int, alpha: float, reps: int, warmup: int, seed: int,
+          check_cost: bool = False) -> Row:
     """Check, then time the four methods on `n_masks` masks (rounded up to a multiple of k), k per pass."""
     n_masks = -(-n_masks // k) * k
     masks = torch.from_numpy(sample_masks(seed, k, n_masks, len(w.components), alpha))
@@ -208,7 +240,15 @@ def bench(w: Workload, k: int, n_masks: int, alpha: float, reps: int, warmup: in
         "reference": lambda: batched_reference(w, masks, k),
         "published": lambda: published(w, masks),
     }
-    return Row(w.name, k, n_masks, len(w.inputs), time_interleaved(runs, reps, warmup))
+    if check_cost:
+        runs["unchecked"] = lambda: batched(w, masks, k, check=False)
+    row = Row(w.name, k, n_masks, len(w.inputs), time_interleaved(runs, reps, warmup))
+    if check_cost:
+        per_pass = statistics.median(row.seconds["compiled"]) / (n_masks // k)
+        cost = check_seconds(w, k)
+        print(f"  {w.name} k={k}: per-pass check {1e6 * cost:.1f} us = {100 * cost / per_pass:.4f}% of a pass "
+              f"({1e3 * per_pass:.1f} ms)", flush=True)
+    return row
 
 
 def _rate(x: float) -> str:
@@ -222,13 +262,15 @@ def _ratio(x: float, target: float | None = None) -> str:
 
 def print_table(rows: list[Row]) -> None:
     """Throughputs, ratios (marked against the targets) and spread, one line per row."""
-    header = ["model", "k", "masks", *METHODS, "comp/plain", "comp/pub", "ref/plain", "spread"]
+    cost = all("unchecked" in r.seconds for r in rows)
+    header = ["model", "k", "masks", *METHODS, "comp/plain", "comp/pub", "ref/plain", *(["check"] if cost else []), "spread"]
     lines = [
         [
             r.model, str(r.k), str(r.masks), *(_rate(r.throughput(m)) for m in METHODS),
             _ratio(r.ratio("compiled", "plain"), TARGET_VS_PLAIN),
             _ratio(r.ratio("compiled", "published"), TARGET_VS_PUBLISHED),
             _ratio(r.ratio("reference", "plain")),
+            *([f"{100 * (r.ratio('unchecked', 'compiled') - 1):+.2f}%"] if cost else []),
             f"{100 * r.spread():.0f}%",
         ]
         for r in rows
@@ -240,6 +282,8 @@ def print_table(rows: list[Row]) -> None:
         f"throughput in (examples x masks)/s, medians; ratios: medians of paired per-repetition ratios; "
         f"targets comp/plain >= {TARGET_VS_PLAIN}, comp/pub >= {TARGET_VS_PUBLISHED}; "
         "spread: largest (max-min)/median of a method's timings"
+        + ("; check: time of the per-pass reach check, as a fraction of the checked pass "
+           "(median of paired ratios unchecked/compiled throughput, minus 1)" if cost else "")
     )
 
 
@@ -261,6 +305,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--threads", type=int, default=1, help="torch.set_num_threads (1 is steadiest on a shared machine)")
     p.add_argument("--device", default="cpu", help="torch device, e.g. cuda")
     p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--check-cost", action="store_true", help="also time run_masked without the per-pass reach check")
     args = p.parse_args(argv)
     if args.quick:
         args.n, args.digits_k, args.resnet_k = 64, [1, 4], [1, 4]
@@ -283,10 +328,10 @@ def main(argv: list[str] | None = None) -> None:
     with torch.inference_mode():
         for name in args.models:
             w = make_workload(name, args.n, args.seed, device)
-            print(f"{name}: {len(w.components)} conv filters")
+            print(f"{name}: {len(w.components)} conv filters; layout probe {1e3 * probe_seconds(w):.1f} ms per run_masked call")
             ks, n_masks = (args.digits_k, args.digits_masks) if name == "digits" else (args.resnet_k, args.resnet_masks)
             for k in ks:
-                rows.append(bench(w, k, n_masks, args.alpha, args.reps, args.warmup, args.seed))
+                rows.append(bench(w, k, n_masks, args.alpha, args.reps, args.warmup, args.seed, args.check_cost))
     print()
     print_table(rows)
 

@@ -6,8 +6,10 @@ published `weight` ablation fills them with, and how to zero their weights for r
 published procedure, and permanent edits). New architectures plug in with `register_adapter`
 without touching discovery or the ablation machinery.
 
-A masker is a callable `masker(x, dim, units)` applied in place to a tensor whose dim 0 is the
-batch and whose `dim` indexes the site's units `units` (a slice of the site's unit range).
+A masker is a callable `masker(x, dim, units)` applied in place to a tensor whose `dim` indexes
+the site's units `units` (a slice of the site's unit range). Adapters hand maskers the tensor as
+the model computes it; which axis of it is the batch is found by coar.exactness (a probe with two
+batch sizes), not assumed by the adapter, so sequence-first activations are masked exactly.
 """
 
 from __future__ import annotations
@@ -61,8 +63,9 @@ def _bias_or_zeros(bias: torch.Tensor | None, size: int, like: torch.Tensor) -> 
     return bias.detach().clone() if bias is not None else torch.zeros(size, dtype=like.dtype, device=like.device)
 
 
-class _OutputAdapter:
-    """Units are output channels of a module with a `weight` whose rows are the units."""
+class OutputChannelsAdapter:
+    """Units are output channels (at `dim` of the module's output) of a module with a `weight`
+    whose rows are the units (Linear, Conv)."""
 
     def __init__(self, kind: str, dim: int):
         self.kind, self.dim = kind, dim
@@ -88,6 +91,34 @@ class _OutputAdapter:
     def zero_weights_(self, module: nn.Module, site: Site, units: torch.Tensor) -> None:
         with torch.no_grad():
             module.weight[units] = 0
+
+
+class TransposedConvAdapter(OutputChannelsAdapter):
+    """`ConvTranspose1d/2d/3d`: units are output channels (dim 1 of the output).
+
+    Their weight is stored (in, out / groups, ...): output channel c of group g = c // (out / groups)
+    is column c % (out / groups) of the rows of that group's input channels.
+    """
+
+    def __init__(self):
+        super().__init__("conv", 1)
+
+    def sites(self, module: nn.Module) -> list[Site]:
+        return [Site("", self.kind, module.out_channels)]
+
+    def zero_weights_(self, module: nn.Module, site: Site, units: torch.Tensor) -> None:
+        per_group_in = module.in_channels // module.groups
+        per_group_out = module.out_channels // module.groups
+        with torch.no_grad():
+            for c in units.tolist():
+                g, j = divmod(c, per_group_out)
+                module.weight[g * per_group_in : (g + 1) * per_group_in, j] = 0
+
+
+def output_channel_dim(adapter: Adapter | None) -> int | None:
+    """The dim of its module's output that holds `adapter`'s units when they are exactly that
+    module's output channels (so the module can be treated as a layer, e.g. by captum), else None."""
+    return adapter.dim if isinstance(adapter, OutputChannelsAdapter) else None
 
 
 class _PatchedForward:
@@ -219,10 +250,13 @@ def _attention_bias(attn_mask, key_padding_mask, bsz, heads, tgt, src, dtype) ->
 
 _REGISTRY: list[tuple[type, Adapter]] = [
     (nn.MultiheadAttention, MultiheadAttentionAdapter()),
-    (nn.Conv1d, _OutputAdapter("conv", 1)),
-    (nn.Conv2d, _OutputAdapter("conv", 1)),
-    (nn.Conv3d, _OutputAdapter("conv", 1)),
-    (nn.Linear, _OutputAdapter("linear", -1)),
+    (nn.Conv1d, OutputChannelsAdapter("conv", 1)),
+    (nn.Conv2d, OutputChannelsAdapter("conv", 1)),
+    (nn.Conv3d, OutputChannelsAdapter("conv", 1)),
+    (nn.ConvTranspose1d, TransposedConvAdapter()),
+    (nn.ConvTranspose2d, TransposedConvAdapter()),
+    (nn.ConvTranspose3d, TransposedConvAdapter()),
+    (nn.Linear, OutputChannelsAdapter("linear", -1)),
 ]
 
 

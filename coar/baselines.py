@@ -37,8 +37,8 @@ import numpy as np
 import torch
 from torch import nn
 
-from coar.ablation import Mode, _install, bind, unit_fills
-from coar.adapters import _OutputAdapter
+from coar.ablation import Mode, bind, install_maskers, remove_all, unit_fills
+from coar.adapters import output_channel_dim
 from coar.components import ComponentSet
 from coar.forward import OutputFn, run_masked
 
@@ -112,12 +112,11 @@ class _SiteRecorder:
 
     def __enter__(self) -> "_SiteRecorder":
         self.records = [[] for _ in self.bound]
-        self._handles = _install(self.bound, self._recorder)
+        self._handles = install_maskers(self.bound, self._recorder)
         return self
 
     def __exit__(self, *exc) -> None:
-        for h in self._handles:
-            h.remove()
+        remove_all(self._handles)
 
 
 def _forward_backward(model: nn.Module, recorder: _SiteRecorder, x: torch.Tensor, y: torch.Tensor,
@@ -238,7 +237,7 @@ def integrated(model: nn.Module, components: ComponentSet, inputs: torch.Tensor,
         raise ValueError(f"{score} interpolates the inputs from zero, so they must be floating point, not {inputs.dtype}")
     device = _check_model(model, inputs, labels)
     recorder = _SiteRecorder(model, components)
-    by_captum = [i for i, b in enumerate(recorder.bound) if captum and isinstance(b.adapter, _OutputAdapter)]
+    by_captum = [i for i, b in enumerate(recorder.bound) if captum and output_channel_dim(b.adapter) is not None]
     on_sites = [i for i in range(len(recorder.bound)) if i not in by_captum]
     per_batch = max(1, max_batch // (n_steps + 1))
     scores = torch.zeros(len(inputs), len(components), dtype=torch.float64)
@@ -251,7 +250,7 @@ def integrated(model: nn.Module, components: ComponentSet, inputs: torch.Tensor,
         for i in by_captum:
             b = recorder.bound[i]
             scores[rows, b.group.start : b.group.stop] = _captum_scores(
-                score, model, b.owner, b.adapter.dim, x, y, output_fn, n_steps).double().cpu()
+                score, model, b.owner, output_channel_dim(b.adapter), x, y, output_fn, n_steps).double().cpu()
         if on_sites:
             _site_scores(score, model, recorder, on_sites, x, y, output_fn, n_steps, scores[rows])
     return Attribution((-scores).float().numpy(), bias.float().numpy())

@@ -22,7 +22,7 @@ import sys
 from typing import Sequence
 
 from coar.constants import (ABLATION_MODES, BASELINE_METHODS, COMPONENT_KINDS, DEVICES, KIND_PRESETS, NONFINITE_POLICIES,
-                            PRECISIONS, SOLVER_BACKENDS, SOLVER_METHODS)
+                            PRECISIONS, SOLVER_BACKENDS, SOLVER_METHODS, UNREACHABLE_POLICIES)
 
 
 def _csv(text: str) -> list[str]:
@@ -82,6 +82,8 @@ def _parser() -> argparse.ArgumentParser:
     s.add_argument("--masks", type=int, default=None, help="training masks m of the run (with --method ols: refuse m <= components now)")
     s.add_argument("--method", choices=SOLVER_METHODS, default=None, help="the run's solver method")
     add_loader(s)
+    s.add_argument("--unreachable", choices=UNREACHABLE_POLICIES, default="error",
+                   help="component groups that cannot be ablated exactly (dry pass): stop naming them, or drop them with a warning")
 
     s = add("collect", "Sample one shard of ablation masks and record the ablated model's outputs on every example.")
     s.add_argument("--out", required=True, help="shard HDF5 file to write (appears only when complete)")
@@ -92,7 +94,8 @@ def _parser() -> argparse.ArgumentParser:
     s.add_argument("--seed", type=int, default=0)
     s.add_argument("--purpose", choices=["train", "heldout"], default="train", help="random stream: training or held-out masks")
     s.add_argument("--stream", type=int, default=None, help="random stream index (default: the shard index)")
-    s.add_argument("--exclude-masks-of", default=None, help="dataset file whose masks must not be repeated (for held-out masks)")
+    s.add_argument("--count-coincidences-with", default=None,
+                   help="dataset file: record how many masks equal one of its masks (held-out masks; they are kept)")
     s.add_argument("--ablation", choices=ABLATION_MODES, default="weight")
     s.add_argument("--output-fn", default=None, help="output function; default: the task's own")
     s.add_argument("--masks-per-pass", type=int, default=8, help="masks evaluated in one batched forward pass")
@@ -188,13 +191,13 @@ def _run(args: argparse.Namespace) -> None:
 
     if args.command == "prepare":
         info = steps.prepare(args.task, args.task_params, args.kinds, args.include, args.exclude, args.run_dir,
-                             masks=args.masks, method=args.method, loader=_loader(args))
-        print(json.dumps({k: info[k] for k in ("n_examples", "n_components", "task_info")}, indent=1))
+                             masks=args.masks, method=args.method, loader=_loader(args), unreachable=args.unreachable)
+        print(json.dumps({k: info[k] for k in ("n_examples", "n_components", "dropped_components", "task_info")}, indent=1))
     elif args.command == "collect":
         steps.collect(args.run_dir, args.out, shard=args.shard, shards=args.shards, masks=args.masks, alpha=args.alpha,
                       seed=args.seed, ablation=args.ablation, output_fn=args.output_fn, masks_per_pass=args.masks_per_pass,
                       max_batch=args.max_batch, device=args.device, purpose=args.purpose, stream=args.stream,
-                      exclude_masks_of=args.exclude_masks_of, threads=args.threads, precision=args.precision,
+                      count_coincidences_with=args.count_coincidences_with, threads=args.threads, precision=args.precision,
                       nonfinite=args.nonfinite, loader=_loader(args))
     elif args.command == "merge":
         steps.merge(args.run_dir, args.shards, args.out, args.masks, _expected(args))

@@ -75,6 +75,18 @@ class ComponentSet:
                 return g.start + unit
         raise KeyError(f"no {kind} components on module {module!r}")
 
+    def without(self, drop: Iterable[tuple[str, str]]) -> "ComponentSet":
+        """The set without the groups whose (module, kind) is in `drop`, renumbered in order."""
+        drop = set(drop)
+        kept, start = [], 0
+        for g in self.groups:
+            if (g.module, g.kind) not in drop:
+                kept.append(ComponentGroup(g.module, g.kind, g.size, start))
+                start += g.size
+        if not kept:
+            raise ValueError("no components are left once every inexact group is dropped")
+        return ComponentSet(kept)
+
     def table(self) -> list[tuple[str, int, str]]:
         """One (module, unit, kind) row per component, in global index order."""
         return [(g.module, u, g.kind) for g in self.groups for u in range(g.size)]
@@ -108,12 +120,23 @@ def _matches(name: str, patterns: Iterable[str]) -> bool:
     return any(fnmatch.fnmatchcase(name, p) for p in patterns)
 
 
-def _site_module(name: str, child: str) -> str:
+def site_module_name(name: str, child: str) -> str:
+    """Name of the module a site's units belong to: the owner `name`, or its child `child`."""
     return f"{name}.{child}" if name and child else (name or child)
+
+
+def _register_library_adapters(model: nn.Module) -> None:
+    """Register the Hugging Face adapters when `model` holds transformers modules.
+
+    Lazy: transformers is imported only when the model already uses it.
+    """
+    if any(type(m).__module__.startswith("transformers.") for m in model.modules()):
+        import coar.hf_adapters  # noqa: F401  (importing registers the adapters)
 
 
 def iter_sites(model: nn.Module) -> Iterable[tuple[str, nn.Module, Site]]:
     """(owner module name, owner module, site) for every site of every adapted module."""
+    _register_library_adapters(model)
     claimed: set[str] = set()
     for name, module in model.named_modules():
         if name in claimed:
@@ -121,7 +144,7 @@ def iter_sites(model: nn.Module) -> Iterable[tuple[str, nn.Module, Site]]:
         adapter = adapter_for(module)
         if adapter is None:
             continue
-        claimed.update(_site_module(name, c) for c in adapter.claimed_children(module))
+        claimed.update(site_module_name(name, c) for c in adapter.claimed_children(module))
         for site in adapter.sites(module):
             yield name, module, site
 
@@ -147,7 +170,7 @@ def discover(
     groups: list[ComponentGroup] = []
     start = 0
     for name, _module, site in iter_sites(model):
-        module_name = _site_module(name, site.child)
+        module_name = site_module_name(name, site.child)
         if site.kind not in kinds or not _matches(module_name, include) or _matches(module_name, exclude):
             continue
         groups.append(ComponentGroup(module_name, site.kind, site.size, start))

@@ -31,6 +31,9 @@ PRECISIONS = ("fp32", "bf16", "fp16")
 NONFINITE_POLICIES = ("error", "record")
 """What collection does with NaN or infinite outputs: refuse (error) or write them with a warning."""
 
+UNREACHABLE_POLICIES = ("error", "drop")
+"""What prepare does with component groups its dry pass finds cannot be ablated exactly."""
+
 DEVICES = ("auto", "cpu", "cuda")
 """Where forward passes run; "auto" is CUDA when torch sees a GPU."""
 

@@ -13,6 +13,7 @@ from tqdm.auto import tqdm
 from coar.ablation import Ablation, Mode
 from coar.components import ComponentSet
 from coar.examples import Examples, TensorExamples
+from coar.exactness import probe_layout
 
 OutputFn = Callable[[object, torch.Tensor], torch.Tensor]
 
@@ -37,6 +38,7 @@ def run_masked(
     fills: list[torch.Tensor] | None = None,
     reference_inputs: torch.Tensor | None = None,
     progress: bool = False,
+    check: bool = True,
 ) -> np.ndarray:
     """Outputs of the ablated model: entry [i, z] is `output_fn` on example z under mask i.
 
@@ -44,6 +46,9 @@ def run_masked(
     times up to `max_batch // masks_per_pass` examples. The model must be in eval mode.
     The examples are tensors `inputs` and `labels`, or a batch source (coar.examples) as
     `inputs` with `labels` None; a source is read once per block of masks.
+    Before any pass, `coar.exactness.probe_layout` finds where each hooked tensor holds the
+    batch and refuses groups the masks ablate that it cannot reach; every pass then checks that
+    each group it ablates was reached (`check=False` skips that check, for benchmarks only).
     """
     masks = torch.as_tensor(masks, dtype=torch.bool)
     if masks_per_pass < 1 or max_batch < 1:
@@ -55,7 +60,14 @@ def run_masked(
     n = len(examples)
     per_pass = max(1, min(n, max_batch // masks_per_pass))
     out = np.empty((len(masks), n), dtype=np.float32)
-    ablation = Ablation(model, components, mode=mode, fills=fills, reference_inputs=reference_inputs)
+    layout = probe_layout(model, components, next(iter(examples.batches(2)))[0].to(device))
+    used = masks.any(0)
+    refused = [f"{g.module} ({g.kind}): {layout.problems[i]}" for i, g in enumerate(components.groups)
+               if i in layout.problems and bool(used[g.start : g.stop].any())]
+    if refused:
+        raise RuntimeError("cannot ablate exactly:\n  " + "\n  ".join(refused))
+    ablation = Ablation(model, components, mode=mode, fills=fills, reference_inputs=reference_inputs,
+                        batch_dims=layout.batch_dims)
     # Redirected to a log, a bar redraws rarely so the log stays readable.
     bar = tqdm(total=len(masks), unit="mask", disable=not progress, desc="ablated forward",
                mininterval=1 if sys.stderr.isatty() else 15)
@@ -70,12 +82,12 @@ def run_masked(
                 if z0 + len(x) > n:
                     raise ValueError(f"the examples yielded more than their length {n}")
                 values = output_fn(model(_repeat_rows(x, k)), _repeat_rows(y, k))
+                if check:
+                    ablation.check_reached()
                 out[m0 : m0 + k, z0 : z0 + len(x)] = values.float().reshape(k, len(x)).cpu().numpy()
                 z0 += len(x)
             if z0 != n:
                 raise ValueError(f"the examples yielded {z0} examples, not their length {n}")
-            if m0 == 0:
-                ablation.check_reached()
             bar.update(k)
     bar.close()
     return out

@@ -2,8 +2,8 @@
 
 Importing this module registers them with `coar.adapters.register_adapter` (once; `register()`
 is idempotent), after which `coar.components.discover` and the ablation machinery handle these
-models unchanged. coar itself never imports transformers: tasks built on Hugging Face models
-import this module, and so does unpickling them (their wrapper classes live in such modules).
+models unchanged. Discovery imports it by itself when a model holds transformers modules, so
+coar imports transformers only for models that already use it.
 
 Units:
 - `Conv1D` (GPT-2's linear layer, weight stored (in, out)): one "linear" unit per row of the

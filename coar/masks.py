@@ -4,8 +4,9 @@ A mask row holds one boolean per component, True = ablated; each component is ab
 independently with probability alpha. Shard i of a run is drawn from its own random stream,
 seeded by (seed, purpose, i) alone, so any machine can make any shard without the others and
 get the same bits. Each purpose ("train", "heldout") has its own streams, so evaluation masks
-are seeded apart from training masks; `drop_rows_in` then removes the rare held-out row that
-equals a training row anyway (likely only for small N).
+are independent draws from the same distribution as training masks. A held-out row may equal a
+training row (likely only for small N, e.g. the empty mask); such rows are kept, since dropping
+them would bias the held-out set, and `count_rows_in` counts them for the report.
 """
 
 from __future__ import annotations
@@ -64,12 +65,12 @@ def sample_masks(
     return masks
 
 
-def drop_rows_in(masks: np.ndarray, reference) -> np.ndarray:
-    """Return the rows of `masks` equal to no row of `reference`, in their original order.
+def count_rows_in(masks: np.ndarray, reference) -> int:
+    """How many rows of `masks` equal some row of `reference` (each such row counted once).
 
     `reference` may be any 2-D row-sliceable array (an h5py dataset too): it is read in blocks
     and kept only as 16-byte digests of its bit-packed rows. A digest match is confirmed by
-    comparing the rows themselves, so the result is exact, not probabilistic.
+    comparing the rows themselves, so the count is exact, not probabilistic.
     """
     masks = np.asarray(masks, dtype=bool)
     if masks.ndim != 2 or len(reference.shape) != 2 or masks.shape[1] != reference.shape[1]:
@@ -83,10 +84,10 @@ def drop_rows_in(masks: np.ndarray, reference) -> np.ndarray:
         rows = np.asarray(reference[start : start + block], dtype=bool)
         for offset, digest in enumerate(_row_digests(rows)):
             digests.setdefault(digest, []).append(start + offset)
-    keep = np.ones(len(masks), dtype=bool)
-    for i, digest in enumerate(_row_digests(masks)):
-        keep[i] = not any(np.array_equal(masks[i], reference[j]) for j in digests.get(digest, ()))
-    return masks[keep]
+    return sum(
+        any(np.array_equal(masks[i], reference[j]) for j in digests.get(digest, ()))
+        for i, digest in enumerate(_row_digests(masks))
+    )
 
 
 def _row_digests(rows: np.ndarray) -> list[bytes]:

@@ -26,10 +26,11 @@ from coar.atomic import atomic_path, write_json
 from coar.components import ComponentSet, discover
 from coar.constants import NONFINITE_POLICIES
 from coar.evaluate import format_value, predict, score
+from coar.exactness import OnProblem, check_components
 from coar.examples import stack
 from coar.finite import nonfinite_problem
 from coar.forward import run_masked
-from coar.masks import drop_rows_in, sample_masks, shard_ranges
+from coar.masks import count_rows_in, sample_masks, shard_ranges
 from coar.outputs import resolve_output_fn
 from coar.saved_task import LoaderOptions, PreparedTask
 from coar.task import load_task
@@ -42,6 +43,11 @@ def resolve_device(device: str) -> torch.device:
     if device == "cuda" and not torch.cuda.is_available():
         raise RuntimeError("device 'cuda' was requested but torch sees no GPU; use device: cpu or auto")
     return torch.device(device)
+
+
+def _first_inputs(task, rows: int) -> torch.Tensor:
+    """The task's first `rows` inputs (a dry pass needs only a couple)."""
+    return next(iter(task.example_source().batches(rows)))[0]
 
 
 def _run_file(run_dir: str | Path, name: str) -> Path:
@@ -58,15 +64,19 @@ PROVENANCE = ("alpha", "seed", "ablation", "output_fn", "precision")
 
 def prepare(spec: str, params: dict, kinds: str | Sequence[str], include: Sequence[str], exclude: Sequence[str],
             run_dir: str | Path, masks: int | None = None, method: str | None = None,
-            loader: LoaderOptions = LoaderOptions()) -> dict:
+            loader: LoaderOptions = LoaderOptions(), unreachable: OnProblem = "error") -> dict:
     """Build the task, discover its components and save both with their fingerprints.
 
-    Given the run's `masks` and solver `method`, refuse OLS with masks <= components now, before
-    anything is saved or collected (the number of components is first known here).
+    A dry pass on two examples (coar.exactness) first checks that every component group can be
+    ablated exactly; `unreachable` says whether those that cannot stop prepare ("error") or are
+    dropped with a warning ("drop", listed in prepare.json). Given the run's `masks` and solver
+    `method`, OLS with masks <= components is refused now, before anything is saved or collected
+    (the number of components is first known here).
     """
     start = time.perf_counter()
     task = load_task(spec, params)
     components = discover(task.model, kinds, include, exclude)
+    components, problems = check_components(task.model, components, _first_inputs(task, 2), unreachable)
     if method == "ols" and masks is not None and masks <= len(components):
         raise ValueError(f"config key 'masks': {masks} masks for {len(components)} components, but solver.method "
                          f"ols needs more masks than components; use masks >= {len(components) + 1}, "
@@ -82,6 +92,7 @@ def prepare(spec: str, params: dict, kinds: str | Sequence[str], include: Sequen
         "output_fn": task.output_fn,
         "n_examples": task.n_examples,
         "n_components": len(components),
+        "dropped_components": [{"module": m, "kind": k, "reason": r} for (m, k), r in problems.items()],
         "components_by_kind": {k: sum(g.size for g in components.groups if g.kind == k) for k in {g.kind for g in components.groups}},
         "components_fingerprint": components.fingerprint,
         **saved,
@@ -115,15 +126,15 @@ def provenance(run_dir: str | Path, *, alpha: float | None = None, seed: int | N
 
 def collect(run_dir: str | Path, out: str | Path, *, shard: int, shards: int, masks: int, alpha: float, seed: int,
             ablation: str, output_fn: str | None, masks_per_pass: int, max_batch: int, device: str,
-            purpose: str = "train", stream: int | None = None, exclude_masks_of: str | Path | None = None,
+            purpose: str = "train", stream: int | None = None, count_coincidences_with: str | Path | None = None,
             threads: int | None = None, precision: str = "fp32", nonfinite: str = "error",
             loader: LoaderOptions = LoaderOptions()) -> None:
     """Sample shard `shard` of the masks, run the ablated model on them, write the shard file.
 
     Masks come from the random stream (seed, purpose, stream), stream defaulting to the shard
-    index, so each shard is reproducible on its own.
-    With `exclude_masks_of` (a dataset file), masks that coincide with its masks are dropped
-    first, so held-out masks never repeat a training mask.
+    index, so each shard is reproducible on its own. With `count_coincidences_with` (a dataset
+    file), the number of masks equal to one of its masks is recorded in the shard's
+    `coincident_with_training` attribute; they are kept, so held-out masks stay independent draws.
     Outputs that are NaN or infinite are refused, naming the masks and examples; with
     nonfinite="record" they are written and a warning is printed instead.
     """
@@ -138,10 +149,10 @@ def collect(run_dir: str | Path, out: str | Path, *, shard: int, shards: int, ma
     task, components = _load_run(run_dir, _loader_for(loader, dev))
     start, stop = shard_ranges(masks, shards)[shard]
     x = sample_masks(seed, shard if stream is None else stream, stop - start, len(components), alpha, purpose)
-    if exclude_masks_of is not None:
-        with h5py.File(exclude_masks_of, "r", locking=False) as f:
-            x = drop_rows_in(x, f["masks"])
-        stop = start + len(x)
+    extra = {}
+    if count_coincidences_with is not None:
+        with h5py.File(count_coincidences_with, "r", locking=False) as f:
+            extra["coincident_with_training"] = count_rows_in(x, f["masks"])
     fn_name = output_fn or task.output_fn
     y = run_masked(task.model.to(dev), components, x, task.examples, None, resolve_output_fn(fn_name),
                    masks_per_pass=masks_per_pass, max_batch=max_batch, mode=ablation,
@@ -154,7 +165,7 @@ def collect(run_dir: str | Path, out: str | Path, *, shard: int, shards: int, ma
         print(f"warning: {out}: recording {problem} (nonfinite: record)", file=sys.stderr)
     meta = {**expect, "seed": seed, "alpha": alpha, "shard": shard, "row_start": start, "row_stop": stop,
             "output_fn": fn_name, "ablation": ablation, "precision": precision, "coar_version": coar.__version__,
-            "encoding": h5format.ENCODING}
+            "encoding": h5format.ENCODING, **extra}
     h5format.write_shard(out, x, y, meta)
 
 
@@ -202,6 +213,13 @@ def _heldout_expect(expect: dict, expected: dict | None, alpha: float) -> dict:
     return {**expect, **(expected or {}), "alpha": alpha}
 
 
+def _coincidences(path: str | Path) -> int | None:
+    """How many of a held-out file's masks equal a training mask (None when not counted)."""
+    with h5py.File(path, "r", locking=False) as f:
+        value = f.attrs.get("coincident_with_training")
+    return None if value is None else int(value)
+
+
 def evaluate(run_dir: str | Path, attributions: str | Path, heldout: dict[float, str | Path], train_alpha: float,
              out: str | Path, expected: dict | None = None) -> dict:
     """Score the attributions on held-out masks at each alpha; write evaluation.json.
@@ -215,7 +233,8 @@ def evaluate(run_dir: str | Path, attributions: str | Path, heldout: dict[float,
     by_alpha = {}
     for alpha, path in sorted(heldout.items()):
         masks, outputs = _read_rows(path, _heldout_expect(expect, expected, alpha))
-        by_alpha[f"{alpha:g}"] = score(outputs, predict(attr.weight, attr.bias, masks), attr.example_ids)
+        by_alpha[f"{alpha:g}"] = {**score(outputs, predict(attr.weight, attr.bias, masks), attr.example_ids),
+                                  "coincident_with_training": _coincidences(path)}
     main = by_alpha[f"{train_alpha:g}"]
     result = {
         **{k: attr.attrs[k] for k in PROVENANCE},
@@ -225,6 +244,7 @@ def evaluate(run_dir: str | Path, attributions: str | Path, heldout: dict[float,
         "median_correlation": main["median_correlation"],
         "undefined_correlations": main["undefined_correlations"],
         "n_heldout_masks": main["n_masks"],
+        "heldout_coincident_with_training": main["coincident_with_training"],
         "by_alpha": by_alpha,
     }
     write_json(out, result)
@@ -260,13 +280,14 @@ def summarize(run_dir: str | Path, evaluation: str | Path, timings: Sequence[str
         f"- ablation: {ev['ablation']}; output function: `{ev['output_fn']}`; precision: {ev['precision']} "
         "(as recorded in the attributions)",
         "",
-        "| alpha | held-out masks | mean corr. | median corr. | mean rank corr. | MAE | undefined corr. |",
-        "|---|---|---|---|---|---|---|",
+        "| alpha | held-out masks | of them equal to a training mask | mean corr. | median corr. | mean rank corr. | MAE | undefined corr. |",
+        "|---|---|---|---|---|---|---|---|",
     ]
     for alpha, r in ev["by_alpha"].items():
+        same = r.get("coincident_with_training")
         values = (r[k] for k in ("mean_correlation", "median_correlation", "mean_rank_correlation", "mean_absolute_error"))
-        lines.append(f"| {alpha} | {r['n_masks']} | " + " | ".join(format_value(v) for v in values)
-                     + f" | {r['undefined_correlations']} |")
+        lines.append(f"| {alpha} | {r['n_masks']} | {'not counted' if same is None else same} | "
+                     + " | ".join(format_value(v) for v in values) + f" | {r['undefined_correlations']} |")
     seconds = _step_seconds(timings)
     if seconds:
         lines += ["", "| step | wall seconds |", "|---|---|"] + [f"| {k} | {v:.1f} |" for k, v in seconds.items()]

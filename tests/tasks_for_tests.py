@@ -66,3 +66,24 @@ def margin_inf_for_class_0(output: torch.Tensor, labels: torch.Tensor) -> torch.
 def constant_output(output: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
     """1.0 for every example, whatever the model does (correlations are then undefined)."""
     return torch.ones(len(labels))
+
+
+class TiedNet(nn.Module):
+    """Two Linears sharing one weight Parameter, then a classifier."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.a, self.b, self.out = nn.Linear(4, 4), nn.Linear(4, 4), nn.Linear(4, 3)
+        self.b.weight = self.a.weight
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.out(self.b(torch.relu(self.a(x))))
+
+
+def tied(params: dict) -> Task:
+    """A TiedNet task: its tied groups cannot be ablated exactly."""
+    generator = torch.Generator().manual_seed(0)
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(0)
+        model = TiedNet()
+    return Task(model=model, inputs=torch.randn(3, 4, generator=generator), labels=torch.tensor([0, 1, 2]))

@@ -13,16 +13,6 @@ import pytest
 
 REPO = Path(__file__).resolve().parents[1]
 
-# Private names that one module still takes from another, as (importer, "module.name"). Each
-# entry is a known defect waiting for its fix: the test fails on any use not listed here, and
-# also on a listed one that no longer occurs, so the list only shrinks (delete it when empty).
-KNOWN_PRIVATE_IMPORTS = {
-    ("coar.ablation", "coar.components._site_module"),
-    ("coar.baselines", "coar.ablation._install"),
-    ("coar.baselines", "coar.adapters._OutputAdapter"),
-}
-
-
 @dataclass(frozen=True)
 class Import:
     """`importer` imports package module `target` (and takes `name` from it, for `from` imports of a non-module)."""
@@ -192,14 +182,8 @@ def test_the_package_has_no_import_cycles():
 
 
 def test_no_module_takes_private_names_of_another():
-    new = {(importer, name) for importer, name, _ in PRIVATE} - KNOWN_PRIVATE_IMPORTS
-    lines = sorted(f"{importer}:{line} uses {name}" for importer, name, line in PRIVATE if (importer, name) in new)
-    assert not new, "private names used across modules (make them public or keep them inside): " + "; ".join(lines)
-
-
-def test_every_known_private_import_still_occurs():
-    gone = KNOWN_PRIVATE_IMPORTS - {(importer, name) for importer, name, _ in PRIVATE}
-    assert not gone, f"fixed, so delete from KNOWN_PRIVATE_IMPORTS: {sorted(gone)}"
+    lines = sorted(f"{importer}:{line} uses {name}" for importer, name, line in PRIVATE)
+    assert not lines, "private names used across modules (make them public or keep them inside): " + "; ".join(lines)
 
 
 # The checks themselves, on a small package written for the purpose.

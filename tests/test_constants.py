@@ -40,6 +40,7 @@ SCHEMA_ENUM_SOURCES = {
     "properties/evaluation/properties/baselines/items": constants.BASELINE_METHODS,
     "properties/device": constants.DEVICES,
     "properties/nonfinite": constants.NONFINITE_POLICIES,
+    "properties/components/properties/unreachable": constants.UNREACHABLE_POLICIES,
     "properties/edit/properties/tasks/items": constants.EDIT_TASKS,
     "$defs/edit_task/properties/method": constants.SOLVER_METHODS,
     f"{EDIT_KINDS_PATH}/oneOf/0": tuple(constants.KIND_PRESETS),
@@ -73,6 +74,7 @@ OPTION_SOURCES = {
     "--backend": constants.SOLVER_BACKENDS,
     "--method": constants.SOLVER_METHODS,
     "--purpose": ("train", "heldout"),
+    "--unreachable": constants.UNREACHABLE_POLICIES,
 }
 
 

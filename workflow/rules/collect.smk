@@ -84,7 +84,9 @@ rule merge:
 
 
 rule collect_heldout:
-    """Fresh held-out masks at one alpha (never equal to a training mask) and their outputs."""
+    """Fresh held-out masks at one alpha and their outputs: independent draws from the training
+    distribution (seeded apart), so a few may equal a training mask for small N; they are kept
+    and counted (evaluation.json, summary.md), since dropping them would bias the held-out set."""
     input:
         run=rules.prepare.output,
         data=rules.merge.output,
@@ -108,5 +110,5 @@ rule collect_heldout:
         **COLLECT_GPU,
     shell:
         "coar collect --run-dir {params.run_dir:q} --out {output:q} --masks {params.masks:q}"
-        " --alpha {wildcards.alpha:q} --stream {params.stream:q} --exclude-masks-of {input.data:q} {params.options}"
+        " --alpha {wildcards.alpha:q} --stream {params.stream:q} --count-coincidences-with {input.data:q} {params.options}"
         " --threads {threads} 2>&1 | tee {log:q}"

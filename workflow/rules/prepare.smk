@@ -3,7 +3,8 @@ import shlex
 
 
 rule prepare:
-    """Build the task (the default trains its CNN), discover its components, save both (as data, no pickle)."""
+    """Build the task (the default trains its CNN), discover its components, check on two examples
+    that each can be ablated exactly (refusing or dropping those that cannot), save both."""
     output:
         weights=f"{RUN}/weights.safetensors",
         arrays=f"{RUN}/examples.safetensors",
@@ -23,6 +24,7 @@ rule prepare:
         include=shlex.quote(",".join(config["components"]["include"])),
         exclude=shlex.quote(",".join(config["components"]["exclude"])),
         loader=loader_options(),
+        unreachable=config["components"]["unreachable"],
     log:
         f"{RUN}/logs/prepare.log",
     benchmark:
@@ -30,4 +32,5 @@ rule prepare:
     shell:
         "coar prepare --run-dir {params.run_dir:q} --task {params.spec} --task-params {params.task_params}"
         " --kinds {params.kinds} --include {params.include} --exclude {params.exclude} {params.checks} {params.loader}"
+        " --unreachable {params.unreachable:q}"
         " 2>&1 | tee {log:q}"
