@@ -26,6 +26,10 @@ z's output, and `bias` is the unablated output f(z). One `coar.evaluate.predict`
   Units that are not a module's own output (attention heads, packed q/k/v rows) cannot be
   named as a captum layer; for them the same path integral (captum's quadrature) runs on the
   adapters' unit sites directly, `captum=False` does so for every unit.
+  Token ids cannot be interpolated: for integer inputs the path runs on the output of the
+  model's token embedding (zero embeddings to the actual ones, coar.embedding_path), and
+  LOO and grad x param need no float inputs at all (the gradient reaches the units through
+  the parameters).
 """
 
 from __future__ import annotations
@@ -40,6 +44,7 @@ from torch import nn
 from coar.ablation import Mode, _install, bind, unit_fills
 from coar.adapters import _OutputAdapter
 from coar.components import ComponentSet
+from coar.embedding_path import embedded, replaced_output, scaled_output, token_embedding
 from coar.forward import OutputFn, run_masked
 
 METHODS = ("loo", "grad_x_param", "conductance", "internal_influence")
@@ -191,23 +196,46 @@ def _quadrature(score: Score, n_steps: int) -> tuple[list[float], list[float]]:
 
 
 def _captum_scores(score: Score, model: nn.Module, module: nn.Module, dim: int, x: torch.Tensor, y: torch.Tensor,
-                   output_fn: OutputFn, n_steps: int) -> torch.Tensor:
-    """captum's LayerConductance / InternalInfluence of `module`'s output units, summed per unit: (B, units)."""
+                   output_fn: OutputFn, n_steps: int, embedding: nn.Module | None = None) -> torch.Tensor:
+    """captum's LayerConductance / InternalInfluence of `module`'s output units, summed per unit: (B, units).
+
+    With an `embedding` (integer inputs), captum's input is that module's output on `x`, which
+    the forward function substitutes while the ids themselves run through the model unchanged.
+    """
     from captum.attr import InternalInfluence, LayerConductance
 
-    method = (LayerConductance if score == "conductance" else InternalInfluence)(lambda a, t: output_fn(model(a), t), module)
+    if embedding is None:
+        path_inputs, extra = x, (y,)
+        forward = lambda a, t: output_fn(model(a), t)  # noqa: E731
+    else:
+        path_inputs, extra = embedded(model, embedding, x), (x, y)
+
+        def forward(e: torch.Tensor, ids: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
+            with replaced_output(embedding, e):
+                return output_fn(model(ids), t)
+
+    method = (LayerConductance if score == "conductance" else InternalInfluence)(forward, module)
     with torch.enable_grad():
-        scores = method.attribute(x, baselines=0.0, additional_forward_args=(y,), n_steps=n_steps, method="gausslegendre")
+        scores = method.attribute(path_inputs, baselines=0.0, additional_forward_args=extra, n_steps=n_steps,
+                                  method="gausslegendre")
     return _unit_sums(scores.detach(), dim)
 
 
 def _site_scores(score: Score, model: nn.Module, recorder: _SiteRecorder, groups: list[int], x: torch.Tensor,
-                 y: torch.Tensor, output_fn: OutputFn, n_steps: int, out: torch.Tensor) -> None:
-    """The same path integral on the adapters' unit sites, for `groups`; adds (B, N) scores into `out`."""
+                 y: torch.Tensor, output_fn: OutputFn, n_steps: int, out: torch.Tensor,
+                 embedding: nn.Module | None = None) -> None:
+    """The same path integral on the adapters' unit sites, for `groups`; adds (B, N) scores into `out`.
+
+    The path scales `x`, or with an `embedding` (integer inputs) that module's output.
+    """
     step_sizes, alphas = _quadrature(score, n_steps)
     previous: list[list[_Record]] | None = None
     for k, alpha in enumerate(alphas):
-        _forward_backward(model, recorder, alpha * x, y, output_fn)
+        if embedding is None:
+            _forward_backward(model, recorder, alpha * x, y, output_fn)
+        else:
+            with scaled_output(embedding, alpha):
+                _forward_backward(model, recorder, x, y, output_fn)
         for i in groups:
             b = recorder.bound[i]
             for j, r in enumerate(recorder.records[i]):
@@ -230,12 +258,13 @@ def integrated(model: nn.Module, components: ComponentSet, inputs: torch.Tensor,
 
     With `captum`, units that are a module's output (conv filters, linear neurons) are scored
     by captum's layer methods, other units on their sites; without, every unit on its site.
+    Integer inputs (token ids) are not scaled: the path runs from zero token embeddings to the
+    actual ones, on the output of the model's token embedding (coar.embedding_path).
     """
     if score not in ("conductance", "internal_influence"):
         raise ValueError(f"unknown score {score!r}; choose conductance or internal_influence")
-    if not inputs.is_floating_point():
-        raise ValueError(f"{score} interpolates the inputs from zero, so they must be floating point, not {inputs.dtype}")
     device = _check_model(model, inputs, labels)
+    embedding = None if inputs.is_floating_point() else token_embedding(model, inputs[:1].to(device))
     recorder = _SiteRecorder(model, components)
     by_captum = [i for i, b in enumerate(recorder.bound) if captum and isinstance(b.adapter, _OutputAdapter)]
     on_sites = [i for i in range(len(recorder.bound)) if i not in by_captum]
@@ -250,9 +279,9 @@ def integrated(model: nn.Module, components: ComponentSet, inputs: torch.Tensor,
         for i in by_captum:
             b = recorder.bound[i]
             scores[rows, b.group.start : b.group.stop] = _captum_scores(
-                score, model, b.owner, b.adapter.dim, x, y, output_fn, n_steps).double().cpu()
+                score, model, b.owner, b.adapter.dim, x, y, output_fn, n_steps, embedding).double().cpu()
         if on_sites:
-            _site_scores(score, model, recorder, on_sites, x, y, output_fn, n_steps, scores[rows])
+            _site_scores(score, model, recorder, on_sites, x, y, output_fn, n_steps, scores[rows], embedding)
     return Attribution((-scores).float().numpy(), bias.float().numpy())
 
 
