@@ -140,10 +140,16 @@ def _forward_backward(model: nn.Module, recorder: _SiteRecorder, x: torch.Tensor
     return out.detach()
 
 
-def _unit_sums(t: torch.Tensor, dim: int) -> torch.Tensor:
-    """(B, ..., units at `dim`, ...) -> (B, units): summed over every other dimension (positions)."""
+def _unit_sums(t: torch.Tensor, dim: int, n: int) -> torch.Tensor:
+    """(n * R, ..., units at `dim`, ...) -> (n, units): summed over every other dimension (positions).
+
+    A model may run R rows per example inside (e.g. the three sentences of a triple); they are
+    adjacent, as in the batched-ablation layout, so example z's rows are z*R .. z*R+R-1.
+    """
     t = t.movedim(dim % t.dim(), -1)
-    return t.reshape(t.shape[0], -1, t.shape[-1]).sum(1)
+    if t.shape[0] % n:
+        raise ValueError(f"a unit tensor of batch {t.shape[0]} for {n} examples: rows per example must be whole")
+    return t.reshape(n, -1, t.shape[-1]).sum(1)
 
 
 def _along(values: torch.Tensor, dim: int, ndim: int) -> torch.Tensor:
@@ -182,7 +188,7 @@ def grad_x_param(model: nn.Module, components: ComponentSet, inputs: torch.Tenso
             for r in records:
                 change = _along(fill[r.units].to(r.value.dtype), r.dim, r.value.dim()) - r.value
                 cols = _columns(b.group.start, b.site.size, r.units)
-                weight[z0 : z0 + len(x), cols.start : cols.stop] += _unit_sums(r.grad * change, r.dim).double().cpu()
+                weight[z0 : z0 + len(x), cols.start : cols.stop] += _unit_sums(r.grad * change, r.dim, len(x)).double().cpu()
     return Attribution(weight.float().numpy(), bias.float().numpy())
 
 
@@ -218,7 +224,7 @@ def _captum_scores(score: Score, model: nn.Module, module: nn.Module, dim: int, 
     with torch.enable_grad():
         scores = method.attribute(path_inputs, baselines=0.0, additional_forward_args=extra, n_steps=n_steps,
                                   method="gausslegendre")
-    return _unit_sums(scores.detach(), dim)
+    return _unit_sums(scores.detach(), dim, len(x))
 
 
 def _site_scores(score: Score, model: nn.Module, recorder: _SiteRecorder, groups: list[int], x: torch.Tensor,
@@ -247,8 +253,29 @@ def _site_scores(score: Score, model: nn.Module, recorder: _SiteRecorder, groups
                     last = previous[i][j]
                     term = last.grad * (r.value - last.value)
                 cols = _columns(b.group.start, b.site.size, r.units)
-                out[:, cols.start : cols.stop] += _unit_sums(term, r.dim).double().cpu()
+                out[:, cols.start : cols.stop] += _unit_sums(term, r.dim, len(x)).double().cpu()
         previous = recorder.records
+
+
+def _one_row_per_example(model: nn.Module, modules: list[nn.Module], one: torch.Tensor, indices: list[int]) -> list[int]:
+    """The `indices` whose module outputs one row for one example: captum's layer methods need
+    the layer's batch to be the input's; a module running several rows per example (e.g. the
+    sentences of a triple) is scored on its sites instead."""
+    rows: dict[int, int] = {}
+
+    def watch(k: int):
+        def hook(_m: nn.Module, _args: tuple, out: torch.Tensor) -> None:
+            rows.setdefault(k, out.shape[0])
+        return hook
+
+    handles = [m.register_forward_hook(watch(k)) for k, m in enumerate(modules)]
+    try:
+        with torch.no_grad():
+            model(one)
+    finally:
+        for h in handles:
+            h.remove()
+    return [i for k, i in enumerate(indices) if rows.get(k) == 1]
 
 
 def integrated(model: nn.Module, components: ComponentSet, inputs: torch.Tensor, labels: torch.Tensor,
@@ -259,7 +286,8 @@ def integrated(model: nn.Module, components: ComponentSet, inputs: torch.Tensor,
     With `captum`, units that are a module's output (conv filters, linear neurons) are scored
     by captum's layer methods, other units on their sites; without, every unit on its site.
     Integer inputs (token ids) are not scaled: the path runs from zero token embeddings to the
-    actual ones, on the output of the model's token embedding (coar.embedding_path).
+    actual ones, on the output of the model's token embedding (coar.embedding_path). Modules
+    that run several rows per example are scored on their sites, which sum each example's rows.
     """
     if score not in ("conductance", "internal_influence"):
         raise ValueError(f"unknown score {score!r}; choose conductance or internal_influence")
@@ -267,6 +295,7 @@ def integrated(model: nn.Module, components: ComponentSet, inputs: torch.Tensor,
     embedding = None if inputs.is_floating_point() else token_embedding(model, inputs[:1].to(device))
     recorder = _SiteRecorder(model, components)
     by_captum = [i for i, b in enumerate(recorder.bound) if captum and isinstance(b.adapter, _OutputAdapter)]
+    by_captum = _one_row_per_example(model, [recorder.bound[i].owner for i in by_captum], inputs[:1].to(device), by_captum)
     on_sites = [i for i in range(len(recorder.bound)) if i not in by_captum]
     per_batch = max(1, max_batch // (n_steps + 1))
     scores = torch.zeros(len(inputs), len(components), dtype=torch.float64)

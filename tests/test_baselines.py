@@ -278,3 +278,28 @@ def test_two_embeddings_fed_the_ids_are_refused():
     with pytest.raises(ValueError, match=r"2 of the model's embeddings \['a', 'b'\]"):
         baselines.integrated(model, discover(model, kinds=["linear"]), ids, torch.zeros(4, dtype=torch.long),
                              margin, score="conductance", n_steps=4)
+
+
+class RowsPerExample(nn.Module):
+    """Each example (B, 3, 5) runs as three rows of one batch (B * 3, 5), like a sentence triple; output (B, 2)."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.hidden = nn.Linear(5, 7)
+        self.readout = nn.Linear(7, 2)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        rows = self.readout(self.hidden(x.reshape(-1, x.shape[-1])))
+        return rows.reshape(len(x), -1, 2).sum(1)
+
+
+@pytest.mark.parametrize("method", ["grad_x_param", "conductance"])
+def test_models_with_several_rows_per_example_sum_each_examples_rows(method):
+    """Linear in its units: both estimates equal leave-one-out, example by example."""
+    torch.manual_seed(7)
+    model, x, y = RowsPerExample().eval(), torch.randn(4, 3, 5), torch.zeros(4, dtype=torch.long)
+    components = discover(model, kinds=["linear"], include=["hidden"])
+    loo = baselines.attribute("loo", model, components, x, y, first_output)
+    estimate = baselines.attribute(method, model, components, x, y, first_output, n_steps=50)
+    # grad x param is exact; conductance up to the ends of captum's quadrature (as above)
+    np.testing.assert_allclose(estimate.weight, loo.weight, rtol=1e-4 if method == "grad_x_param" else 2e-3, atol=1e-5)
