@@ -2,7 +2,8 @@
 #
 #   snakemake --cores 2 edits                    # every task of config edit.tasks
 #   snakemake --cores 2 results/digits/edits/backdoor/report.json
-#   snakemake --cores 2 edits --config 'edit={seeds: [0, 1, 2, 3, 4]}'   # seeds.json: mean and spread
+#   snakemake --cores 2 edits --configfile seeds.yaml   # seeds.yaml: `edit: {seeds: [0, 1, 2, 3, 4]}`;
+#                                                       # edits/<task>/seeds.json: mean and spread
 
 import json
 import shlex
@@ -11,17 +12,18 @@ import shlex
 EDIT_SEEDS = config["edit"].get("seeds")
 
 
-def edit_outputs():
-    """report.json and its plot for one seed; seeds.json and seeds.md when config edit.seeds is set."""
-    if EDIT_SEEDS is None:
-        return {"report": f"{RUN}/edits/{{task}}/report.json", "plot": f"{RUN}/edits/{{task}}/plots/metric_vs_k.png"}
-    return {"report": f"{RUN}/edits/{{task}}/seeds.json", "table": f"{RUN}/edits/{{task}}/seeds.md"}
+# report.json and its plot for one seed; seeds.json and seeds.md when config edit.seeds is set.
+EDIT_OUTPUTS = (
+    {"report": f"{RUN}/edits/{{task}}/report.json", "plot": f"{RUN}/edits/{{task}}/plots/metric_vs_k.png"}
+    if EDIT_SEEDS is None
+    else {"report": f"{RUN}/edits/{{task}}/seeds.json", "table": f"{RUN}/edits/{{task}}/seeds.md"}
+)
 
 
 rule edit:
     """One task: train its model, attribute T and R, choose k on validation data, report on test data (per seed)."""
     output:
-        **edit_outputs(),
+        **EDIT_OUTPUTS,
     wildcard_constraints:
         task=r"[a-z_]+",
     params:
