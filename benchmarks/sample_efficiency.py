@@ -6,6 +6,7 @@ training masks for m from about N/2 to 8N (as far as the run has masks), scores 
 run's held-out masks at the training alpha, prints a table and saves a plot.
 
     python benchmarks/sample_efficiency.py --run-dir results/digits
+    python benchmarks/sample_efficiency.py --run-dir results/tinylm_se   # a transformer (docs/results.md)
 """
 
 from __future__ import annotations
@@ -16,15 +17,12 @@ import time
 import warnings
 from pathlib import Path
 
-import matplotlib
+import numpy as np
 
-matplotlib.use("Agg")
-import matplotlib.pyplot as plt  # noqa: E402
-import numpy as np  # noqa: E402
-
-from coar import h5format  # noqa: E402
-from coar.evaluate import correlation  # noqa: E402
-from coar.solver import fit  # noqa: E402
+from coar import h5format
+from coar.evaluate import correlation
+from coar.plots import figure, save_png
+from coar.solver import fit
 
 METHODS = ("ols", "ridge", "lasso")
 
@@ -61,7 +59,7 @@ def main() -> None:
             table[method].append(r)
             row.append(f"{r:8.3f} {time.perf_counter() - start:3.0f}s")
         print(f"{m:>6} {m / n_components:>5.1f} " + " ".join(row))
-    fig, ax = plt.subplots(figsize=(6, 3.5))
+    fig, ax = figure((6, 3.5))
     for method in METHODS:
         ax.plot(sizes, table[method], marker="o", label=method)
     ax.set_xscale("log")
@@ -70,10 +68,8 @@ def main() -> None:
     ax.set_title(f"{run.name}: N = {n_components} components, alpha = {alpha:g}")
     ax.grid(alpha=0.3)
     ax.legend()
-    fig.tight_layout()
     out = Path(args.out) if args.out else run / "plots" / "sample_efficiency.png"
-    out.parent.mkdir(parents=True, exist_ok=True)
-    fig.savefig(out, dpi=120)
+    save_png(fig, out)
     print(f"plot: {out}")
 
 

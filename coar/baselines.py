@@ -26,6 +26,10 @@ z's output, and `bias` is the unablated output f(z). One `coar.evaluate.predict`
   Units that are not a module's own output (attention heads, packed q/k/v rows) cannot be
   named as a captum layer; for them the same path integral (captum's quadrature) runs on the
   adapters' unit sites directly, `captum=False` does so for every unit.
+  Token ids cannot be interpolated: for integer inputs the path runs on the output of the
+  model's token embedding (zero embeddings to the actual ones, coar.embedding_path), and
+  LOO and grad x param need no float inputs at all (the gradient reaches the units through
+  the parameters).
 """
 
 from __future__ import annotations
@@ -40,6 +44,7 @@ from torch import nn
 from coar.ablation import Mode, bind, install_maskers, remove_all, unit_fills
 from coar.adapters import output_channel_dim
 from coar.components import ComponentSet
+from coar.embedding_path import embedded, replaced_output, scaled_output, token_embedding
 from coar.forward import OutputFn, run_masked
 
 from coar.constants import BASELINE_METHODS as METHODS
@@ -135,10 +140,16 @@ def _forward_backward(model: nn.Module, recorder: _SiteRecorder, x: torch.Tensor
     return out.detach()
 
 
-def _unit_sums(t: torch.Tensor, dim: int) -> torch.Tensor:
-    """(B, ..., units at `dim`, ...) -> (B, units): summed over every other dimension (positions)."""
+def _unit_sums(t: torch.Tensor, dim: int, n: int) -> torch.Tensor:
+    """(n * R, ..., units at `dim`, ...) -> (n, units): summed over every other dimension (positions).
+
+    A model may run R rows per example inside (e.g. the three sentences of a triple); they are
+    adjacent, as in the batched-ablation layout, so example z's rows are z*R .. z*R+R-1.
+    """
     t = t.movedim(dim % t.dim(), -1)
-    return t.reshape(t.shape[0], -1, t.shape[-1]).sum(1)
+    if t.shape[0] % n:
+        raise ValueError(f"a unit tensor of batch {t.shape[0]} for {n} examples: rows per example must be whole")
+    return t.reshape(n, -1, t.shape[-1]).sum(1)
 
 
 def _along(values: torch.Tensor, dim: int, ndim: int) -> torch.Tensor:
@@ -177,7 +188,7 @@ def grad_x_param(model: nn.Module, components: ComponentSet, inputs: torch.Tenso
             for r in records:
                 change = _along(fill[r.units].to(r.value.dtype), r.dim, r.value.dim()) - r.value
                 cols = _columns(b.group.start, b.site.size, r.units)
-                weight[z0 : z0 + len(x), cols.start : cols.stop] += _unit_sums(r.grad * change, r.dim).double().cpu()
+                weight[z0 : z0 + len(x), cols.start : cols.stop] += _unit_sums(r.grad * change, r.dim, len(x)).double().cpu()
     return Attribution(weight.float().numpy(), bias.float().numpy())
 
 
@@ -191,23 +202,46 @@ def _quadrature(score: Score, n_steps: int) -> tuple[list[float], list[float]]:
 
 
 def _captum_scores(score: Score, model: nn.Module, module: nn.Module, dim: int, x: torch.Tensor, y: torch.Tensor,
-                   output_fn: OutputFn, n_steps: int) -> torch.Tensor:
-    """captum's LayerConductance / InternalInfluence of `module`'s output units, summed per unit: (B, units)."""
+                   output_fn: OutputFn, n_steps: int, embedding: nn.Module | None = None) -> torch.Tensor:
+    """captum's LayerConductance / InternalInfluence of `module`'s output units, summed per unit: (B, units).
+
+    With an `embedding` (integer inputs), captum's input is that module's output on `x`, which
+    the forward function substitutes while the ids themselves run through the model unchanged.
+    """
     from captum.attr import InternalInfluence, LayerConductance
 
-    method = (LayerConductance if score == "conductance" else InternalInfluence)(lambda a, t: output_fn(model(a), t), module)
+    if embedding is None:
+        path_inputs, extra = x, (y,)
+        forward = lambda a, t: output_fn(model(a), t)  # noqa: E731
+    else:
+        path_inputs, extra = embedded(model, embedding, x), (x, y)
+
+        def forward(e: torch.Tensor, ids: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
+            with replaced_output(embedding, e):
+                return output_fn(model(ids), t)
+
+    method = (LayerConductance if score == "conductance" else InternalInfluence)(forward, module)
     with torch.enable_grad():
-        scores = method.attribute(x, baselines=0.0, additional_forward_args=(y,), n_steps=n_steps, method="gausslegendre")
-    return _unit_sums(scores.detach(), dim)
+        scores = method.attribute(path_inputs, baselines=0.0, additional_forward_args=extra, n_steps=n_steps,
+                                  method="gausslegendre")
+    return _unit_sums(scores.detach(), dim, len(x))
 
 
 def _site_scores(score: Score, model: nn.Module, recorder: _SiteRecorder, groups: list[int], x: torch.Tensor,
-                 y: torch.Tensor, output_fn: OutputFn, n_steps: int, out: torch.Tensor) -> None:
-    """The same path integral on the adapters' unit sites, for `groups`; adds (B, N) scores into `out`."""
+                 y: torch.Tensor, output_fn: OutputFn, n_steps: int, out: torch.Tensor,
+                 embedding: nn.Module | None = None) -> None:
+    """The same path integral on the adapters' unit sites, for `groups`; adds (B, N) scores into `out`.
+
+    The path scales `x`, or with an `embedding` (integer inputs) that module's output.
+    """
     step_sizes, alphas = _quadrature(score, n_steps)
     previous: list[list[_Record]] | None = None
     for k, alpha in enumerate(alphas):
-        _forward_backward(model, recorder, alpha * x, y, output_fn)
+        if embedding is None:
+            _forward_backward(model, recorder, alpha * x, y, output_fn)
+        else:
+            with scaled_output(embedding, alpha):
+                _forward_backward(model, recorder, x, y, output_fn)
         for i in groups:
             b = recorder.bound[i]
             for j, r in enumerate(recorder.records[i]):
@@ -219,8 +253,29 @@ def _site_scores(score: Score, model: nn.Module, recorder: _SiteRecorder, groups
                     last = previous[i][j]
                     term = last.grad * (r.value - last.value)
                 cols = _columns(b.group.start, b.site.size, r.units)
-                out[:, cols.start : cols.stop] += _unit_sums(term, r.dim).double().cpu()
+                out[:, cols.start : cols.stop] += _unit_sums(term, r.dim, len(x)).double().cpu()
         previous = recorder.records
+
+
+def _one_row_per_example(model: nn.Module, modules: list[nn.Module], one: torch.Tensor, indices: list[int]) -> list[int]:
+    """The `indices` whose module outputs one row for one example: captum's layer methods need
+    the layer's batch to be the input's; a module running several rows per example (e.g. the
+    sentences of a triple) is scored on its sites instead."""
+    rows: dict[int, int] = {}
+
+    def watch(k: int):
+        def hook(_m: nn.Module, _args: tuple, out: torch.Tensor) -> None:
+            rows.setdefault(k, out.shape[0])
+        return hook
+
+    handles = [m.register_forward_hook(watch(k)) for k, m in enumerate(modules)]
+    try:
+        with torch.no_grad():
+            model(one)
+    finally:
+        for h in handles:
+            h.remove()
+    return [i for k, i in enumerate(indices) if rows.get(k) == 1]
 
 
 def integrated(model: nn.Module, components: ComponentSet, inputs: torch.Tensor, labels: torch.Tensor,
@@ -230,14 +285,17 @@ def integrated(model: nn.Module, components: ComponentSet, inputs: torch.Tensor,
 
     With `captum`, units that are a module's output (conv filters, linear neurons) are scored
     by captum's layer methods, other units on their sites; without, every unit on its site.
+    Integer inputs (token ids) are not scaled: the path runs from zero token embeddings to the
+    actual ones, on the output of the model's token embedding (coar.embedding_path). Modules
+    that run several rows per example are scored on their sites, which sum each example's rows.
     """
     if score not in ("conductance", "internal_influence"):
         raise ValueError(f"unknown score {score!r}; choose conductance or internal_influence")
-    if not inputs.is_floating_point():
-        raise ValueError(f"{score} interpolates the inputs from zero, so they must be floating point, not {inputs.dtype}")
     device = _check_model(model, inputs, labels)
+    embedding = None if inputs.is_floating_point() else token_embedding(model, inputs[:1].to(device))
     recorder = _SiteRecorder(model, components)
     by_captum = [i for i, b in enumerate(recorder.bound) if captum and output_channel_dim(b.adapter) is not None]
+    by_captum = _one_row_per_example(model, [recorder.bound[i].owner for i in by_captum], inputs[:1].to(device), by_captum)
     on_sites = [i for i in range(len(recorder.bound)) if i not in by_captum]
     per_batch = max(1, max_batch // (n_steps + 1))
     scores = torch.zeros(len(inputs), len(components), dtype=torch.float64)
@@ -250,9 +308,9 @@ def integrated(model: nn.Module, components: ComponentSet, inputs: torch.Tensor,
         for i in by_captum:
             b = recorder.bound[i]
             scores[rows, b.group.start : b.group.stop] = _captum_scores(
-                score, model, b.owner, output_channel_dim(b.adapter), x, y, output_fn, n_steps).double().cpu()
+                score, model, b.owner, output_channel_dim(b.adapter), x, y, output_fn, n_steps, embedding).double().cpu()
         if on_sites:
-            _site_scores(score, model, recorder, on_sites, x, y, output_fn, n_steps, scores[rows])
+            _site_scores(score, model, recorder, on_sites, x, y, output_fn, n_steps, scores[rows], embedding)
     return Attribution((-scores).float().numpy(), bias.float().numpy())
 
 

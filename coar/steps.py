@@ -438,10 +438,16 @@ def figures(run_dir: str | Path, comparison: str | Path, attributions: dict[str,
     return paths
 
 
-def edit(run_dir: str | Path, task: str, params: dict, threads: int | None = None) -> dict:
-    """Run COAR-Edit task `task` (coar.edit_tasks) and write its results into <run_dir>/edits/<task>/."""
-    from coar.edit_tasks import run_task
+def edit(run_dir: str | Path, task: str, params: dict, threads: int | None = None,
+         seeds: list[int] | None = None) -> dict:
+    """Run COAR-Edit task `task` (coar.edit.tasks) and write its results into <run_dir>/edits/<task>/.
+
+    With `seeds`: once per seed into seed-<s>/, then seeds.json and seeds.md (mean and spread).
+    """
+    from coar.edit.tasks import run_task
+    from coar.edit.tasks.seeds import run_seeds
 
     if threads:
         torch.set_num_threads(threads)
-    return run_task(task, params, Path(run_dir) / "edits" / task)
+    out = Path(run_dir) / "edits" / task
+    return run_task(task, params, out) if seeds is None else run_seeds(task, params, seeds, out)

@@ -194,9 +194,112 @@ def test_every_method_shares_the_unablated_output_as_bias():
         np.testing.assert_allclose(bias, margin(model(x), y).detach().numpy(), rtol=1e-5, atol=1e-6)
 
 
-def test_unknown_methods_and_integer_inputs_are_refused():
+def test_unknown_methods_and_integer_inputs_without_a_token_embedding_are_refused():
     model, components, x, y = setup(LinearUnits)
     with pytest.raises(ValueError, match="unknown baseline 'shapley'"):
         baselines.attribute("shapley", model, components, x, y, first_output)
-    with pytest.raises(ValueError, match="floating point"):
+    with pytest.raises(ValueError, match="nn.Embedding that receives the input ids"):
         baselines.attribute("conductance", model, components, x.long(), y, first_output)
+
+
+class AfterEmbedding(nn.Module):
+    """Everything of `TokenNet` after its token embedding, taking the embedded tokens (B, T, 4) as input."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.position = nn.Parameter(torch.randn(3, 4))
+        self.hidden = nn.Linear(4, 6)
+        self.attn = nn.MultiheadAttention(6, num_heads=2, batch_first=True)
+        self.readout = nn.Linear(6, 3)
+
+    def forward(self, e: torch.Tensor) -> torch.Tensor:
+        h = torch.tanh(self.hidden(e + self.position))
+        a, _ = self.attn(h, h, h, need_weights=False)
+        return self.readout(a.mean(1))
+
+
+class TokenNet(nn.Module):
+    """Token ids (B, T) -> a token embedding, then `AfterEmbedding`; a position table is not the token embedding."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.tokens = nn.Embedding(11, 4)
+        self.rest = AfterEmbedding()
+
+    def forward(self, ids: torch.Tensor) -> torch.Tensor:
+        return self.rest(self.tokens(ids))
+
+
+@pytest.mark.parametrize("score", ["conductance", "internal_influence"])
+@pytest.mark.parametrize("captum", [True, False])
+def test_token_inputs_integrate_along_the_token_embedding_as_a_float_model_would(score, captum):
+    """Conductance on token ids = conductance of the same network fed the embedded tokens as float inputs."""
+    torch.manual_seed(5)
+    model = TokenNet().eval()
+    ids, y = torch.randint(0, 11, (5, 3)), torch.randint(0, 3, (5,))
+    on_ids = baselines.integrated(model, discover(model, kinds=["linear", "head"], exclude=["*readout"]), ids, y,
+                                  margin, score=score, n_steps=12, captum=captum)
+    with torch.no_grad():
+        e = model.tokens(ids)
+    on_floats = baselines.integrated(model.rest, discover(model.rest, kinds=["linear", "head"], exclude=["readout"]),
+                                     e, y, margin, score=score, n_steps=12, captum=captum)
+    np.testing.assert_allclose(on_ids.weight, on_floats.weight, rtol=1e-4, atol=1e-6)
+    np.testing.assert_allclose(on_ids.bias, on_floats.bias, rtol=1e-5, atol=1e-6)
+    assert np.abs(on_ids.weight).max() > 1e-3
+
+
+def test_first_order_and_leave_one_out_run_on_token_ids():
+    """No float input is needed: the gradient reaches the units through the parameters."""
+    torch.manual_seed(6)
+    model = TokenNet().eval()
+    ids, y = torch.randint(0, 11, (5, 3)), torch.randint(0, 3, (5,))
+    components = discover(model, kinds=["linear", "head"], exclude=["*readout"])
+    with torch.no_grad():
+        e = model.tokens(ids)
+    twin = discover(model.rest, kinds=["linear", "head"], exclude=["readout"])
+    for method in ("loo", "grad_x_param"):
+        on_ids = baselines.attribute(method, model, components, ids, y, margin)
+        on_floats = baselines.attribute(method, model.rest, twin, e, y, margin)
+        np.testing.assert_allclose(on_ids.weight, on_floats.weight, rtol=1e-4, atol=1e-6)
+
+
+def test_two_embeddings_fed_the_ids_are_refused():
+    class TwoTables(nn.Module):
+        def __init__(self) -> None:
+            super().__init__()
+            self.a, self.b = nn.Embedding(11, 4), nn.Embedding(11, 4)
+            self.hidden = nn.Linear(4, 2)
+
+        def forward(self, ids: torch.Tensor) -> torch.Tensor:
+            return self.hidden(self.a(ids) + self.b(ids)).mean(1)
+
+    model = TwoTables().eval()
+    ids = torch.randint(0, 11, (4, 3))
+    with pytest.raises(ValueError, match=r"2 of the model's embeddings \['a', 'b'\]"):
+        baselines.integrated(model, discover(model, kinds=["linear"]), ids, torch.zeros(4, dtype=torch.long),
+                             margin, score="conductance", n_steps=4)
+
+
+class RowsPerExample(nn.Module):
+    """Each example (B, 3, 5) runs as three rows of one batch (B * 3, 5), like a sentence triple; output (B, 2)."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.hidden = nn.Linear(5, 7)
+        self.readout = nn.Linear(7, 2)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        rows = self.readout(self.hidden(x.reshape(-1, x.shape[-1])))
+        return rows.reshape(len(x), -1, 2).sum(1)
+
+
+@pytest.mark.parametrize("method", ["grad_x_param", "conductance"])
+def test_models_with_several_rows_per_example_sum_each_examples_rows(method):
+    """Linear in its units: both estimates equal leave-one-out, example by example."""
+    torch.manual_seed(7)
+    model, x, y = RowsPerExample().eval(), torch.randn(4, 3, 5), torch.zeros(4, dtype=torch.long)
+    components = discover(model, kinds=["linear"], include=["hidden"])
+    loo = baselines.attribute("loo", model, components, x, y, first_output)
+    estimate = baselines.attribute(method, model, components, x, y, first_output, n_steps=50)
+    # grad x param is exact; conductance up to the ends of captum's quadrature (as above)
+    np.testing.assert_allclose(estimate.weight, loo.weight, rtol=1e-4 if method == "grad_x_param" else 2e-3, atol=1e-5)

@@ -57,7 +57,7 @@ def test_schema_defaults_that_list_every_value_list_them_in_the_constants_order(
     properties = yaml.safe_load(SCHEMA.read_text())["properties"]
     assert tuple(properties["evaluation"]["properties"]["baselines"]["default"]) == constants.BASELINE_METHODS
     assert tuple(properties["edit"]["properties"]["tasks"]["default"]) == constants.EDIT_TASKS
-    assert set(properties["edit"]["properties"]) == {"tasks", *constants.EDIT_TASKS}
+    assert set(properties["edit"]["properties"]) == {"tasks", "seeds", *constants.EDIT_TASKS}
 
 
 def choices(command: str) -> dict:
@@ -90,7 +90,8 @@ def test_command_line_choices_are_the_constants():
 
 
 def test_the_implementing_modules_use_the_constants():
-    from coar import ablation, baselines, components, edit_tasks, outputs
+    from coar import ablation, baselines, components, outputs
+    from coar.edit import tasks as edit_tasks
     from coar.solver import backend, estimators
 
     assert ablation.MODES is constants.ABLATION_MODES

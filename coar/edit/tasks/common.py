@@ -17,11 +17,13 @@ from torch import nn
 
 from coar import solver
 from coar.components import ComponentSet
-from coar.edit import Direction, EditPlan, apply_edit, by_layer, describe, plan_edit
+from coar.edit.planning import Direction, EditPlan, apply_edit, by_layer, describe, plan_edit
 from coar.forward import run_masked
 from coar.masks import sample_masks
 from coar.outputs import margin
-from coar.tasks.digits import DigitsResNet, DigitsSplit, single_threaded, train
+from coar.edit.tasks.images import Standardiser
+from coar.tasks.digits import DigitsResNet, DigitsSplit, train
+from coar.training import single_threaded
 
 TaskMetrics = Callable[[np.ndarray, "Examples"], dict[str, np.ndarray]]
 """(margins K x n, examples) -> named metrics per row; row 0 is the unedited model."""
@@ -104,14 +106,6 @@ class EditSetup:
             raise ValueError(f"test images also appear in the edit's own data: {sorted(leaked)[:5]}")
 
 
-def check_params(params: dict, defaults: dict, task: str) -> dict:
-    """`defaults` updated by `params`; unknown keys are refused."""
-    unknown = set(params) - set(defaults)
-    if unknown:
-        raise ValueError(f"unknown {task} params {sorted(unknown)}; valid: {sorted(defaults)}")
-    return {**defaults, **params}
-
-
 def train_model(inputs: torch.Tensor, labels: torch.Tensor, background: float, *, width: float, epochs: int,
                 seed: int, num_classes: int = 10) -> DigitsResNet:
     """A DigitsResNet trained on (inputs, labels) with the default task's recipe, on one thread."""
@@ -122,6 +116,15 @@ def train_model(inputs: torch.Tensor, labels: torch.Tensor, background: float, *
     with single_threaded():
         train(model, split, epochs, seed)
     return model.eval()
+
+
+def train_on_images(images: np.ndarray, labels: np.ndarray, p: dict, num_classes: int = 10) -> tuple[DigitsResNet, Standardiser]:
+    """A model trained on [0, 1] `images` (standardised with their own statistics) with the task's
+    width, epochs and seed; and that standardisation, which every later example goes through."""
+    standardise = Standardiser.fit(images)
+    model = train_model(standardise(images), torch.from_numpy(labels), standardise.background, width=p["width"],
+                        epochs=p["epochs"], seed=p["seed"], num_classes=num_classes)
+    return model, standardise
 
 
 @torch.no_grad()

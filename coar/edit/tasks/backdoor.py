@@ -11,12 +11,11 @@ drops by at most `tolerance`. The report says which layers hold the ablated comp
 from __future__ import annotations
 
 import numpy as np
-import torch
 
 from coar.components import discover
-from coar.edit_tasks.common import (COMMON_DEFAULTS, EditProblem, EditSetup, Examples, Outcome, goal_check,
-                                    CLEAN, PERTURBED, margins_of, model_info, perturbed_vs_clean, train_model)
-from coar.edit_tasks.images import Part, Standardiser, on_canvas, split_digits, with_trigger
+from coar.edit.tasks.common import (COMMON_DEFAULTS, EditProblem, EditSetup, Examples, Outcome, goal_check,
+                                    CLEAN, PERTURBED, margins_of, model_info, perturbed_vs_clean, train_on_images)
+from coar.edit.tasks.images import Part, on_canvas, split_digits, with_trigger
 
 DEFAULTS = {
     **COMMON_DEFAULTS,
@@ -38,9 +37,7 @@ def build(p: dict) -> EditSetup:
     images, labels = on_canvas(parts.train.images), parts.train.labels.copy()
     poisoned = rng.choice(len(labels), int(round(p["poison"] * len(labels))), replace=False)
     images, labels[poisoned] = with_trigger(images, poisoned), p["label"]
-    standardise = Standardiser.fit(images)
-    model = train_model(standardise(images), torch.from_numpy(labels), standardise.background,
-                        width=p["width"], epochs=p["epochs"], seed=p["seed"])
+    model, standardise = train_on_images(images, labels, p)
 
     def clean_and_triggered(part: Part) -> Examples:
         """Every digit clean, and every digit of another class than `label` triggered."""

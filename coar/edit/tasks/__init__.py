@@ -1,12 +1,13 @@
 """The five COAR-Edit tasks on offline data (scikit-learn's digits), each reproducible from its params.
 
-    from coar.edit_tasks import run_task
+    from coar.edit.tasks import run_task
     report = run_task("backdoor", {"seed": 0}, "results/digits/edits/backdoor")
 
 A task module has `DEFAULTS` (every param, documented), `build(params) -> EditSetup` (train
 the model, choose the target, reference, validation and test examples) and
 `summarise(setup, outcomes) -> (summary, plot)` (headline numbers and the issue's targets).
-`run_task` runs the edits between them and writes report.json, the edited weights and a plot.
+`run_task` runs the edits between them and writes report.json, the edited weights and a plot;
+`coar.edit.tasks.seeds.run_seeds` runs a task over several seeds and reports mean and spread.
 """
 
 from __future__ import annotations
@@ -16,10 +17,11 @@ from pathlib import Path
 
 import coar
 from coar.atomic import write_json
-from coar.edit import save_edit
-from coar.edit_plots import metric_vs_k
-from coar.edit_tasks import backdoor, fix_errors, forget_class, subpopulation, typographic
-from coar.edit_tasks.common import check_params, run_setup
+from coar.edit.planning import save_edit
+from coar.edit.plots import metric_vs_k
+from coar.edit.tasks import backdoor, fix_errors, forget_class, subpopulation, typographic
+from coar.edit.tasks.common import run_setup
+from coar.tasks.params import with_defaults
 
 TASKS = {
     "fix_errors": fix_errors,
@@ -42,7 +44,7 @@ def run_task(name: str, params: dict, out_dir: str | Path) -> dict:
     if name not in TASKS:
         raise ValueError(f"unknown edit task {name!r}; choose from {sorted(TASKS)}")
     module, out_dir = TASKS[name], Path(out_dir)
-    p = check_params(params, module.DEFAULTS, name)
+    p = with_defaults(params, module.DEFAULTS, name)
     start = time.perf_counter()
     setup = module.build(p)
     built = time.perf_counter()

@@ -12,12 +12,11 @@ group, direction "fix". k maximises validation worst-group accuracy while the av
 from __future__ import annotations
 
 import numpy as np
-import torch
 
 from coar.components import discover
-from coar.edit_tasks.common import (COMMON_DEFAULTS, EditProblem, EditSetup, Examples, Outcome, goal_check,
-                                    group_accuracy, margins_of, model_info, train_model)
-from coar.edit_tasks.images import Part, Standardiser, on_canvas, split_digits, with_band
+from coar.edit.tasks.common import (COMMON_DEFAULTS, EditProblem, EditSetup, Examples, Outcome, goal_check,
+                                    group_accuracy, margins_of, model_info, train_on_images)
+from coar.edit.tasks.images import Part, on_canvas, split_digits, with_band
 
 DEFAULTS = {
     **COMMON_DEFAULTS,
@@ -54,9 +53,7 @@ def build(p: dict) -> EditSetup:
     y_train = (parts.train.labels >= 5).astype(np.int64)
     s_train = np.where(rng.random(len(y_train)) < p["correlation"], y_train, 1 - y_train)
     train_images = with_band(on_canvas(parts.train.images), np.flatnonzero(s_train), p["band"])
-    standardise = Standardiser.fit(train_images)
-    model = train_model(standardise(train_images), torch.from_numpy(y_train), standardise.background,
-                        width=p["width"], epochs=p["epochs"], seed=p["seed"], num_classes=2)
+    model, standardise = train_on_images(train_images, y_train, p, num_classes=2)
     weights = np.array([np.mean((y_train == y) & (s_train == s)) for y, s in GROUPS])
 
     def both_backgrounds(part: Part) -> Examples:

@@ -1,22 +1,17 @@
-"""Figures of COAR-Edit results, saved as PNG (matplotlib without a display)."""
+"""Figures of COAR-Edit results, saved as PNG (matplotlib without a display, nothing global)."""
 
 from __future__ import annotations
 
 from pathlib import Path
 from typing import Sequence
 
-import matplotlib
-
-matplotlib.use("Agg")
-import matplotlib.pyplot as plt  # noqa: E402
-
-from coar.atomic import atomic_path  # noqa: E402
+from coar.plots import figure, save_png
 
 
 def metric_vs_k(ks: Sequence[int], series: dict[str, Sequence[float | None]], path: str | Path, *,
                 title: str, ylabel: str = "validation metric", chosen_k: int | None = None) -> None:
     """One line per named metric against the number k of ablated components; the chosen k dashed."""
-    fig, ax = plt.subplots(figsize=(6, 3.5))
+    fig, ax = figure((6, 3.5))
     for name, values in series.items():
         ax.plot(list(ks), [float("nan") if v is None else v for v in values], marker=".", linewidth=1.2, label=name)
     if chosen_k is not None:
@@ -25,7 +20,4 @@ def metric_vs_k(ks: Sequence[int], series: dict[str, Sequence[float | None]], pa
     ax.set_ylabel(ylabel)
     ax.set_title(title, fontsize=10)
     ax.legend(loc="best", fontsize=8)
-    fig.tight_layout()
-    with atomic_path(path) as tmp:
-        fig.savefig(tmp, format="png", dpi=120)
-    plt.close(fig)
+    save_png(fig, path)

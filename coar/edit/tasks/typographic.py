@@ -12,12 +12,11 @@ drops by at most `tolerance`.
 from __future__ import annotations
 
 import numpy as np
-import torch
 
 from coar.components import discover
-from coar.edit_tasks.common import (COMMON_DEFAULTS, EditProblem, EditSetup, Examples, Outcome, goal_check,
-                                    CLEAN, PERTURBED, margins_of, model_info, perturbed_vs_clean, train_model)
-from coar.edit_tasks.images import Part, Standardiser, on_canvas, split_digits, with_glyph
+from coar.edit.tasks.common import (COMMON_DEFAULTS, EditProblem, EditSetup, Examples, Outcome, goal_check,
+                                    CLEAN, PERTURBED, margins_of, model_info, perturbed_vs_clean, train_on_images)
+from coar.edit.tasks.images import Part, on_canvas, split_digits, with_glyph
 
 DEFAULTS = {
     **COMMON_DEFAULTS,
@@ -36,9 +35,7 @@ def build(p: dict) -> EditSetup:
     labels = parts.train.labels
     captioned = np.flatnonzero(rng.random(len(labels)) < p["glyph_fraction"])
     images = with_glyph(on_canvas(parts.train.images), labels[captioned], captioned, p["ink"])
-    standardise = Standardiser.fit(images)
-    model = train_model(standardise(images), torch.from_numpy(labels), standardise.background,
-                        width=p["width"], epochs=p["epochs"], seed=p["seed"])
+    model, standardise = train_on_images(images, labels, p)
 
     def clean_and_attacked(part: Part) -> Examples:
         """Every digit without a glyph, and with the glyph of a random other digit."""

@@ -9,12 +9,11 @@ than `tolerance` of validation accuracy. Reported on the test digits, per class.
 from __future__ import annotations
 
 import numpy as np
-import torch
 
 from coar.components import discover
-from coar.edit_tasks.common import (COMMON_DEFAULTS, EditProblem, EditSetup, Examples, Outcome, goal_check,
-                                    group_accuracy, margins_of, model_info, train_model)
-from coar.edit_tasks.images import Standardiser, split_digits
+from coar.edit.tasks.common import (COMMON_DEFAULTS, EditProblem, EditSetup, Examples, Outcome, goal_check,
+                                    group_accuracy, margins_of, model_info, train_on_images)
+from coar.edit.tasks.images import split_digits
 
 DEFAULTS = {
     **COMMON_DEFAULTS,
@@ -45,9 +44,7 @@ def build(p: dict) -> EditSetup:
     if not 0 <= label < CLASSES:
         raise ValueError(f"forget_class: label must be a digit 0-9, got {label}")
     parts = split_digits(p["split_seed"])
-    standardise = Standardiser.fit(parts.train.images)
-    model = train_model(standardise(parts.train.images), torch.from_numpy(parts.train.labels), standardise.background,
-                        width=p["width"], epochs=p["epochs"], seed=p["seed"])
+    model, standardise = train_on_images(parts.train.images, parts.train.labels, p)
     val = Examples.of(standardise(parts.val.images), parts.val.labels, parts.val.ids, "digit", parts.val.labels)
     test = Examples.of(standardise(parts.test.images), parts.test.labels, parts.test.ids, "digit", parts.test.labels)
     rng = np.random.default_rng(p["seed"])

@@ -11,12 +11,11 @@ the change of accuracy on the test digits, which no edit sees.
 from __future__ import annotations
 
 import numpy as np
-import torch
 
 from coar.components import discover
-from coar.edit_tasks.common import (COMMON_DEFAULTS, EditProblem, EditSetup, Examples, Outcome, goal_check,
-                                    group_accuracy, margins_of, model_info, train_model)
-from coar.edit_tasks.images import Standardiser, split_digits
+from coar.edit.tasks.common import (COMMON_DEFAULTS, EditProblem, EditSetup, Examples, Outcome, goal_check,
+                                    group_accuracy, margins_of, model_info, train_on_images)
+from coar.edit.tasks.images import split_digits
 
 DEFAULTS = {
     **COMMON_DEFAULTS,
@@ -37,9 +36,7 @@ def metrics(margins: np.ndarray, examples: Examples) -> dict[str, np.ndarray]:
 
 def build(p: dict) -> EditSetup:
     parts = split_digits(p["split_seed"])
-    standardise = Standardiser.fit(parts.train.images)
-    model = train_model(standardise(parts.train.images), torch.from_numpy(parts.train.labels), standardise.background,
-                        width=p["width"], epochs=p["epochs"], seed=p["seed"])
+    model, standardise = train_on_images(parts.train.images, parts.train.labels, p)
     val = Examples.of(standardise(parts.val.images), parts.val.labels, parts.val.ids, "digit", OTHERS)
     test = Examples.of(standardise(parts.test.images), parts.test.labels, parts.test.ids, "digit", OTHERS)
     correct = margins_of(model, val) > 0
