@@ -199,6 +199,7 @@ class Ablation:
         fills: list[torch.Tensor] | None = None,
         reference_inputs: torch.Tensor | None = None,
         batch_dims: list[int] | None = None,
+        folds: list[int] | None = None,
     ):
         self.model, self.components = model, components
         self._bound = bind(model, components)
@@ -207,8 +208,9 @@ class Ablation:
         if len(fills) != len(self._bound) or any(f.shape != (b.group.size,) for f, b in zip(fills, self._bound)):
             raise ValueError("fills must hold one tensor per component group with one value per unit")
         self._batch_dims = list(batch_dims) if batch_dims is not None else [0] * len(self._bound)
-        if len(self._batch_dims) != len(self._bound):
-            raise ValueError("batch_dims must hold one axis per component group")
+        self._folds = list(folds) if folds is not None else [1] * len(self._bound)
+        if len(self._batch_dims) != len(self._bound) or len(self._folds) != len(self._bound):
+            raise ValueError("batch_dims and folds must hold one value per component group")
         self._fills = [f.to(self._device) for f in fills]
         self._fills_by_dtype: dict[torch.dtype, list[torch.Tensor]] = {}
         self._group_masks: list[torch.Tensor | None] = [None] * len(self._bound)
@@ -244,11 +246,12 @@ class Ablation:
             block = self._group_masks[i]
             if block is None:
                 return
-            b, d = self._batch_dims[i], dim % x.dim()
-            if b >= x.dim() or b == d or (self._rows is not None and x.shape[b] != self._rows):
+            b, d, fold = self._batch_dims[i], dim % x.dim(), self._folds[i]
+            if b >= x.dim() or b == d or (self._rows is not None and x.shape[b] != self._rows * fold):
                 raise RuntimeError(
                     f"coar: module {self._bound[i].group.module!r} produced a tensor of shape {tuple(x.shape)} whose "
-                    f"batch axis {b} does not hold the model's batch of {self._rows} rows (k={len(block)} masks x examples): "
+                    f"batch axis {b} does not hold the model's batch of {self._rows} rows x {fold} "
+                    f"(k={len(block)} masks x examples): "
                     "its activations are laid out otherwise (e.g. sequence-first, or the batch folded into another axis); "
                     "coar.exactness.probe_layout finds the axis, or refuses when there is none"
                 )

@@ -7,11 +7,14 @@ couple of examples, before any collection:
 - `probe_layout`: two forward passes (2 and 3 rows) with recording hooks. A group never reached
   is unreachable (a fused fast path, or a parent using its weight directly); the axis of its
   tensor that changes from 2 to 3 while every other axis stays is its batch axis (1 for
-  sequence-first activations). No such axis, or disagreeing calls: refused.
+  sequence-first activations). An axis that grows from 2c to 3c holds c rows per example (a
+  model that folds, e.g., three sentences of an example into its batch); whether those rows are
+  grouped by example, as the masks need, is checked by a batched pass (`fold_problems`). No
+  such axis, or disagreeing calls: refused.
 - `coar.ablation.tied_weights`: a group whose weight Parameter another module also uses.
 - `dry_pass`: the above, then, for each remaining group, one batched pass ablating all its units
-  is compared with zeroing its weights in place (restored after): whatever else makes the two
-  differ is caught too.
+  (beside an unablated copy of the batch) is compared with zeroing its weights in place
+  (restored after) and with the plain output: whatever else makes them differ is caught too.
 """
 
 from __future__ import annotations
@@ -36,10 +39,12 @@ TOLERANCE = 1e-4
 
 @dataclass
 class Layout:
-    """Per component group: the axis of its masked tensor that holds the batch, and the groups
-    that cannot be ablated exactly (index -> reason)."""
+    """Per component group: the axis of its masked tensor that holds the batch, how many rows of
+    that axis each example has (`folds`, 1 unless the model folds several rows per example into
+    its batch), and the groups that cannot be ablated exactly (index -> reason)."""
 
     batch_dims: list[int]
+    folds: list[int]
     problems: dict[int, str]
 
 
@@ -79,7 +84,7 @@ def probe_layout(model: nn.Module, components: ComponentSet, inputs: torch.Tenso
         finally:
             remove_all(handles)
         seen.append(calls)
-    batch_dims, problems = [0] * len(bound), {}
+    batch_dims, folds, problems = [0] * len(bound), [1] * len(bound), {}
     for i, b in enumerate(bound):
         small, large = seen[0][i], seen[1][i]
         if not small:
@@ -87,26 +92,32 @@ def probe_layout(model: nn.Module, components: ComponentSet, inputs: torch.Tenso
             continue
         axes = _batch_axes(small, large)
         if len(axes) == 1:
-            batch_dims[i] = axes.pop()
+            batch_dims[i], folds[i] = axes.pop()
         else:
             problems[i] = (
                 f"cannot tell which axis of its tensor holds the batch (shapes {[s for s, _ in small]} at "
                 f"{PROBE_ROWS[0]} rows, {[s for s, _ in large]} at {PROBE_ROWS[1]}): the batch is folded into another "
                 "axis, or the module's calls disagree"
             )
-    return Layout(batch_dims, problems)
+    return Layout(batch_dims, folds, problems)
 
 
-def _batch_axes(small: list, large: list) -> set[int]:
-    """Axes that hold the batch in every call: the only axis that grows from 2 to 3 rows."""
+def _batch_axes(small: list, large: list) -> set[tuple[int, int]]:
+    """(axis, rows per example) that hold the batch in every call: the only axis that grows, from
+    2c rows to 3c."""
     if len(small) != len(large):
         return set()
-    axes: set[int] | None = None
+    axes: set[tuple[int, int]] | None = None
     for (a, unit_a), (b, unit_b) in zip(small, large):
         if len(a) != len(b) or unit_a != unit_b:
             return set()
         changed = [j for j in range(len(a)) if a[j] != b[j]]
-        ok = {changed[0]} if len(changed) == 1 and (a[changed[0]], b[changed[0]]) == PROBE_ROWS and changed[0] != unit_a else set()
+        ok = set()
+        if len(changed) == 1 and changed[0] != unit_a:
+            j = changed[0]
+            fold = a[j] // PROBE_ROWS[0]
+            if fold >= 1 and (a[j], b[j]) == (fold * PROBE_ROWS[0], fold * PROBE_ROWS[1]):
+                ok = {(j, fold)}
         axes = ok if axes is None else axes & ok
     return axes or set()
 
@@ -131,30 +142,54 @@ def _zeroed_output(model: nn.Module, b: BoundGroup, x: torch.Tensor) -> torch.Te
 
 
 @torch.no_grad()
-def _mismatches(model: nn.Module, components: ComponentSet, batch_dims: list[int], x: torch.Tensor,
-                per_pass: int = 8) -> dict[int, str]:
-    """Groups whose batched all-units ablation differs from zeroing their weights, with the error."""
+def _mismatches(model: nn.Module, components: ComponentSet, batch_dims: list[int], folds: list[int], x: torch.Tensor,
+                only: list[int] | None = None, per_pass: int = 8) -> dict[int, str]:
+    """Groups (all, or `only` these) whose batched all-units ablation differs from zeroing their
+    weights, with the error. Each pass also holds an unablated copy of the batch, which must give
+    the plain output: with k >= 2 masks per pass, masks landing on the wrong rows are caught."""
     bound = bind(model, components)
-    wanted = [_zeroed_output(model, b, x).reshape(-1) for b in bound]  # before any hook is installed
+    groups = list(range(len(bound))) if only is None else list(only)
+    wanted = {i: _zeroed_output(model, bound[i], x).reshape(-1) for i in groups}  # before any hook is installed
+    plain = _first_tensor(model(x)).reshape(-1)
     found = {}
-    with Ablation(model, components, mode="weight", batch_dims=batch_dims) as ablation:
-        for g0 in range(0, len(bound), per_pass):
-            chunk = range(g0, min(g0 + per_pass, len(bound)))
-            masks = torch.zeros(len(chunk), len(components), dtype=torch.bool)
+    with Ablation(model, components, mode="weight", batch_dims=batch_dims, folds=folds) as ablation:
+        for g0 in range(0, len(groups), per_pass):
+            chunk = groups[g0 : g0 + per_pass]
+            masks = torch.zeros(len(chunk) + 1, len(components), dtype=torch.bool)  # last row: nothing ablated
             for row, i in enumerate(chunk):
                 masks[row, bound[i].group.start : bound[i].group.stop] = True
             ablation.set_masks(masks)
-            got = _first_tensor(model(x.repeat(len(chunk), *([1] * (x.dim() - 1))))).reshape(len(chunk), -1)
+            got = _first_tensor(model(x.repeat(len(masks), *([1] * (x.dim() - 1))))).reshape(len(masks), -1)
             ablation.check_reached()
+            unablated = _relative_error(got[-1], plain)
             for row, i in enumerate(chunk):
-                want = wanted[i]
-                error = float((got[row] - want).abs().max() / want.abs().max().clamp(min=1e-12))
-                if not error <= TOLERANCE:
+                error = _relative_error(got[row], wanted[i])
+                if folds[i] > 1 and not max(error, unablated) <= TOLERANCE:
+                    found[i] = (
+                        f"its batch axis holds {folds[i]} rows per example, not grouped by example (batched ablation "
+                        f"differs from zeroing its weights, relative error {max(error, unablated):.2g}): masks would "
+                        "land on other examples' rows"
+                    )
+                elif not error <= TOLERANCE:
                     found[i] = (
                         f"batched ablation of all its units differs from zeroing its weights (relative error {error:.2g}): "
                         "its weight is likely also used outside the module's own forward"
                     )
     return found
+
+
+def _relative_error(got: torch.Tensor, want: torch.Tensor) -> float:
+    return float((got - want).abs().max() / want.abs().max().clamp(min=1e-12))
+
+
+def fold_problems(model: nn.Module, components: ComponentSet, layout: Layout, x: torch.Tensor,
+                  used: list[int]) -> dict[int, str]:
+    """For the `used` groups whose batch axis folds several rows per example: those whose rows are
+    not grouped by example (one batched pass per 8 such groups, on the rows of `x`)."""
+    folded = [i for i in used if layout.folds[i] > 1 and i not in layout.problems]
+    if not folded:
+        return {}
+    return _mismatches(model, components, layout.batch_dims, layout.folds, x, only=folded)
 
 
 def dry_pass(model: nn.Module, components: ComponentSet, inputs: torch.Tensor) -> dict[tuple[str, str], str]:
@@ -169,7 +204,8 @@ def dry_pass(model: nn.Module, components: ComponentSet, inputs: torch.Tensor) -
     kept = [i for i in range(len(bound)) if i not in problems]
     if kept:
         clean = components.without((bound[i].group.module, bound[i].group.kind) for i in problems)
-        found = _mismatches(model, clean, [layout.batch_dims[i] for i in kept], _rows(inputs, 1).to(_device(model)))
+        found = _mismatches(model, clean, [layout.batch_dims[i] for i in kept], [layout.folds[i] for i in kept],
+                            _rows(inputs, 1).to(_device(model)))
         problems.update({kept[j]: r for j, r in found.items()})
     return {(bound[i].group.module, bound[i].group.kind): r for i, r in sorted(problems.items())}
 

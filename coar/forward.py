@@ -13,7 +13,7 @@ from tqdm.auto import tqdm
 from coar.ablation import Ablation, Mode
 from coar.components import ComponentSet
 from coar.examples import Examples, TensorExamples
-from coar.exactness import probe_layout
+from coar.exactness import fold_problems, probe_layout
 
 OutputFn = Callable[[object, torch.Tensor], torch.Tensor]
 
@@ -60,14 +60,17 @@ def run_masked(
     n = len(examples)
     per_pass = max(1, min(n, max_batch // masks_per_pass))
     out = np.empty((len(masks), n), dtype=np.float32)
-    layout = probe_layout(model, components, next(iter(examples.batches(2)))[0].to(device))
+    probe = next(iter(examples.batches(2)))[0].to(device)
+    layout = probe_layout(model, components, probe)
     used = masks.any(0)
-    refused = [f"{g.module} ({g.kind}): {layout.problems[i]}" for i, g in enumerate(components.groups)
-               if i in layout.problems and bool(used[g.start : g.stop].any())]
+    used_groups = [i for i, g in enumerate(components.groups) if bool(used[g.start : g.stop].any())]
+    problems = {**layout.problems, **fold_problems(model, components, layout, probe[:1], used_groups)}
+    refused = [f"{components.groups[i].module} ({components.groups[i].kind}): {problems[i]}"
+               for i in used_groups if i in problems]
     if refused:
         raise RuntimeError("cannot ablate exactly:\n  " + "\n  ".join(refused))
     ablation = Ablation(model, components, mode=mode, fills=fills, reference_inputs=reference_inputs,
-                        batch_dims=layout.batch_dims)
+                        batch_dims=layout.batch_dims, folds=layout.folds)
     # Redirected to a log, a bar redraws rarely so the log stays readable.
     bar = tqdm(total=len(masks), unit="mask", disable=not progress, desc="ablated forward",
                mininterval=1 if sys.stderr.isatty() else 15)

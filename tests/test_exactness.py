@@ -77,7 +77,7 @@ def main_output(out) -> torch.Tensor:
 def batched(model, components, masks, x) -> torch.Tensor:
     layout = probe_layout(model, components, x)
     assert not layout.problems, layout.problems
-    with Ablation(model, components, masks, batch_dims=layout.batch_dims) as ablation:
+    with Ablation(model, components, masks, batch_dims=layout.batch_dims, folds=layout.folds) as ablation:
         out = main_output(model(x.repeat(len(masks), *([1] * (x.dim() - 1)))))
         ablation.check_reached()
     return out.reshape(len(masks), len(x), *out.shape[1:])
@@ -258,20 +258,40 @@ def test_sequence_first_linear_is_masked_on_its_batch_axis():
     assert layout.batch_dims[linear1] == 1  # (T, B, F) inside a sequence-first encoder
 
 
-def test_a_folded_batch_axis_is_refused():
-    class Folded(nn.Module):  # the batch folded into the token axis: no axis of its own
-        def __init__(self):
-            super().__init__()
-            self.lin, self.out = nn.Linear(6, 4), nn.Linear(4, 3)
+class Folded(nn.Module):
+    """Several rows per example in the batch (the tokens folded in), grouped by example or by token."""
 
-        def forward(self, x):
-            h = self.lin(x.reshape(-1, 6))  # (B * T, 4)
-            return self.out(h.reshape(x.shape[0], -1, 4).mean(1))
+    def __init__(self, by_example: bool):
+        super().__init__()
+        self.by_example = by_example
+        self.lin, self.out = nn.Linear(6, 4), nn.Linear(4, 3)
 
-    model = build(Folded)
+    def forward(self, x):
+        rows = x if self.by_example else x.transpose(0, 1)  # (B, T, 6) or (T, B, 6)
+        h = self.lin(rows.reshape(-1, 6))  # (B * T, 4)
+        h = h.reshape(x.shape[0], -1, 4) if self.by_example else h.reshape(-1, x.shape[0], 4).transpose(0, 1)
+        return self.out(h.mean(1))
+
+
+def test_a_batch_folded_with_each_examples_rows_together_is_exact():
+    model = build(lambda: Folded(by_example=True))
     components = discover(model, kinds=["linear"])
-    with pytest.raises(ValueError, match=r"lin \(linear\): cannot tell which axis of its tensor holds the batch"):
+    layout = probe_layout(model, components, tokens())
+    assert layout.folds[[g.module for g in components.groups].index("lin")] == 5  # 5 tokens per example
+    kept, problems = check_components(model, components, tokens())
+    assert not problems
+    assert_exact(model, kept, tokens())
+
+
+def test_a_batch_folded_token_by_token_is_refused():
+    model = build(lambda: Folded(by_example=False))
+    components = discover(model, kinds=["linear"])
+    with pytest.raises(ValueError, match=r"lin \(linear\): its batch axis holds 5 rows per example, not grouped by example"):
         check_components(model, components, tokens())
+    masks = torch.zeros(2, len(components), dtype=torch.bool)
+    masks[0, :4] = True
+    with pytest.raises(RuntimeError, match="not grouped by example"):
+        run_masked(model, components, masks, tokens(), torch.zeros(2, dtype=torch.long), margin)
 
 
 def hf_models():
