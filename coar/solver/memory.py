@@ -28,12 +28,12 @@ class MemoryLimit:
         return f"{self.bytes / 1e9:.2f} GB ({self.source})"
 
 
-def job_memory(
-    env: Mapping[str, str] | None = None, cgroup_root: Path = CGROUP_ROOT
-) -> MemoryLimit:
-    """The smallest memory limit that applies to this process (see the module docstring)."""
+def job_memory(env: Mapping[str, str] | None = None, cgroup_root: Path | None = None) -> MemoryLimit:
+    """The smallest memory limit that applies to this process (see the module docstring);
+    env defaults to os.environ, cgroup_root to CGROUP_ROOT."""
     env = os.environ if env is None else env
-    limits = [physical_memory(), *cgroup_limits(cgroup_root), *slurm_limits(env)]
+    root = CGROUP_ROOT if cgroup_root is None else cgroup_root
+    limits = [physical_memory(), *cgroup_limits(root), *slurm_limits(env)]
     return min(limits, key=lambda limit: limit.bytes)
 
 
@@ -42,7 +42,7 @@ def physical_memory() -> MemoryLimit:
     return MemoryLimit(os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES"), "physical memory")
 
 
-def cgroup_limits(root: Path = CGROUP_ROOT) -> list[MemoryLimit]:
+def cgroup_limits(root: Path) -> list[MemoryLimit]:
     """Memory limits of this process's cgroup (v2: memory.max; v1: memory.limit_in_bytes),
     looked up under the process's own cgroup path and at the mount's root."""
     found = []
