@@ -119,24 +119,46 @@ def collect(run_dir: str | Path, out: str | Path, *, shard: int, shards: int, ma
 
 
 def merge(run_dir: str | Path, shard_paths: Sequence[str | Path], out: str | Path, masks: int) -> None:
-    """Check that the shards belong to this run and tile all m rows, then merge them."""
+    """Check that the shards belong to this run and tile all m rows, then write the dataset file
+    that refers to them (the shards stay the only copy of the data)."""
     h5format.merge_shards(shard_paths, out, run_expect(run_dir), masks)
 
 
-def fit(run_dir: str | Path, data: str | Path, out: str | Path, *, method: str, backend: str, chunk_rows: int) -> dict:
-    """Fit one linear model per example on the merged dataset (streamed) and save it."""
-    from coar import solver
-
-    expect = run_expect(run_dir)
-    start = time.perf_counter()
-    result = solver.fit(lambda: h5format.iter_chunks(data, chunk_rows, expect), method=method, backend=backend)
+def fit(run_dir: str | Path, data: str | Path, out: str | Path, *, method: str, backend: str, chunk_rows: int,
+        example_block: int | None = None, memory_budget: float | None = None) -> dict:
+    """Fit one linear model per example on the merged dataset (streamed) and save it, block of
+    examples by block; memory_budget in GB (None: from the job's memory limits)."""
     task_ids = load_saved_task(_run_file(run_dir, "task.pt")).example_ids
     components = ComponentSet.load(_run_file(run_dir, "components.json"))
-    h5format.write_attributions(out, result.weight, result.bias, result.lam, components.table(), task_ids, {
-        "encoding": h5format.ENCODING, "solver": f"coar.solver backend={backend}", "method": result.method, "n_masks": result.n_masks,
+    return fit_dataset(data, out, run_expect(run_dir), components.table(), task_ids, method=method, backend=backend,
+                       chunk_rows=chunk_rows, example_block=example_block, memory_budget=memory_budget)
+
+
+def fit_dataset(data: str | Path, out: str | Path, expect: dict, components: Sequence[tuple[str, int, str]],
+                example_ids: Sequence[str], *, method: str, backend: str, chunk_rows: int,
+                example_block: int | None = None, memory_budget: float | None = None) -> dict:
+    """The fit step given the run's expectations, component table and example ids: plan by the
+    memory budget (printed), then solve and write attributions.h5 block of examples by block."""
+    from coar import solver
+
+    start = time.perf_counter()
+    reader = h5format.RowReader(data, chunk_rows, expect)
+    plan = solver.plan_fit(expect["n_components"], expect["n_examples"], method, backend=backend,
+                           example_block=example_block,
+                           max_memory_bytes=None if memory_budget is None else int(memory_budget * 1e9))
+    print(f"coar fit: {plan}", flush=True)
+    attrs = {
+        "encoding": h5format.ENCODING, "solver": f"coar.solver backend={backend}", "method": method, "n_masks": reader.n_rows,
         **{k: expect[k] for k in ("model_fingerprint", "components_fingerprint", "examples_fingerprint")},
-    })
-    return {"seconds": time.perf_counter() - start, "method": result.method, "n_masks": result.n_masks}
+    }
+    with h5format.attributions_writer(out, components, example_ids, attrs) as writer:
+        for first, block in solver.fit_blocks(reader, method=method, backend=backend, plan=plan):
+            writer.write(first, block.weight, block.bias, block.lam)
+            print(f"coar fit: examples {first}..{first + len(block.bias)} written after "
+                  f"{time.perf_counter() - start:.1f} s", flush=True)
+    return {"seconds": time.perf_counter() - start, "method": method, "n_masks": reader.n_rows,
+            "solver_path": "closed_form" if plan.closed_form else "iterative", "example_block": plan.example_block,
+            "n_blocks": plan.n_blocks, "memory_budget": str(plan.budget)}
 
 
 def _read_rows(path: str | Path, expect: dict) -> tuple[np.ndarray, np.ndarray]:

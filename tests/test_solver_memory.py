@@ -61,9 +61,17 @@ def test_auto_plan_sizes_the_fit_from_the_slurm_allocation_not_the_node(monkeypa
     monkeypatch.setenv("SLURM_MEM_PER_NODE", "4000")  # 4000 MiB of a 256 GB node
     monkeypatch.delenv("SLURM_MEM_PER_CPU", raising=False)
     plan = plan_fit(15_000, 50_000, "ols", backend="numpy")
-    assert plan.budget.bytes == 4000 * 2**20 // 2 and "SLURM_MEM_PER_NODE" in plan.budget.source
-    assert not plan.closed_form  # the 1.8 GB Gram matrix and its update do not fit in 2 GB
+    assert plan.budget.bytes == int(4000 * 2**20 * 0.8) and "SLURM_MEM_PER_NODE" in plan.budget.source
+    assert not plan.closed_form  # the 1.8 GB Gram matrix and its update do not fit in 3.4 GB
     assert "iterative" in str(plan) and "SLURM_MEM_PER_NODE" in str(plan)
     monkeypatch.setenv("SLURM_MEM_PER_NODE", "40000")
     plan = plan_fit(15_000, 50_000, "ols", backend="numpy")
     assert plan.closed_form and 1 < plan.n_blocks and plan.peak_bytes <= plan.budget.bytes
+
+
+def test_auto_plan_keeps_half_of_physical_memory_for_others(tmp_path, monkeypatch, roomy_machine):
+    monkeypatch.setattr(memory, "CGROUP_ROOT", tmp_path)
+    for name in ("SLURM_MEM_PER_NODE", "SLURM_MEM_PER_CPU"):
+        monkeypatch.delenv(name, raising=False)
+    plan = plan_fit(1000, 100, "ols", backend="numpy")
+    assert plan.budget.bytes == 128 * GB and "physical memory" in plan.budget.source

@@ -37,6 +37,7 @@ from .stats import (
 Method = Literal["ols", "ridge", "lasso"]
 Solver = Literal["auto", "closed_form", "iterative"]
 PathPoint = tuple[Any, Any, Any]  # (lambda per example, validation SSE per example, weights)
+AUTO_SHARE = 0.8  # of a job's cgroup or SLURM limit for the solver's arrays; the rest: Python, libraries
 _STREAM_BYTES = 16 << 24  # row blocks of masks and outputs in flight (default_block_rows)
 
 
@@ -105,9 +106,9 @@ def plan_fit(
 ) -> FitPlan:
     """Choose the solver path and the example block for a fit of N components and n examples.
 
-    The budget is max_memory_bytes, or half of the backend's memory: for numpy the job's share
-    (the smallest of its cgroup limit, SLURM allocation and physical memory), for cupy the
-    GPU's. solver="auto" takes the closed form when its N x N matrices and a block of one
+    The budget is max_memory_bytes, or a share of the backend's memory: for numpy the job's
+    (the smallest of its cgroup limit, SLURM allocation and physical memory: AUTO_SHARE of a
+    job's own limit, half of physical memory, which others may share), for cupy half the GPU's. solver="auto" takes the closed form when its N x N matrices and a block of one
     example fit, with as many examples per block as fit (all of them when possible);
     `example_block` fixes the block instead.
     """
@@ -118,7 +119,9 @@ def plan_fit(
         raise ValueError(f"example_block must be a positive integer or None, got {example_block!r}")
     if max_memory_bytes is None:
         found = get_backend(backend).memory()
-        budget = MemoryLimit(found.bytes // 2, f"half of {found}")
+        # A cgroup or SLURM limit is the job's own; physical (or GPU) memory may be shared.
+        share = 0.5 if found.source in ("physical memory", "GPU memory") else AUTO_SHARE
+        budget = MemoryLimit(int(found.bytes * share), f"{share:.0%} of {found}")
     else:
         budget = MemoryLimit(int(max_memory_bytes), "max_memory_bytes given")
     closed = solver == "closed_form" or (

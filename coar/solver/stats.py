@@ -178,11 +178,19 @@ class GramStats:
             if self.sxx is not None:
                 # The block's centred Gram matrix is X'X - ones mean_x' (X'X in float32 is exact
                 # for 0/1 entries); with Chan's term scale dx dx' it is one rank-2 correction.
-                # X'X is added by slabs of rows, so its temporary is small, not N x N.
-                step = max(1, _SLAB_BYTES // (4 * self.n_components))
-                for row in range(0, self.n_components, step):
-                    self.sxx[row : row + step] += xf[:, row : row + step].T @ xf
+                self._add_xtx(xf)
                 self.sxx -= xp.stack([ones, -scale * dx], 1) @ xp.stack([block.mean_x, dx])
+
+    def _add_xtx(self, xf: Any) -> None:
+        """sxx += xf'xf by slabs of rows, so the temporary is small rather than N x N, and only
+        the lower triangle is multiplied out: X'X of 0/1 masks is exact in float32 (integer
+        counts), so mirroring it gives exactly the full product at half the multiply-adds."""
+        step = max(1, _SLAB_BYTES // (4 * self.n_components))
+        for row in range(0, self.n_components, step):
+            stop = min(self.n_components, row + step)
+            part = xf[:, row:stop].T @ xf[:, :stop]
+            self.sxx[row:stop, :stop] += part
+            self.sxx[:row, row:stop] += part[:, :row].T
 
     def _block_moments(self, xf: Any, ones: Any, Y: np.ndarray, scratch: Scratch) -> GramStats:
         """Statistics other than Sxx of one block of checked rows: masks xf (float32), their
