@@ -42,6 +42,7 @@ PathLike = str | os.PathLike
 _COMPLETE = "complete"
 _FORMAT = "coar_format"
 _CHUNK_BYTES = 1 << 20  # target size of one stored chunk (rows x columns)
+_TILE_COLUMNS = 1024  # most examples in one stored chunk of outputs
 _CACHE_BYTES = 1 << 25  # HDF5 chunk cache when reading
 _STR = "variable-length string"  # dtype marker for string datasets
 
@@ -162,10 +163,12 @@ def write_shard(path: PathLike, masks: np.ndarray, outputs: np.ndarray, meta: Ma
                 f"n_components={meta['n_components']}, n_examples={meta['n_examples']}) "
                 f"implies {expected[name][0]}"
             )
-    chunk = _chunk_rows(meta["n_components"], meta["n_examples"])
+    # Outputs are chunked in tiles of at most _TILE_COLUMNS examples, so that a fit taking one
+    # block of examples per pass reads only that block's columns from disk.
+    tile = min(meta["n_examples"], _TILE_COLUMNS)
     with atomic_h5(path) as f:
-        _create_rows(f, "masks", masks.shape, bool, chunk, masks)
-        _create_rows(f, "outputs", outputs.shape, np.float32, chunk, outputs.astype(np.float32))
+        _create_rows(f, "masks", masks.shape, bool, _chunk_rows(meta["n_components"]), masks)
+        _create_rows(f, "outputs", outputs.shape, np.float32, _chunk_rows(tile), outputs.astype(np.float32), tile)
         _write_attrs(f, _SHARD, meta)
 
 
@@ -306,11 +309,18 @@ def _chunk_rows(*column_counts: int) -> int:
 
 
 def _create_rows(
-    f: h5py.File, name: str, shape: tuple[int, int], dtype, chunk_rows: int, data: np.ndarray | None = None
+    f: h5py.File,
+    name: str,
+    shape: tuple[int, int],
+    dtype,
+    chunk_rows: int,
+    data: np.ndarray | None = None,
+    chunk_columns: int | None = None,
 ) -> h5py.Dataset:
-    """A matrix chunked along rows; bool (mask) matrices are gzip-compressed, being mostly zeros."""
+    """A matrix chunked along rows (and columns, given chunk_columns); bool (mask) matrices are
+    gzip-compressed, being mostly zeros."""
     compression = {"compression": "gzip", "compression_opts": 4} if np.dtype(dtype) == bool else {}
-    chunks = (min(chunk_rows, shape[0]), shape[1])
+    chunks = (min(chunk_rows, shape[0]), chunk_columns or shape[1])
     return f.create_dataset(name, shape=shape, dtype=dtype, data=data, chunks=chunks, **compression)
 
 

@@ -502,3 +502,15 @@ def test_attribution_blocks_may_not_overlap(tmp_path):
         with h5format.attributions_writer(tmp_path / "a.h5", components, ids, attrs) as writer:
             writer.write(0, weight[:4], bias[:4], lam[:4])
             writer.write(2, weight[:4], bias[:4], lam[:4])
+
+
+def test_outputs_are_stored_in_column_tiles_so_a_block_of_examples_reads_only_its_own(tmp_path):
+    n = 2500
+    masks = np.zeros((40, N_COMPONENTS), dtype=bool)
+    outputs = np.arange(40 * n, dtype=np.float32).reshape(40, n)
+    path = tmp_path / "wide.h5"
+    write_shard(path, masks, outputs, run_meta(n_examples=n, shard=0, row_start=0, row_stop=40))
+    with h5py.File(path, "r") as f:
+        assert f["outputs"].chunks[1] == 1024
+    reader = h5format.RowReader(path, chunk_rows=16, expect={"n_examples": n}).select_columns(slice(1024, 2048))
+    np.testing.assert_array_equal(np.concatenate([y for _, y in reader()]), outputs[:, 1024:2048])
