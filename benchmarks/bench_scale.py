@@ -132,7 +132,7 @@ def step_evaluate(run: dict) -> dict:
 def step_floor(run: dict) -> dict:
     """Seconds of float64 X'X and X'Y over m rows: one block of rows timed, scaled to m."""
     N, n, m = run["N"], run["n"], run["m"]
-    k = min(m, 4096)
+    k = min(m, 1024)
     rng = np.random.default_rng(0)
     X = (rng.random((k, N), dtype=np.float32) < ALPHA).astype(np.float64)
     Y = rng.standard_normal((k, n))
@@ -157,15 +157,25 @@ def run_step(name: str, run: dict) -> dict:
     start = time.perf_counter()
     child = subprocess.Popen([sys.executable, __file__, "--step", name, json.dumps(run)],
                              stdout=subprocess.PIPE, text=True, env={**os.environ, "PYTHONPATH": str(ROOT)})
-    output = child.stdout.read()
+    lines = []
+    for line in child.stdout:  # progress as it comes, with the child's peak RSS so far
+        lines.append(line.rstrip("\n"))
+        print(f"    [{time.perf_counter() - start:.0f} s, peak RSS so far {_peak_so_far(child.pid):.2f} GB] {lines[-1]}",
+              flush=True)
     _, status, usage = os.wait4(child.pid, 0)
     seconds = time.perf_counter() - start
     if os.waitstatus_to_exitcode(status) != 0:
-        raise SystemExit(f"step {name} failed:\n{output}")
-    lines = output.strip().splitlines()
-    for line in lines[:-1]:
-        print(f"    {line}")
+        raise SystemExit(f"step {name} failed")
     return {**json.loads(lines[-1]), "seconds": seconds, "peak_rss": usage.ru_maxrss * 1024}
+
+
+def _peak_so_far(pid: int) -> float:
+    """VmHWM of a running process in GB (0 where /proc is unavailable)."""
+    try:
+        status = Path(f"/proc/{pid}/status").read_text()
+    except OSError:
+        return 0.0
+    return next((int(line.split()[1]) * 1024 / 1e9 for line in status.splitlines() if line.startswith("VmHWM")), 0.0)
 
 
 def disk(path: Path) -> int:
@@ -198,7 +208,7 @@ def main() -> None:
           f"fit budget {args.budget_gb:g} GB, in {folder}")
     try:
         results = {}
-        for name in ("imports", "write", "merge", "fit", "evaluate", "floor"):
+        for name in ("imports", "floor", "write", "merge", "fit", "evaluate"):
             print(f"  {name} ...", flush=True)
             results[name] = run_step(name, run)
         report(run, results, folder)

@@ -152,7 +152,9 @@ def fit_dataset(data: str | Path, out: str | Path, expect: dict, components: Seq
         **{k: expect[k] for k in ("model_fingerprint", "components_fingerprint", "examples_fingerprint")},
     }
     with h5format.attributions_writer(out, components, example_ids, attrs) as writer:
-        for first, block in solver.fit_blocks(reader, method=method, backend=backend, plan=plan):
+        blocks = solver.fit_blocks(reader, method=method, backend=backend, plan=plan, progress=lambda text: print(
+            f"coar fit: {text} after {time.perf_counter() - start:.1f} s", flush=True))
+        for first, block in blocks:
             writer.write(first, block.weight, block.bias, block.lam)
             print(f"coar fit: examples {first}..{first + len(block.bias)} written after "
                   f"{time.perf_counter() - start:.1f} s", flush=True)

@@ -172,6 +172,7 @@ def fit_blocks(
     tol: float | None = None,
     max_iter: int = 1000,
     block_rows: int | None = None,
+    progress: Callable[[str], None] | None = None,
 ) -> Iterator[tuple[int, Fit]]:
     """Fit every example's linear model, block of examples by block: yields (first example of
     the block, its Fit), each as soon as it is solved.
@@ -193,6 +194,7 @@ def fit_blocks(
     tol, max_iter: stopping rule of the iterative solvers (lasso always iterates); tol defaults
         to 1e-8 relative residual for conjugate gradients and 1e-7 * syy duality gap for lasso.
     block_rows: rows per block when accumulating statistics (default ~128 MiB of temporaries).
+    progress: called with a line of text after each pass over the data.
     """
     _check_method(method)
     source = _as_source(data)
@@ -220,6 +222,9 @@ def fit_blocks(
         stream = ((X, Y[:, columns]) for X, Y in chain([first], chunks)) if start == 0 else part_source()
         gram = plan.closed_form and shared is None
         train, val = split_stats(stream, val_every, backend=backend, gram=gram, block_rows=block_rows)
+        if progress is not None:
+            what = "the Gram matrix and cross products" if gram else "cross products"
+            progress(f"examples {columns.start}..{columns.stop}: {what} of {train.count + (val.count if val else 0)} rows")
         if not plan.closed_form:
             train = StreamedDesign(train, part_source, "all" if val is None else "train", val_every)
             val = None if val is None else StreamedDesign(val, part_source, "val", val_every)
