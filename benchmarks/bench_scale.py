@@ -25,6 +25,7 @@ import shutil
 import subprocess
 import sys
 import tempfile
+import threading
 import time
 from pathlib import Path
 
@@ -158,11 +159,19 @@ def run_step(name: str, run: dict) -> dict:
     child = subprocess.Popen([sys.executable, __file__, "--step", name, json.dumps(run)],
                              stdout=subprocess.PIPE, text=True, env={**os.environ, "PYTHONPATH": str(ROOT)})
     lines = []
+    done = threading.Event()
+
+    def report_memory() -> None:  # every minute, so that a run stopped early still tells its peak
+        while not done.wait(60):
+            print(f"    [{time.perf_counter() - start:.0f} s, peak RSS so far {_peak_so_far(child.pid):.2f} GB]", flush=True)
+
+    threading.Thread(target=report_memory, daemon=True).start()
     for line in child.stdout:  # progress as it comes, with the child's peak RSS so far
         lines.append(line.rstrip("\n"))
         print(f"    [{time.perf_counter() - start:.0f} s, peak RSS so far {_peak_so_far(child.pid):.2f} GB] {lines[-1]}",
               flush=True)
     _, status, usage = os.wait4(child.pid, 0)
+    done.set()
     seconds = time.perf_counter() - start
     if os.waitstatus_to_exitcode(status) != 0:
         raise SystemExit(f"step {name} failed")

@@ -514,3 +514,21 @@ def test_outputs_are_stored_in_column_tiles_so_a_block_of_examples_reads_only_it
         assert f["outputs"].chunks[1] == 1024
     reader = h5format.RowReader(path, chunk_rows=16, expect={"n_examples": n}).select_columns(slice(1024, 2048))
     np.testing.assert_array_equal(np.concatenate([y for _, y in reader()]), outputs[:, 1024:2048])
+
+
+@pytest.mark.parametrize("damage", ["delete", "replace"])
+def test_the_fit_step_refuses_a_dataset_whose_shard_was_deleted_or_replaced_after_merging(tmp_path, damage):
+    from coar.steps import fit_dataset
+
+    merged, paths, _, _ = merged_run(tmp_path, m=60, n_shards=3)
+    paths[2].unlink()
+    if damage == "replace":  # a shard of the same rows from another stream of masks
+        masks, outputs = shard_data(7, 40, 60)
+        write_shard(paths[2], masks, outputs, run_meta(shard=2, row_start=40, row_stop=60))
+    expect = {k: run_meta()[k] for k in ("n_components", "n_examples", "model_fingerprint",
+                                          "components_fingerprint", "examples_fingerprint")}
+    out = tmp_path / "attributions.h5"
+    with refusal(merged, paths[2], "rows 40..60"):
+        fit_dataset(merged, out, expect, [("layer", i, "conv") for i in range(N_COMPONENTS)],
+                    [f"ex{i}" for i in range(N_EXAMPLES)], method="ols", backend="numpy", chunk_rows=16)
+    assert not out.exists()
