@@ -287,6 +287,8 @@ class _Shared:
     def fit(
         self, method: Method, train: Design, val: Design | None, lambdas: Any, tol: float | None, max_iter: int
     ) -> Fit:
+        if self.dense:  # the block's own Gram matrices, if any, are neither copied nor used
+            train, val = train.moments(), None if val is None else val.moments()
         full = train if val is None else train.merged(val)
         train, full = self._restrict(train), self._restrict(full)
         val = None if val is None else self._restrict(val)
