@@ -131,15 +131,19 @@ def step_evaluate(run: dict) -> dict:
 
 
 def step_floor(run: dict) -> dict:
-    """Seconds of float64 X'X and X'Y over m rows: one block of rows timed, scaled to m."""
+    """Seconds of the float64 GEMMs X'X and X'Y over m rows: one block of rows timed, scaled to m.
+
+    X'X is timed as a general product of two distinct arrays (numpy would take X.T @ X as a
+    symmetric rank-k update, which the OpenBLAS 0.3.31 of numpy's wheels ran slowly at N = 22,720
+    on this machine, and with 1,024 rows crashed)."""
     N, n, m = run["N"], run["n"], run["m"]
-    k = min(m, 1024)
+    k = min(m, 256)
     rng = np.random.default_rng(0)
     X = (rng.random((k, N), dtype=np.float32) < ALPHA).astype(np.float64)
-    Y = rng.standard_normal((k, n))
+    X2, Y = X.copy(), rng.standard_normal((k, n))
     X.T @ Y  # warm up the BLAS threads
     start = time.perf_counter()
-    gram = X.T @ X  # numpy computes X'X as a symmetric rank-k update: half the multiply-adds
+    gram = X.T @ X2
     middle = time.perf_counter()
     cross = X.T @ Y
     end = time.perf_counter()
@@ -174,7 +178,7 @@ def run_step(name: str, run: dict) -> dict:
     done.set()
     seconds = time.perf_counter() - start
     if os.waitstatus_to_exitcode(status) != 0:
-        raise SystemExit(f"step {name} failed")
+        raise SystemExit(f"step {name} failed (wait status {status})")
     return {**json.loads(lines[-1]), "seconds": seconds, "peak_rss": usage.ru_maxrss * 1024}
 
 
