@@ -47,6 +47,19 @@ def _alpha_path(text: str) -> tuple[float, str]:
     return float(alpha), path
 
 
+def _memory_budget(text: str) -> float | None:
+    """'auto' (None: sized from the job's limits) or a positive number of GB."""
+    if text == "auto":
+        return None
+    try:
+        value = float(text)
+    except ValueError:
+        value = 0.0
+    if not value > 0:
+        raise argparse.ArgumentTypeError(f"expected 'auto' or a positive number of GB, got {text!r}")
+    return value
+
+
 def _name_path(text: str) -> tuple[str, str]:
     name, sep, path = text.partition("=")
     if not sep or not name:
@@ -127,6 +140,10 @@ def _parser() -> argparse.ArgumentParser:
     s.add_argument("--backend", choices=SOLVER_BACKENDS, default="auto")
     s.add_argument("--chunk-rows", type=int, default=4096)
     _provenance_options(s, alpha=True)
+    s.add_argument("--example-block", type=int, default=None,
+                   help="examples solved together (default: as many as the memory budget allows)")
+    s.add_argument("--memory-budget", type=_memory_budget, default=None,
+                   help="GB for the fit's arrays, or 'auto': 80%% of the job's cgroup or SLURM limit, else half of physical memory")
 
     s = add("evaluate", "Correlate attribution predictions with true outputs on held-out masks.")
     s.add_argument("--attributions", required=True)
@@ -212,7 +229,8 @@ def _run(args: argparse.Namespace) -> None:
         steps.merge(args.run_dir, args.shards, args.out, args.masks, _expected(args))
     elif args.command == "fit":
         print(json.dumps(steps.fit(args.run_dir, args.data, args.out, method=args.method, backend=args.backend,
-                                   chunk_rows=args.chunk_rows, expected=_expected(args))))
+                                   chunk_rows=args.chunk_rows, example_block=args.example_block,
+                                   memory_budget=args.memory_budget, expected=_expected(args))))
     elif args.command == "evaluate":
         result = steps.evaluate(args.run_dir, args.attributions, dict(args.heldout), args.alpha, args.out,
                                 _expected(args))

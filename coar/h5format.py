@@ -13,14 +13,20 @@ that the file exists and is whole, is `complete`, is the layout asked for, carri
 provenance attribute, has datasets of the shapes its attributes imply, and matches what the
 caller expects; otherwise it raises FormatError naming the file, what is wrong and what to do.
 
-The merged dataset is a chunked copy of the shards, not an HDF5 virtual dataset: a copy is
-self-contained (it survives moving or deleting the shards and keeps their compression), and it
-cannot silently read fill values where a virtual dataset's source file has gone missing. The
-price is storing the data twice; masks compress well.
+The merged dataset holds no rows of its own: its `masks` and `outputs` are HDF5 virtual
+datasets over the shard files, named by paths relative to the dataset's folder (so a run folder
+can be moved as a whole), and the shards stay the only copy of the data. A virtual dataset reads
+fill values where a source file has gone missing, so coar never trusts it blindly: the dataset
+also records each shard's path, row range, size and SHA-256, and a reader checks every shard
+against that record (exists, same bytes, complete, same run) before the first row is read, and
+its size and modification time again at every pass. coar's own readers then stream the shards
+themselves; other tools may read the virtual datasets (a missing shard's outputs read as NaN).
 """
 
 from __future__ import annotations
 
+import copy
+import hashlib
 import os
 from collections.abc import Callable, Iterable, Iterator, Mapping
 from contextlib import contextmanager
@@ -40,7 +46,7 @@ PathLike = str | os.PathLike
 _COMPLETE = "complete"
 _FORMAT = "coar_format"
 _CHUNK_BYTES = 1 << 20  # target size of one stored chunk (rows x columns)
-_COPY_BYTES = 1 << 26  # rows moved per step when merging
+_TILE_COLUMNS = 1024  # most examples in one stored chunk of outputs
 _CACHE_BYTES = 1 << 25  # HDF5 chunk cache when reading
 _STR = "variable-length string"  # dtype marker for string datasets
 
@@ -123,7 +129,16 @@ _SHARD = _Layout(
     lambda a: _row_datasets(a["row_stop"] - a["row_start"], a),
     ("masks", "outputs"),
 )
-_DATASET = _Layout("coar.dataset.v1", _RUN_ATTRS | _DATASET_ONLY, lambda a: _row_datasets(a["m"], a))
+_SOURCE_FIELDS = {"path": _STR, "bytes": np.dtype(np.int64), "sha256": _STR,
+                  "row_start": np.dtype(np.int64), "row_stop": np.dtype(np.int64)}
+
+
+def _dataset_datasets(meta: Mapping) -> dict[str, tuple[tuple[int, ...], object]]:
+    sources = {f"sources/{k}": ((meta["n_shards"],), dtype) for k, dtype in _SOURCE_FIELDS.items()}
+    return _row_datasets(meta["m"], meta) | sources
+
+
+_DATASET = _Layout("coar.dataset.v2", _RUN_ATTRS | _DATASET_ONLY, _dataset_datasets)
 _ATTRIBUTIONS = _Layout(
     "coar.attributions.v1",
     _ATTRIBUTION_ONLY | _SIZES,
@@ -166,11 +181,80 @@ def write_shard(path: PathLike, masks: np.ndarray, outputs: np.ndarray, meta: Ma
                 f"n_components={meta['n_components']}, n_examples={meta['n_examples']}) "
                 f"implies {expected[name][0]}"
             )
-    chunk = _chunk_rows(meta["n_components"], meta["n_examples"])
+    # Outputs are chunked in tiles of at most _TILE_COLUMNS examples, so that a fit taking one
+    # block of examples per pass reads only that block's columns from disk.
+    tile = min(meta["n_examples"], _TILE_COLUMNS)
     with atomic_h5(path, masks.nbytes + 4 * outputs.size) as f:
-        _create_rows(f, "masks", masks.shape, bool, chunk, masks)
-        _create_rows(f, "outputs", outputs.shape, np.float32, chunk, outputs.astype(np.float32))
+        _create_rows(f, "masks", masks.shape, bool, _chunk_rows(meta["n_components"]), masks)
+        _create_rows(f, "outputs", outputs.shape, np.float32, _chunk_rows(tile), outputs.astype(np.float32), tile)
         _write_attrs(f, _SHARD, meta)
+
+
+class AttributionsWriter:
+    """Rows of an attributions file being written, block of examples by block (see
+    `attributions_writer`)."""
+
+    def __init__(self, f: h5py.File, n_examples: int, n_components: int) -> None:
+        self._f = f
+        self._written = np.zeros(n_examples, dtype=bool)
+        self.n_components = n_components
+
+    def write(self, start: int, weight: np.ndarray, bias: np.ndarray, lam: np.ndarray) -> None:
+        """Store examples start .. start + len(weight): weight (rows x N), bias and lambda (rows)."""
+        weight = np.asarray(weight, dtype=np.float32)
+        rows = weight.shape[0] if weight.ndim == 2 else -1
+        if weight.ndim != 2 or weight.shape[1] != self.n_components or rows < 1:
+            raise ValueError(f"weight must be (examples x {self.n_components}), got {weight.shape}")
+        if np.shape(bias) != (rows,) or np.shape(lam) != (rows,):
+            raise ValueError(f"bias and lam need shape ({rows},), got {np.shape(bias)} and {np.shape(lam)}")
+        stop = start + rows
+        if not 0 <= start < stop <= self._written.size:
+            raise ValueError(f"examples {start}..{stop} are outside 0..{self._written.size}")
+        if self._written[start:stop].any():
+            raise ValueError(f"examples {start}..{stop} overlap examples already written")
+        self._f["weight"][start:stop] = weight
+        self._f["bias"][start:stop] = np.asarray(bias, dtype=np.float32)
+        self._f["lambda"][start:stop] = np.asarray(lam, dtype=np.float64)
+        self._written[start:stop] = True
+
+    def _check_complete(self) -> None:
+        if missing := np.flatnonzero(~self._written).size:
+            raise ValueError(f"{missing} of {self._written.size} examples were never written; the file is not finished")
+
+
+@contextmanager
+def attributions_writer(
+    path: PathLike, components: Iterable[tuple[str, int, str]], example_ids: Iterable[str], attrs: Mapping
+) -> Iterator[AttributionsWriter]:
+    """An attributions file filled block by block: yields a writer whose `write` stores rows.
+
+    The file appears at `path`, complete, only when the block ends with every example written;
+    its memory is one block, whatever n. `components` lists (module, unit, kind) per weight
+    column, `example_ids` names the rows; `attrs` needs ATTRIBUTION_ATTRS (extra scalar attrs
+    are kept), n_examples and n_components are taken from the two lists.
+    """
+    components, example_ids = list(components), [str(e) for e in example_ids]
+    n, n_components = len(example_ids), len(components)
+    if min(n, n_components) < 1:
+        raise ValueError(f"attributions need at least one example and component, got {n} and {n_components}")
+    computed = {"n_examples": n, "n_components": n_components}
+    if clash := sorted(computed.keys() & attrs.keys()):
+        raise ValueError(f"attrs must not contain {clash}: they are taken from the example and component lists")
+    attrs = _checked_attrs(_ATTRIBUTIONS, {**attrs, **computed})
+    modules, units, kinds = zip(*components)
+    strings = h5py.string_dtype()
+    with atomic_h5(path, 4 * n * n_components + 20 * n + 64 * n_components) as f:
+        _create_rows(f, "weight", (n, n_components), np.float32, _chunk_rows(n_components))
+        f.create_dataset("bias", shape=(n,), dtype=np.float32, chunks=(n,), fletcher32=True)
+        f.create_dataset("lambda", shape=(n,), dtype=np.float64, chunks=(n,), fletcher32=True)
+        f.create_dataset("components/module", data=[str(s) for s in modules], dtype=strings)
+        f.create_dataset("components/unit", data=np.asarray(units, dtype=np.int64), fletcher32=True)
+        f.create_dataset("components/kind", data=[str(s) for s in kinds], dtype=strings)
+        f.create_dataset("example_ids", data=example_ids, dtype=strings)
+        writer = AttributionsWriter(f, n, n_components)
+        yield writer
+        writer._check_complete()
+        _write_attrs(f, _ATTRIBUTIONS, attrs)
 
 
 def write_attributions(
@@ -198,43 +282,42 @@ def write_attributions(
     wanted = {"bias": (n,), "lam": (n,), "components": (n_components,), "example_ids": (n,)}
     if wrong := {k: v for k, v in found.items() if v != wanted[k]}:
         raise ValueError(f"weight has shape {weight.shape}, so the other inputs need sizes {wanted}; got {wrong}")
-    computed = {"n_examples": n, "n_components": n_components}
-    if clash := sorted(computed.keys() & attrs.keys()):
-        raise ValueError(f"attrs must not contain {clash}: write_attributions takes them from weight's shape")
-    attrs = _checked_attrs(_ATTRIBUTIONS, {**attrs, **computed})
-    modules, units, kinds = zip(*components)
-    strings = h5py.string_dtype()
-    with atomic_h5(path, weight.nbytes + 20 * n + 64 * n_components) as f:
-        _create_rows(f, "weight", weight.shape, np.float32, _chunk_rows(n_components), weight)
-        f.create_dataset("bias", data=np.asarray(bias, dtype=np.float32), fletcher32=True)
-        f.create_dataset("lambda", data=np.asarray(lam, dtype=np.float64), fletcher32=True)
-        f.create_dataset("components/module", data=[str(s) for s in modules], dtype=strings)
-        f.create_dataset("components/unit", data=np.asarray(units, dtype=np.int64), fletcher32=True)
-        f.create_dataset("components/kind", data=[str(s) for s in kinds], dtype=strings)
-        f.create_dataset("example_ids", data=example_ids, dtype=strings)
-        _write_attrs(f, _ATTRIBUTIONS, attrs)
+    with attributions_writer(path, components, example_ids, attrs) as writer:
+        writer.write(0, weight, bias, lam)
 
 
 def merge_shards(paths: Iterable[PathLike], out_path: PathLike, expect: Mapping, m: int) -> dict:
-    """Check the shards, then copy them in row order into one dataset file; return its attrs.
+    """Check the shards, then write a dataset file that refers to them (no copy); return its attrs.
 
-    The merged file keeps the shards' run attributes (not their row range) and adds m, n_shards.
+    The dataset keeps the shards' run attributes (not their row range), adds m and n_shards,
+    and records each shard's relative path, rows, size and SHA-256 (see the module docstring).
     """
     sources = check_shards(paths, expect, m)
     attrs = {**_run_attrs(sources[0][1]), "m": m, "n_shards": len(sources)}
     n_components, n_examples = attrs["n_components"], attrs["n_examples"]
-    chunk = _chunk_rows(n_components, n_examples)
-    step = chunk * max(1, _COPY_BYTES // (chunk * (n_components + 4 * n_examples)))
+    folder = Path(out_path).absolute().parent
+    masks = h5py.VirtualLayout(shape=(m, n_components), dtype=bool)
+    outputs = h5py.VirtualLayout(shape=(m, n_examples), dtype=np.float32)
+    record: dict[str, list] = {k: [] for k in _SOURCE_FIELDS}
+    for path, meta in sources:
+        start, stop = _row_range(meta)
+        relative = os.path.relpath(Path(path).absolute(), folder)
+        masks[start:stop] = h5py.VirtualSource(relative, "masks", shape=(stop - start, n_components))
+        outputs[start:stop] = h5py.VirtualSource(relative, "outputs", shape=(stop - start, n_examples))
+        for key, value in zip(_SOURCE_FIELDS, (relative, os.path.getsize(path), _sha256(path), start, stop)):
+            record[key].append(value)
     with atomic_h5(out_path) as f:
-        masks = _create_rows(f, "masks", (m, n_components), bool, chunk)
-        outputs = _create_rows(f, "outputs", (m, n_examples), np.float32, chunk)
-        start = 0
-        for mask_rows, output_rows in _chunks(sources, step):
-            stop = start + len(mask_rows)
-            masks[start:stop], outputs[start:stop] = mask_rows, output_rows
-            start = stop
+        f.create_virtual_dataset("masks", masks, fillvalue=False)
+        f.create_virtual_dataset("outputs", outputs, fillvalue=np.nan)
+        for key, dtype in _SOURCE_FIELDS.items():
+            f.create_dataset(f"sources/{key}", data=record[key], dtype=h5py.string_dtype() if dtype == _STR else dtype)
         _write_attrs(f, _DATASET, attrs)
     return attrs
+
+
+def _sha256(path: PathLike) -> str:
+    with open(path, "rb") as f:
+        return hashlib.file_digest(f, "sha256").hexdigest()
 
 
 def _chunk_rows(*column_counts: int) -> int:
@@ -244,12 +327,18 @@ def _chunk_rows(*column_counts: int) -> int:
 
 
 def _create_rows(
-    f: h5py.File, name: str, shape: tuple[int, int], dtype, chunk_rows: int, data: np.ndarray | None = None
+    f: h5py.File,
+    name: str,
+    shape: tuple[int, int],
+    dtype,
+    chunk_rows: int,
+    data: np.ndarray | None = None,
+    chunk_columns: int | None = None,
 ) -> h5py.Dataset:
-    """A matrix chunked along rows, each chunk checksummed (fletcher32); bool (mask) matrices are
-    gzip-compressed, being mostly zeros."""
+    """A matrix chunked along rows (and columns, given chunk_columns), each chunk checksummed
+    (fletcher32); bool (mask) matrices are gzip-compressed, being mostly zeros."""
     compression = {"compression": "gzip", "compression_opts": 4} if np.dtype(dtype) == bool else {}
-    chunks = (min(chunk_rows, shape[0]), shape[1])
+    chunks = (min(chunk_rows, shape[0]), chunk_columns or shape[1])
     return f.create_dataset(name, shape=shape, dtype=dtype, data=data, chunks=chunks, fletcher32=True, **compression)
 
 
@@ -318,10 +407,49 @@ def iter_chunks(
 
     `paths` are shards or one merged dataset file. Files are validated before the first block;
     the rows must tile 0..(last row) without gaps or overlaps. Memory is independent of m.
+    One pass of a `RowReader`, which validates once for many passes.
     """
-    if isinstance(chunk_rows, bool) or not isinstance(chunk_rows, Integral) or chunk_rows < 1:
-        raise ValueError(f"chunk_rows must be a positive integer, got {chunk_rows!r}")
-    return _chunks(_row_sources(paths, expect or {}, None, (_SHARD, _DATASET)), chunk_rows)
+    return RowReader(paths, chunk_rows, expect)()
+
+
+class RowReader:
+    """Row files (shards, or a merged dataset's shards) validated once, then streamed in
+    passes: each call yields (masks, outputs) blocks of chunk_rows rows in row order.
+
+    Construction checks everything iter_chunks does, and for a merged dataset every shard it
+    refers to (see the module docstring). Every pass first checks that no file's size or
+    modification time changed since. `select_columns` gives a reader of some examples only,
+    which reads just those output columns.
+    """
+
+    def __init__(
+        self, paths: PathLike | Iterable[PathLike], chunk_rows: int, expect: Mapping | None = None
+    ) -> None:
+        if isinstance(chunk_rows, bool) or not isinstance(chunk_rows, Integral) or chunk_rows < 1:
+            raise ValueError(f"chunk_rows must be a positive integer, got {chunk_rows!r}")
+        self.chunk_rows = int(chunk_rows)
+        self.columns = slice(None)
+        self.sources = _row_sources(paths, expect or {}, None, (_SHARD, _DATASET))
+        self._stamps = [_stamp(path) for path, _ in self.sources]
+
+    @property
+    def n_rows(self) -> int:
+        """Rows in all the files together (m)."""
+        return sum(stop - start for start, stop in (_row_range(meta) for _, meta in self.sources))
+
+    def __call__(self) -> Iterator[tuple[np.ndarray, np.ndarray]]:
+        for (path, _), stamp in zip(self.sources, self._stamps):
+            if _stamp(path) != stamp:
+                raise FormatError(
+                    f"{path} changed after it was checked (size or modification time); rerun the step"
+                )
+        return _chunks(self.sources, self.chunk_rows, self.columns)
+
+    def select_columns(self, columns: slice) -> RowReader:
+        """The same rows with only the outputs of the examples in `columns`."""
+        reader = copy.copy(self)
+        reader.columns = columns
+        return reader
 
 
 def run_attrs_of(paths: PathLike | Iterable[PathLike], expect: Mapping | None = None) -> dict:
@@ -331,11 +459,12 @@ def run_attrs_of(paths: PathLike | Iterable[PathLike], expect: Mapping | None = 
 
 
 def read_dataset(path: PathLike, expect: Mapping | None = None) -> tuple[np.ndarray, np.ndarray, dict]:
-    """Load a merged dataset file whole: masks (m x N bool), outputs (m x n float32), attrs."""
+    """Load a merged dataset whole: masks (m x N bool), outputs (m x n float32), attrs."""
     with _reading(path) as f:
         attrs = _read_meta(f, path, _DATASET)
-        _check_expected(path, attrs, expect or {})
-        return _verified(f, path, "masks"), _verified(f, path, "outputs"), attrs
+    _check_expected(path, attrs, expect or {})
+    blocks = list(RowReader(path, attrs["m"])())
+    return blocks[0][0], blocks[0][1], attrs
 
 
 @dataclass(frozen=True)
@@ -419,13 +548,16 @@ def _read_meta(f: h5py.File, path: PathLike, layout: _Layout) -> dict:
     return {k: v for k, v in attrs.items() if k not in (_COMPLETE, _FORMAT)}
 
 
-def _verified(f: h5py.File, path: PathLike, name: str, start: int | None = None, stop: int | None = None) -> np.ndarray:
-    """Rows start..stop of dataset `name` (all by default); HDF5 verifies the chunks' checksums,
-    and a failure becomes FormatError naming the file, the dataset and the rows."""
+def _verified(f: h5py.File, path: PathLike, name: str, start: int | None = None, stop: int | None = None,
+              columns: slice = slice(None)) -> np.ndarray:
+    """Rows start..stop (and `columns`) of dataset `name` (all by default); HDF5 verifies the
+    chunks' checksums, and a failure becomes FormatError naming the file, the dataset and the rows."""
     ds = f[name]
     rows = slice(start, stop)
     try:
-        return ds[rows] if ds.ndim else ds[()]
+        if not ds.ndim:
+            return ds[()]
+        return ds[rows] if ds.ndim == 1 or columns == slice(None) else ds[rows, columns]
     except OSError as err:
         first, last = rows.indices(ds.shape[0] if ds.ndim else 1)[:2]
         raise FormatError(
@@ -482,8 +614,8 @@ def _row_sources(
             fmt = _python(f.attrs.get(_FORMAT))
             layout = next((lay for lay in layouts if lay.name == fmt), layouts[0])
             meta = _read_meta(f, path, layout)
-        _check_expected(path, meta, expect)
-        sources.append((str(path), meta))
+            _check_expected(path, meta, expect)
+            sources += _dataset_shards(f, path, meta) if layout is _DATASET else [(str(path), meta)]
     first_path, first = sources[0]
     for path, meta in sources[1:]:
         a, b = _run_attrs(first), _run_attrs(meta)
@@ -496,6 +628,38 @@ def _row_sources(
     sources.sort(key=lambda s: _row_range(s[1]))
     _check_tiling(sources, m)
     return sources
+
+
+def _dataset_shards(f: h5py.File, path: PathLike, meta: Mapping) -> list[tuple[str, dict]]:
+    """(path, meta) of every shard a merged dataset refers to, after checking each against the
+    dataset's record: present, same size and SHA-256, a complete shard of the same run holding
+    the recorded rows; and that together they tile the dataset's rows."""
+    record = {k: f[f"sources/{k}"].asstr()[()] if dtype == _STR else f[f"sources/{k}"][()]
+              for k, dtype in _SOURCE_FIELDS.items()}
+    folder, shards = Path(path).parent, []
+    for i, relative in enumerate(record["path"]):
+        shard = folder / relative
+        rows = f"rows {record['row_start'][i]}..{record['row_stop'][i]}"
+        redo = f"rerun the collect step for {rows} and then merge (the shards are the dataset's only copy)"
+        if not shard.is_file():
+            raise FormatError(f"{path} refers to shard {shard}, which is missing; {redo}")
+        if os.path.getsize(shard) != record["bytes"][i] or _sha256(shard) != record["sha256"][i]:
+            raise FormatError(
+                f"{path} refers to shard {shard}, which was changed or replaced after merging (its size or "
+                f"SHA-256 differs from the record); rerun merge if the new shard is right, else {redo}"
+            )
+        with _reading(shard) as g:
+            shard_meta = _read_meta(g, shard, _SHARD)
+        if _run_attrs(shard_meta) != _run_attrs(meta) or _row_range(shard_meta) != (record["row_start"][i], record["row_stop"][i]):
+            raise FormatError(f"{path} refers to shard {shard}, which now belongs to another run or rows; {redo}")
+        shards.append((str(shard), shard_meta))
+    _check_tiling(shards, meta["m"])
+    return shards
+
+
+def _stamp(path: PathLike) -> tuple[int, int]:
+    stat = os.stat(path)
+    return stat.st_size, stat.st_mtime_ns
 
 
 def _run_attrs(meta: Mapping) -> dict:
@@ -530,8 +694,11 @@ def _check_tiling(sources: list[tuple[str, dict]], m: int | None) -> None:
         )
 
 
-def _chunks(sources: list[tuple[str, dict]], chunk_rows: int) -> Iterator[tuple[np.ndarray, np.ndarray]]:
-    """(masks, outputs) blocks of exactly chunk_rows rows (the last may be shorter), across files."""
+def _chunks(
+    sources: list[tuple[str, dict]], chunk_rows: int, columns: slice = slice(None)
+) -> Iterator[tuple[np.ndarray, np.ndarray]]:
+    """(masks, outputs[:, columns]) blocks of exactly chunk_rows rows (the last may be
+    shorter), across files."""
     masks, outputs, held = [], [], 0
     for path, _ in sources:
         with _reading(path) as f:
@@ -539,7 +706,7 @@ def _chunks(sources: list[tuple[str, dict]], chunk_rows: int) -> Iterator[tuple[
             while start < rows:
                 stop = min(rows, start + chunk_rows - held)
                 masks.append(_verified(f, path, "masks", start, stop))
-                outputs.append(_verified(f, path, "outputs", start, stop))
+                outputs.append(_verified(f, path, "outputs", start, stop, columns))
                 held, start = held + stop - start, stop
                 if held == chunk_rows:
                     yield np.concatenate(masks), np.concatenate(outputs)

@@ -177,25 +177,49 @@ def merge(run_dir: str | Path, shard_paths: Sequence[str | Path], out: str | Pat
 
 
 def fit(run_dir: str | Path, data: str | Path, out: str | Path, *, method: str, backend: str, chunk_rows: int,
-        expected: dict | None = None) -> dict:
-    """Fit one linear model per example on the merged dataset (streamed) and save it.
-
-    The attributions record how their data were made, as the dataset recorded it.
-    """
-    from coar import solver
-
+        example_block: int | None = None, memory_budget: float | None = None, expected: dict | None = None) -> dict:
+    """Fit one linear model per example on the merged dataset (streamed) and save it, block of
+    examples by block; memory_budget in GB (None: from the job's memory limits). The data must
+    have been made as `expected` (see `provenance`); the attributions record how they were made."""
     expect = {**run_expect(run_dir), **(expected or {})}
     made = h5format.run_attrs_of(data, expect)
     task_ids = saved_task.example_ids(run_dir, expect["n_examples"])
     components = _components(run_dir)
+    return fit_dataset(data, out, expect, components.table(), task_ids, method=method, backend=backend,
+                       chunk_rows=chunk_rows, example_block=example_block, memory_budget=memory_budget,
+                       provenance={k: made[k] for k in PROVENANCE})
+
+
+def fit_dataset(data: str | Path, out: str | Path, expect: dict, components: Sequence[tuple[str, int, str]],
+                example_ids: Sequence[str], *, method: str, backend: str, chunk_rows: int,
+                example_block: int | None = None, memory_budget: float | None = None,
+                provenance: dict | None = None) -> dict:
+    """The fit step given the run's expectations, component table and example ids: plan by the
+    memory budget (printed), then solve and write attributions.h5 block of examples by block,
+    with `provenance` (how the data were made) among its attributes."""
+    from coar import solver
+
     start = time.perf_counter()
-    result = solver.fit(lambda: h5format.iter_chunks(data, chunk_rows, expect), method=method, backend=backend)
-    h5format.write_attributions(out, result.weight, result.bias, result.lam, components.table(), task_ids, {
-        "encoding": h5format.ENCODING, "solver": f"coar.solver backend={backend}", "method": result.method, "n_masks": result.n_masks,
-        **{k: made[k] for k in PROVENANCE},
+    reader = h5format.RowReader(data, chunk_rows, expect)
+    plan = solver.plan_fit(expect["n_components"], expect["n_examples"], method, backend=backend,
+                           example_block=example_block,
+                           max_memory_bytes=None if memory_budget is None else int(memory_budget * 1e9))
+    print(f"coar fit: {plan}", flush=True)
+    attrs = {
+        "encoding": h5format.ENCODING, "solver": f"coar.solver backend={backend}", "method": method, "n_masks": reader.n_rows,
+        **(provenance or {}),
         **{k: expect[k] for k in ("model_fingerprint", "components_fingerprint", "examples_fingerprint")},
-    })
-    return {"seconds": time.perf_counter() - start, "method": result.method, "n_masks": result.n_masks}
+    }
+    with h5format.attributions_writer(out, components, example_ids, attrs) as writer:
+        blocks = solver.fit_blocks(reader, method=method, backend=backend, plan=plan, progress=lambda text: print(
+            f"coar fit: {text} after {time.perf_counter() - start:.1f} s", flush=True))
+        for first, block in blocks:
+            writer.write(first, block.weight, block.bias, block.lam)
+            print(f"coar fit: examples {first}..{first + len(block.bias)} written after "
+                  f"{time.perf_counter() - start:.1f} s", flush=True)
+    return {"seconds": time.perf_counter() - start, "method": method, "n_masks": reader.n_rows,
+            "solver_path": "closed_form" if plan.closed_form else "iterative", "example_block": plan.example_block,
+            "n_blocks": plan.n_blocks, "memory_budget": str(plan.budget)}
 
 
 def _read_rows(path: str | Path, expect: dict) -> tuple[np.ndarray, np.ndarray]:

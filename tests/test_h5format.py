@@ -219,7 +219,7 @@ def test_a_file_of_another_layout_is_refused(tmp_path):
     paths, _, _ = make_shards(tmp_path, m=10, n_shards=1)
     merged = tmp_path / "dataset.h5"
     merge_shards(paths, merged, {}, m=10)
-    with refusal(merged, "coar.dataset.v1", "coar.shard.v1"):
+    with refusal(merged, "coar.dataset.v2", "coar.shard.v1"):
         read_shard_meta(merged)
     with refusal(paths[0], "coar.attributions.v1"):
         read_attributions(paths[0])
@@ -294,8 +294,9 @@ def test_merged_dataset_holds_all_rows_and_run_attributes(tmp_path):
     np.testing.assert_array_equal(read_masks, masks)
     np.testing.assert_array_equal(read_outputs, outputs)
     assert attrs == run_meta() | {"m": 53, "n_shards": 5}
-    with h5py.File(merged, "r") as f:
-        assert f["masks"].compression in ("gzip", "lzf") and f["masks"].chunks[1] == N_COMPONENTS
+    with h5py.File(merged, "r") as f:  # other tools read the virtual datasets directly
+        assert f["masks"].is_virtual and f["outputs"].is_virtual
+        np.testing.assert_array_equal(f["outputs"][()], outputs)
 
 
 def test_iter_chunks_reads_the_merged_dataset_too(tmp_path):
@@ -405,3 +406,133 @@ def test_incomplete_attributions_are_refused(tmp_path):
         del f.attrs["complete"]
     with refusal(path, "incomplete"):
         read_attributions(path)
+
+
+# ----------------------------------------------------------------------------- one copy of the data
+
+
+def merged_run(tmp_path, m=30, n_shards=3):
+    """A run folder with shards/ and a dataset.h5 merged from them."""
+    (tmp_path / "run" / "shards").mkdir(parents=True)
+    paths, masks, outputs = make_shards(tmp_path / "run" / "shards", m=m, n_shards=n_shards)
+    merge_shards(paths, tmp_path / "run" / "dataset.h5", {}, m=m)
+    return tmp_path / "run" / "dataset.h5", paths, masks, outputs
+
+
+def test_the_merged_dataset_refers_to_the_shards_by_relative_paths_and_copies_nothing(tmp_path):
+    merged, paths, _, _ = merged_run(tmp_path)
+    with h5py.File(merged, "r") as f:
+        names = {source.file_name for source in f["outputs"].virtual_sources()}
+        assert names == {os.path.join("shards", p.name) for p in paths}
+        assert f["sources/path"].asstr()[()].tolist() == sorted(names)
+    assert os.path.getsize(merged) < min(os.path.getsize(p) for p in paths)
+
+
+def test_a_run_folder_moved_as_a_whole_still_reads(tmp_path):
+    _, _, masks, outputs = merged_run(tmp_path)
+    moved = tmp_path / "elsewhere"
+    (tmp_path / "run").rename(moved)
+    read_masks, read_outputs, _ = read_dataset(moved / "dataset.h5")
+    np.testing.assert_array_equal(read_masks, masks)
+    np.testing.assert_array_equal(read_outputs, outputs)
+
+
+def test_a_shard_deleted_after_merging_is_refused_before_any_row_is_read(tmp_path):
+    merged, paths, _, _ = merged_run(tmp_path)
+    paths[1].unlink()
+    with h5py.File(merged, "r") as f:  # what a virtual dataset alone would silently give
+        assert np.isnan(f["outputs"][10:20]).all()
+    with refusal(merged, paths[1], "missing", "rows 10..20"):
+        iter_chunks(merged, chunk_rows=4)
+
+
+def test_a_shard_replaced_after_merging_is_refused(tmp_path):
+    merged, paths, _, _ = merged_run(tmp_path)
+    masks, outputs = shard_data(1, 10, 20)
+    paths[1].unlink()
+    write_shard(paths[1], masks, outputs + 1, run_meta(shard=1, row_start=10, row_stop=20))
+    with refusal(merged, paths[1], "changed or replaced", "SHA-256"):
+        iter_chunks(merged, chunk_rows=4)
+
+
+def test_a_shard_truncated_after_merging_is_refused(tmp_path):
+    merged, paths, _, _ = merged_run(tmp_path)
+    with open(paths[2], "r+b") as f:
+        f.truncate(os.path.getsize(paths[2]) // 2)
+    with refusal(merged, paths[2], "changed or replaced"):
+        iter_chunks(merged, chunk_rows=4)
+
+
+def test_a_shard_changed_between_passes_of_a_reader_is_refused(tmp_path):
+    merged, paths, _, _ = merged_run(tmp_path)
+    reader = h5format.RowReader(merged, chunk_rows=8)
+    assert sum(len(x) for x, _ in reader()) == 30
+    os.utime(paths[0], ns=(0, 0))
+    with refusal(paths[0], "changed after it was checked"):
+        reader()
+
+
+def test_a_reader_of_some_columns_reads_those_outputs_only(tmp_path):
+    merged, _, masks, outputs = merged_run(tmp_path)
+    reader = h5format.RowReader(merged, chunk_rows=7).select_columns(slice(1, 3))
+    read = list(reader())
+    np.testing.assert_array_equal(np.concatenate([x for x, _ in read]), masks)
+    np.testing.assert_array_equal(np.concatenate([y for _, y in read]), outputs[:, 1:3])
+
+
+def test_attributions_written_block_by_block_equal_one_write(tmp_path):
+    weight, bias, lam, components, ids, attrs = attribution_inputs(n=7).values()
+    write_attributions(tmp_path / "whole.h5", weight, bias, lam, components, ids, attrs)
+    with h5format.attributions_writer(tmp_path / "blocks.h5", components, ids, attrs) as writer:
+        for start in (4, 0):  # any order
+            writer.write(start, weight[start : start + 4], bias[start : start + 4], lam[start : start + 4])
+    whole, blocks = read_attributions(tmp_path / "whole.h5"), read_attributions(tmp_path / "blocks.h5")
+    np.testing.assert_array_equal(blocks.weight, whole.weight)
+    np.testing.assert_array_equal(blocks.bias, whole.bias)
+    assert blocks.attrs == whole.attrs and blocks.example_ids == whole.example_ids
+
+
+def test_attributions_missing_a_block_never_appear(tmp_path):
+    weight, bias, lam, components, ids, attrs = attribution_inputs(n=7).values()
+    with pytest.raises(ValueError, match="3 of 7 examples were never written"):
+        with h5format.attributions_writer(tmp_path / "a.h5", components, ids, attrs) as writer:
+            writer.write(0, weight[:4], bias[:4], lam[:4])
+    assert os.listdir(tmp_path) == []
+
+
+def test_attribution_blocks_may_not_overlap(tmp_path):
+    weight, bias, lam, components, ids, attrs = attribution_inputs(n=7).values()
+    with pytest.raises(ValueError, match="overlap"):
+        with h5format.attributions_writer(tmp_path / "a.h5", components, ids, attrs) as writer:
+            writer.write(0, weight[:4], bias[:4], lam[:4])
+            writer.write(2, weight[:4], bias[:4], lam[:4])
+
+
+def test_outputs_are_stored_in_column_tiles_so_a_block_of_examples_reads_only_its_own(tmp_path):
+    n = 2500
+    masks = np.zeros((40, N_COMPONENTS), dtype=bool)
+    outputs = np.arange(40 * n, dtype=np.float32).reshape(40, n)
+    path = tmp_path / "wide.h5"
+    write_shard(path, masks, outputs, run_meta(n_examples=n, shard=0, row_start=0, row_stop=40))
+    with h5py.File(path, "r") as f:
+        assert f["outputs"].chunks[1] == 1024
+    reader = h5format.RowReader(path, chunk_rows=16, expect={"n_examples": n}).select_columns(slice(1024, 2048))
+    np.testing.assert_array_equal(np.concatenate([y for _, y in reader()]), outputs[:, 1024:2048])
+
+
+@pytest.mark.parametrize("damage", ["delete", "replace"])
+def test_the_fit_step_refuses_a_dataset_whose_shard_was_deleted_or_replaced_after_merging(tmp_path, damage):
+    from coar.steps import fit_dataset
+
+    merged, paths, _, _ = merged_run(tmp_path, m=60, n_shards=3)
+    paths[2].unlink()
+    if damage == "replace":  # a shard of the same rows from another stream of masks
+        masks, outputs = shard_data(7, 40, 60)
+        write_shard(paths[2], masks, outputs, run_meta(shard=2, row_start=40, row_stop=60))
+    expect = {k: run_meta()[k] for k in ("n_components", "n_examples", "model_fingerprint",
+                                          "components_fingerprint", "examples_fingerprint")}
+    out = tmp_path / "attributions.h5"
+    with refusal(merged, paths[2], "rows 40..60"):
+        fit_dataset(merged, out, expect, [("layer", i, "conv") for i in range(N_COMPONENTS)],
+                    [f"ex{i}" for i in range(N_EXAMPLES)], method="ols", backend="numpy", chunk_rows=16)
+    assert not out.exists()

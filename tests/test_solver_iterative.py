@@ -64,12 +64,25 @@ def test_iterative_solver_never_builds_a_gram_matrix(monkeypatch):
 def test_auto_solver_streams_when_the_gram_matrix_exceeds_the_memory_budget():
     X, Y = planted()
     needed = closed_form_bytes(X.shape[1], Y.shape[1], "ols")
+    smallest = closed_form_bytes(X.shape[1], 1, "ols")  # the Gram matrix and one example
     roomy, tight = CountingSource(X, Y), CountingSource(X, Y)
     a = fit(roomy, "ols", max_memory_bytes=needed, backend="numpy")
-    b = fit(tight, "ols", max_memory_bytes=needed - 1, backend="numpy", tol=1e-10)
+    b = fit(tight, "ols", max_memory_bytes=smallest - 1, backend="numpy", tol=1e-10)
     assert roomy.passes == 1  # closed form: one pass for the statistics
     assert tight.passes > 2  # iterative: one more pass per product with X'X
     assert_weights_close(b.weight, a.weight, 1e-5)
+
+
+def test_auto_solver_blocks_examples_when_only_some_fit_beside_the_gram_matrix():
+    X, Y = planted()
+    budget = closed_form_bytes(X.shape[1], 4, "ols")  # room for 4 of the 6 examples
+    plan = estimators.plan_fit(X.shape[1], Y.shape[1], "ols", max_memory_bytes=budget)
+    assert plan.closed_form and plan.example_block == 4 and plan.n_blocks == 2
+    source = CountingSource(X, Y)
+    blocked = fit(source, "ols", max_memory_bytes=budget, backend="numpy")
+    assert source.passes == 2  # the Gram matrix with block 1, then block 2's cross products
+    whole = fit((X, Y), "ols", backend="numpy")
+    np.testing.assert_allclose(blocked.weight, whole.weight, rtol=1e-10, atol=1e-10)
 
 
 def test_iterative_solver_zeroes_constant_components_too():

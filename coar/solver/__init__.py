@@ -5,22 +5,26 @@ model y ~ x @ w + b shares the design X, so the whole fit is one multi-output le
 problem solved from streamed sufficient statistics (see coar.solver.stats).
 
     fit((X, Y), "ols")                 # the published estimator
-    fit(lambda: iter_chunks(path, 4096), "ridge")   # streamed, penalty chosen per example
+    fit(RowReader(path, 4096), "ridge")   # streamed, penalty chosen per example
+    for first, block in fit_blocks(RowReader(path, 4096), "ols"): ...   # block of examples by block
 """
 
 from .backend import Backend, get_backend
-from .estimators import Fit, closed_form_bytes, fit, fit_stats
+from .estimators import Fit, FitPlan, closed_form_bytes, fit, fit_blocks, fit_stats, plan_fit
 from .iterative import StreamedDesign
 from .stats import GramStats, split_stats
 
 __all__ = [
     "Backend",
     "Fit",
+    "FitPlan",
     "GramStats",
     "StreamedDesign",
     "closed_form_bytes",
     "fit",
+    "fit_blocks",
     "fit_stats",
     "get_backend",
+    "plan_fit",
     "split_stats",
 ]

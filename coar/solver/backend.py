@@ -9,7 +9,6 @@ device, so CPU-only installs never import it.
 from __future__ import annotations
 
 import importlib.util
-import os
 from dataclasses import dataclass
 from types import ModuleType
 from typing import Any
@@ -17,6 +16,7 @@ from typing import Any
 import numpy as np
 
 from coar.constants import SolverBackend as BackendName
+from coar.solver.memory import MemoryLimit, job_memory
 
 
 @dataclass(frozen=True)
@@ -31,11 +31,12 @@ class Backend:
         """Copy an array of this backend to host memory (no copy for numpy)."""
         return a if self.xp is np else self.xp.asnumpy(a)
 
-    def memory_bytes(self) -> int:
-        """Total memory of the device the arrays live on (host RAM or GPU memory)."""
+    def memory(self) -> MemoryLimit:
+        """Memory of the device the arrays live on: this job's share of host memory (see
+        coar.solver.memory), or the GPU's memory."""
         if self.xp is np:
-            return os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES")
-        return int(self.xp.cuda.Device().mem_info[1])
+            return job_memory()
+        return MemoryLimit(int(self.xp.cuda.Device().mem_info[1]), "GPU memory")
 
     def cho_solve(self, a: Any, b: Any) -> Any:
         """Solve a x = b for symmetric positive definite a by Cholesky (never an inverse).
@@ -43,10 +44,26 @@ class Backend:
         Raises numpy.linalg.LinAlgError when a is not positive definite (numpy raises it itself;
         cupy instead leaves NaNs in the factor, which the diagonal check catches).
         """
-        low = self.xp.linalg.cholesky(a)
+        return self.cho_solve_factor(self.cholesky(a), b)
+
+    def cholesky(self, a: Any, *, overwrite: bool = False) -> Any:
+        """The lower Cholesky factor of symmetric positive definite a (LinAlgError otherwise).
+
+        overwrite=True factors a in place on the CPU (a is then the factor's storage, and no
+        second N x N matrix is allocated); cupy always returns a new array.
+        """
+        if overwrite and self.xp is np and a.flags.c_contiguous:
+            # a is symmetric, so a.T is the same matrix in Fortran order: LAPACK factors it in place.
+            low = self.linalg.cholesky(a.T, lower=True, overwrite_a=True, check_finite=False)
+        else:
+            low = self.xp.linalg.cholesky(a)
         diag = self.xp.diagonal(low)
         if not bool(self.xp.all(self.xp.isfinite(diag)) and self.xp.all(diag > 0)):
             raise np.linalg.LinAlgError("matrix is not positive definite")
+        return low
+
+    def cho_solve_factor(self, low: Any, b: Any) -> Any:
+        """Solve (low low') x = b given the lower Cholesky factor `low`."""
         half = self.linalg.solve_triangular(low, b, lower=True)
         return self.linalg.solve_triangular(low, half, lower=True, trans="T")
 

@@ -25,6 +25,7 @@ from .backend import Backend, BackendName, get_backend
 Chunk = tuple[np.ndarray, np.ndarray]
 ChunkSource = Callable[[], Iterable[Chunk]]
 Part = Literal["all", "train", "val"]
+_SLAB_BYTES = 1 << 27  # largest float32 temporary of a slab of X'X
 
 
 class GramStats:
@@ -102,6 +103,15 @@ class GramStats:
             self.sxx += self.backend.xp.outer(dx * scale, dx)
         return self
 
+    def moments(self) -> GramStats:
+        """These statistics without the Gram matrix (sharing their arrays): what a solver needs
+        besides a Gram matrix it already holds or has factored."""
+        return self._with(sxx=None)
+
+    def with_gram(self, sxx: Any) -> GramStats:
+        """These statistics with the given Gram matrix (sharing arrays, not copying them)."""
+        return self._with(sxx=sxx)
+
     def copy(self) -> GramStats:
         return self._with(**{k: _copy(v) for k, v in self._arrays().items()})
 
@@ -168,8 +178,19 @@ class GramStats:
             if self.sxx is not None:
                 # The block's centred Gram matrix is X'X - ones mean_x' (X'X in float32 is exact
                 # for 0/1 entries); with Chan's term scale dx dx' it is one rank-2 correction.
-                self.sxx += xf.T @ xf
+                self._add_xtx(xf)
                 self.sxx -= xp.stack([ones, -scale * dx], 1) @ xp.stack([block.mean_x, dx])
+
+    def _add_xtx(self, xf: Any) -> None:
+        """sxx += xf'xf by slabs of rows, so the temporary is small rather than N x N, and only
+        the lower triangle is multiplied out: X'X of 0/1 masks is exact in float32 (integer
+        counts), so mirroring it gives exactly the full product at half the multiply-adds."""
+        step = max(1, _SLAB_BYTES // (4 * self.n_components))
+        for row in range(0, self.n_components, step):
+            stop = min(self.n_components, row + step)
+            part = xf[:, row:stop].T @ xf[:, :stop]
+            self.sxx[row:stop, :stop] += part
+            self.sxx[:row, row:stop] += part[:, :row].T
 
     def _block_moments(self, xf: Any, ones: Any, Y: np.ndarray, scratch: Scratch) -> GramStats:
         """Statistics other than Sxx of one block of checked rows: masks xf (float32), their
@@ -222,6 +243,15 @@ class GramStats:
 def column_dot(xp: Any, A: Any, B: Any) -> Any:
     """Dot products of corresponding columns of two arrays, without a temporary product."""
     return xp.einsum("ij,ij->j", A, B)
+
+
+def column_source(source: ChunkSource, columns: slice) -> ChunkSource:
+    """The chunks of `source` with only the given output columns (examples). A source with a
+    `select_columns(columns)` method (h5format's readers) is asked to read only those."""
+    select = getattr(source, "select_columns", None)
+    if select is not None:
+        return select(columns)
+    return lambda: ((X, Y[:, columns]) for X, Y in source())
 
 
 def default_block_rows(n_components: int, n_targets: int) -> int:

@@ -1,3 +1,27 @@
+from coar.solver import closed_form_bytes
+from coar.solver.estimators import AUTO_SHARE
+
+# Cluster resources of the fit (docs/scaling.md), with N components, n examples (prepare.json),
+# m masks and a block of b = min(n, solver.example_block or FIT_BLOCK) examples:
+#   mem_mb  = attempt * (1500 + closed_form_bytes(N, b, method) / AUTO_SHARE / 2**20)
+#   runtime = attempt * (10 + (m N^2 + m N n + N^3 / 3 + 2 N^2 n) / FIT_RATE / 60)   minutes
+# closed_form_bytes is the solver's own estimate (the Gram matrix, factored in place, and one
+# block of examples), independent of n; `auto` lets the solver's arrays use AUTO_SHARE of the
+# allocation, and 1500 MB is Python and its libraries. FIT_RATE is a conservative float64
+# multiply-add rate of one CPU thread (3.8e10 measured, benchmarks/bench_solver.py).
+FIT_BLOCK = 4096
+FIT_RATE = 2e10
+fit_mem_mb = lambda attempt, s: math.ceil(
+    attempt * (1500 + closed_form_bytes(
+        s["n_components"], min(s["n_examples"], config["solver"]["example_block"] or FIT_BLOCK), config["solver"]["method"]
+    ) / AUTO_SHARE / 2**20)
+)
+fit_runtime = lambda attempt, s: math.ceil(attempt * (10 + (
+    config["masks"] * s["n_components"] * (s["n_components"] + s["n_examples"])
+    + s["n_components"] ** 3 / 3 + 2 * s["n_components"] ** 2 * s["n_examples"]
+) / FIT_RATE / 60))
+
+
 rule fit:
     """One linear model per example on the merged dataset: attributions.h5."""
     input:
@@ -9,11 +33,16 @@ rule fit:
         run_dir=run_dir_of_input,
         solver=config["solver"],
         provenance=provenance_options(),
+        example_block=shell_options({"example-block": config["solver"]["example_block"]}),
     log:
         f"{RUN}/logs/fit.log",
     benchmark:
         f"{RUN}/benchmarks/fit.tsv"
+    resources:
+        mem_mb=lambda wildcards, attempt: fit_mem_mb(attempt, run_sizes()),
+        runtime=lambda wildcards, attempt: fit_runtime(attempt, run_sizes()),
     shell:
         "coar fit --run-dir {params.run_dir:q} --data {input.data:q} --out {output:q} --method {params.solver[method]:q}"
-        " --backend {params.solver[backend]:q} --chunk-rows {params.solver[chunk_rows]:q} {params.provenance}"
+        " --backend {params.solver[backend]:q} --chunk-rows {params.solver[chunk_rows]:q}"
+        " --memory-budget {params.solver[memory_budget]:q} {params.example_block} {params.provenance}"
         " 2>&1 | tee {log:q}"

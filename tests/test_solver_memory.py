@@ -1,0 +1,77 @@
+"""The memory budget is the job's: the smallest of cgroup limit, SLURM allocation and physical
+memory, each reported with where it came from."""
+
+import pytest
+
+from coar.solver import memory
+from coar.solver.estimators import plan_fit
+
+GB = 10**9
+
+
+@pytest.fixture
+def roomy_machine(monkeypatch):
+    monkeypatch.setattr(memory, "physical_memory", lambda: memory.MemoryLimit(256 * GB, "physical memory"))
+
+
+def test_without_limits_the_budget_is_physical_memory(tmp_path, roomy_machine):
+    assert memory.job_memory({}, tmp_path) == memory.MemoryLimit(256 * GB, "physical memory")
+
+
+def test_cgroup_v2_limit_is_used_and_max_means_none(tmp_path, roomy_machine):
+    (tmp_path / "memory.max").write_text("8000000000\n")
+    found = memory.job_memory({}, tmp_path)
+    assert found.bytes == 8 * GB and "memory.max" in found.source
+    (tmp_path / "memory.max").write_text("max\n")
+    assert memory.job_memory({}, tmp_path).source == "physical memory"
+
+
+def test_cgroup_v1_limit_is_used_and_its_huge_no_limit_value_ignored(tmp_path, roomy_machine):
+    (tmp_path / "memory").mkdir()
+    (tmp_path / "memory" / "memory.limit_in_bytes").write_text("6000000000\n")
+    found = memory.job_memory({}, tmp_path)
+    assert found.bytes == 6 * GB and "memory.limit_in_bytes" in found.source
+    (tmp_path / "memory" / "memory.limit_in_bytes").write_text("9223372036854771712\n")
+    assert memory.job_memory({}, tmp_path).source == "physical memory"
+
+
+def test_slurm_memory_per_node_in_megabytes(tmp_path, roomy_machine):
+    found = memory.job_memory({"SLURM_MEM_PER_NODE": "16000"}, tmp_path)
+    assert found == memory.MemoryLimit(16000 * 2**20, "SLURM_MEM_PER_NODE")
+
+
+def test_slurm_memory_per_cpu_times_cpus_per_task_before_cpus_on_node(tmp_path, roomy_machine):
+    env = {"SLURM_MEM_PER_CPU": "2000", "SLURM_CPUS_PER_TASK": "4", "SLURM_CPUS_ON_NODE": "64"}
+    found = memory.job_memory(env, tmp_path)
+    assert found == memory.MemoryLimit(8000 * 2**20, "SLURM_MEM_PER_CPU x SLURM_CPUS_PER_TASK")
+    del env["SLURM_CPUS_PER_TASK"]
+    assert memory.job_memory(env, tmp_path).bytes == 2000 * 64 * 2**20
+
+
+def test_the_smallest_limit_wins(tmp_path, roomy_machine):
+    (tmp_path / "memory.max").write_text(str(20 * GB))
+    found = memory.job_memory({"SLURM_MEM_PER_NODE": "10000"}, tmp_path)
+    assert found.source == "SLURM_MEM_PER_NODE"
+    found = memory.job_memory({"SLURM_MEM_PER_NODE": "100000"}, tmp_path)
+    assert "memory.max" in found.source
+
+
+def test_auto_plan_sizes_the_fit_from_the_slurm_allocation_not_the_node(monkeypatch, tmp_path, roomy_machine):
+    monkeypatch.setattr(memory, "CGROUP_ROOT", tmp_path)
+    monkeypatch.setenv("SLURM_MEM_PER_NODE", "4000")  # 4000 MiB of a 256 GB node
+    monkeypatch.delenv("SLURM_MEM_PER_CPU", raising=False)
+    plan = plan_fit(15_000, 50_000, "ols", backend="numpy")
+    assert plan.budget.bytes == int(4000 * 2**20 * 0.8) and "SLURM_MEM_PER_NODE" in plan.budget.source
+    assert not plan.closed_form  # the 1.8 GB Gram matrix and its update do not fit in 3.4 GB
+    assert "iterative" in str(plan) and "SLURM_MEM_PER_NODE" in str(plan)
+    monkeypatch.setenv("SLURM_MEM_PER_NODE", "40000")
+    plan = plan_fit(15_000, 50_000, "ols", backend="numpy")
+    assert plan.closed_form and 1 < plan.n_blocks and plan.peak_bytes <= plan.budget.bytes
+
+
+def test_auto_plan_keeps_half_of_physical_memory_for_others(tmp_path, monkeypatch, roomy_machine):
+    monkeypatch.setattr(memory, "CGROUP_ROOT", tmp_path)
+    for name in ("SLURM_MEM_PER_NODE", "SLURM_MEM_PER_CPU"):
+        monkeypatch.delenv(name, raising=False)
+    plan = plan_fit(1000, 100, "ols", backend="numpy")
+    assert plan.budget.bytes == 128 * GB and "physical memory" in plan.budget.source
