@@ -151,6 +151,8 @@ def collect(run_dir: str | Path, out: str | Path, *, shard: int, shards: int, ma
     x = sample_masks(seed, shard if stream is None else stream, stop - start, len(components), alpha, purpose)
     extra = {}
     if count_coincidences_with is not None:
+        # Validated first: a virtual dataset would read a missing shard's masks as zeros.
+        h5format.RowReader(count_coincidences_with, 1, expect)
         with h5py.File(count_coincidences_with, "r", locking=False) as f:
             extra["coincident_with_training"] = count_rows_in(x, f["masks"])
     fn_name = output_fn or task.output_fn
