@@ -37,6 +37,7 @@ SCHEMA_ENUM_SOURCES = {
     f"{KINDS_PATH}/oneOf/1/items": constants.COMPONENT_KINDS,
     "properties/solver/properties/method": constants.SOLVER_METHODS,
     "properties/solver/properties/backend": constants.SOLVER_BACKENDS,
+    "properties/solver/properties/memory_budget/oneOf/0": ("auto",),  # or a number of GB
     "properties/evaluation/properties/baselines/items": constants.BASELINE_METHODS,
     "properties/device": constants.DEVICES,
     "properties/nonfinite": constants.NONFINITE_POLICIES,
