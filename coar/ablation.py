@@ -143,6 +143,7 @@ class Ablation:
         self._fills = [f.to(self._device) for f in fills]
         self._fills_by_dtype: dict[torch.dtype, list[torch.Tensor]] = {}
         self._group_masks: list[torch.Tensor | None] = [None] * len(self._bound)
+        self._used = [False] * len(self._bound)
         self._reached: set[int] = set()
         self._handles: list[Handle] = []
         if masks is not None:
@@ -158,9 +159,10 @@ class Ablation:
         host = masks.cpu()  # decide on the host which groups ablate anything: no device sync per group
         used = [bool(host[:, b.group.start : b.group.stop].any()) for b in self._bound]
         masks = masks.to(self._device)
-        self._group_masks = [
-            masks[:, b.group.start : b.group.stop].contiguous() if u else None for b, u in zip(self._bound, used)
-        ]
+        # Every group keeps its (possibly all-False) block, so under torch.compile the graph does not
+        # depend on which groups a block ablates (no recompiles); eager passes skip unused groups.
+        self._used = used
+        self._group_masks = [masks[:, b.group.start : b.group.stop].contiguous() for b in self._bound]
         self._reached = set()
 
     def _fill(self, i: int, dtype: torch.dtype) -> torch.Tensor:
@@ -172,7 +174,7 @@ class Ablation:
         def mask(x: torch.Tensor, dim: int, units: slice) -> None:
             block = self._group_masks[i]
             self._reached.add(i)
-            if block is None:
+            if block is None or (not torch.compiler.is_compiling() and not self._used[i]):
                 return
             fill = self._fill(i, x.dtype)
             if units != slice(None):
@@ -187,7 +189,7 @@ class Ablation:
         Fused fast paths (e.g. a whole encoder layer in one kernel) can bypass module forwards,
         which would silently run the unablated model.
         """
-        missed = [b.group.module for i, b in enumerate(self._bound) if self._group_masks[i] is not None and i not in self._reached]
+        missed = [b.group.module for i, b in enumerate(self._bound) if self._used[i] and i not in self._reached]
         if missed:
             raise RuntimeError(
                 f"ablation never reached {len(missed)} module(s) during the forward pass, e.g. {missed[:3]}; "
