@@ -11,12 +11,14 @@
                   --heldout 0.05=h.h5 --out comparison.json --table comparison.md
     coar figures  --run-dir results/digits --comparison comparison.json --method coar=attributions.h5 \
                   --heldout 0.05=h.h5 --plots-dir plots
+    coar selfcheck --device cuda   # the op, run_masked, the cupy solver and a throughput table on one device
 """
 
 from __future__ import annotations
 
 import argparse
 import json
+import logging
 import os
 import sys
 from typing import Sequence
@@ -44,13 +46,26 @@ def _name_path(text: str) -> tuple[str, str]:
     return name, path
 
 
+def _max_batch(text: str) -> int | str:
+    if text == "auto":
+        return text
+    try:
+        value = int(text)
+    except ValueError:
+        value = 0
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"expected a positive integer or 'auto', got {text!r}")
+    return value
+
+
 def _parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="coar", description="Component attribution via regression (COAR): one subcommand per workflow step.")
     sub = p.add_subparsers(dest="command", required=True, metavar="COMMAND")
 
-    def add(name: str, help: str) -> argparse.ArgumentParser:
+    def add(name: str, help: str, run_dir: bool = True) -> argparse.ArgumentParser:
         s = sub.add_parser(name, help=help, description=help, formatter_class=argparse.ArgumentDefaultsHelpFormatter)
-        s.add_argument("--run-dir", required=True, help="run folder (results/<run>) holding task.pt, components.json, prepare.json")
+        if run_dir:
+            s.add_argument("--run-dir", required=True, help="run folder (results/<run>) holding task.pt, components.json, prepare.json")
         return s
 
     s = add("prepare", "Build the task (train the model if the task does), discover its components, save both.")
@@ -73,9 +88,15 @@ def _parser() -> argparse.ArgumentParser:
     s.add_argument("--ablation", choices=["weight", "zero", "mean"], default="weight")
     s.add_argument("--output-fn", default=None, help="output function; default: the task's own")
     s.add_argument("--masks-per-pass", type=int, default=8, help="masks evaluated in one batched forward pass")
-    s.add_argument("--max-batch", type=int, default=4096, help="most rows (masks x examples) per forward pass")
+    s.add_argument("--max-batch", type=_max_batch, default=4096,
+                   help="most rows (masks x examples) per forward pass, or 'auto' (GPU: probed; CPU: 512)")
     s.add_argument("--device", choices=["auto", "cpu", "cuda"], default="auto")
     s.add_argument("--threads", type=int, default=None, help="torch CPU threads")
+    s.add_argument("--precision", choices=["fp32", "bf16", "fp16"], default="fp32", help="autocast of the ablated passes")
+    s.add_argument("--fold-bn", action=argparse.BooleanOptionalAction, default=True,
+                   help="fold eval-mode BatchNorms into the preceding convs (exact; coar.fastpath)")
+    s.add_argument("--channels-last", action=argparse.BooleanOptionalAction, default=True, help="NHWC activations")
+    s.add_argument("--compile", action=argparse.BooleanOptionalAction, default=False, help="torch.compile the model")
 
     s = add("merge", "Check that shards belong to this run and tile all rows, then merge them into one dataset.")
     s.add_argument("--out", required=True)
@@ -130,11 +151,16 @@ def _parser() -> argparse.ArgumentParser:
     s.add_argument("--task", required=True, help="fix_errors, forget_class, subpopulation, backdoor or typographic (coar.edit_tasks.TASKS)")
     s.add_argument("--params", default="{}", type=json.loads, help="JSON object of task params (defaults: coar.edit_tasks.<task>.DEFAULTS)")
     s.add_argument("--threads", type=int, default=None, help="torch CPU threads")
+    s = add("selfcheck", "Check the mask op, run_masked and the solver on a device, then print a throughput table.",
+            run_dir=False)
+    s.add_argument("--device", choices=["auto", "cpu", "cuda"], default="auto", help="auto: cuda when a GPU is visible")
+    s.add_argument("--quick", action="store_true", help="small sizes, no resnet50 (CI)")
     return p
 
 
 def main(argv: Sequence[str] | None = None) -> int:
     args = _parser().parse_args(argv)
+    logging.basicConfig(level=logging.INFO, format="%(name)s: %(message)s")
     try:
         _run(args)
     except Exception as exc:  # one clear line for users; COAR_DEBUG=1 shows the traceback
@@ -147,6 +173,7 @@ def main(argv: Sequence[str] | None = None) -> int:
 
 def _run(args: argparse.Namespace) -> None:
     from coar import steps  # imported late so `coar --help` is instant
+    from coar.fastpath import FastPath
 
     if args.command == "prepare":
         info = steps.prepare(args.task, args.task_params, args.kinds, args.include, args.exclude, args.run_dir)
@@ -155,7 +182,8 @@ def _run(args: argparse.Namespace) -> None:
         steps.collect(args.run_dir, args.out, shard=args.shard, shards=args.shards, masks=args.masks, alpha=args.alpha,
                       seed=args.seed, ablation=args.ablation, output_fn=args.output_fn, masks_per_pass=args.masks_per_pass,
                       max_batch=args.max_batch, device=args.device, purpose=args.purpose, stream=args.stream,
-                      exclude_masks_of=args.exclude_masks_of, threads=args.threads)
+                      exclude_masks_of=args.exclude_masks_of, threads=args.threads, precision=args.precision,
+                      fast_path=FastPath(fold_bn=args.fold_bn, channels_last=args.channels_last, compile=args.compile))
     elif args.command == "merge":
         steps.merge(args.run_dir, args.shards, args.out, args.masks)
     elif args.command == "fit":
@@ -179,6 +207,11 @@ def _run(args: argparse.Namespace) -> None:
         for path in steps.figures(args.run_dir, args.comparison, dict(args.method), dict(args.heldout), args.timings,
                                   args.plots_dir):
             print(path)
+    elif args.command == "selfcheck":
+        from coar.selfcheck import selfcheck
+
+        if not selfcheck(args.device, quick=args.quick):
+            raise RuntimeError("selfcheck found mismatches (see FAIL lines above)")
     elif args.command == "edit":
         report = steps.edit(args.run_dir, args.task, args.params, threads=args.threads)
         print(json.dumps({"results": report["results"], "all_targets_met": report["all_targets_met"]}, indent=1))

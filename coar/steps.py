@@ -22,9 +22,13 @@ from coar.atomic import atomic_path, write_json
 from coar.components import ComponentSet, discover
 from coar.evaluate import predict, score
 from coar.fingerprint import model_fingerprint, tensors_fingerprint
+from coar.ablation import unit_fills
+from coar.batching import resolve_max_batch
+from coar.fastpath import FastPath, prepare as prepare_fast
 from coar.forward import run_masked
 from coar.masks import drop_rows_in, sample_masks, shard_ranges
 from coar.outputs import resolve_output_fn
+from coar.precision import autocast, check_precision
 from coar.task import Task, load_saved_task, load_task, save_task
 
 
@@ -85,15 +89,17 @@ def run_expect(run_dir: str | Path) -> dict:
 
 
 def collect(run_dir: str | Path, out: str | Path, *, shard: int, shards: int, masks: int, alpha: float, seed: int,
-            ablation: str, output_fn: str | None, masks_per_pass: int, max_batch: int, device: str,
+            ablation: str, output_fn: str | None, masks_per_pass: int, max_batch: int | str, device: str,
             purpose: str = "train", stream: int | None = None, exclude_masks_of: str | Path | None = None,
-            threads: int | None = None) -> None:
+            threads: int | None = None, precision: str = "fp32", fast_path: FastPath = FastPath()) -> None:
     """Sample shard `shard` of the masks, run the ablated model on them, write the shard file.
 
     Masks come from the random stream (seed, purpose, stream), stream defaulting to the shard
     index, so each shard is reproducible on its own.
     With `exclude_masks_of` (a dataset file), masks that coincide with its masks are dropped
     first, so held-out masks never repeat a training mask.
+    `precision` runs the passes under autocast; `fast_path` (coar.fastpath) transforms the model
+    without changing its ablated outputs; `max_batch` "auto" sizes passes to the device (coar.batching).
     """
     if threads:
         torch.set_num_threads(threads)
@@ -109,10 +115,14 @@ def collect(run_dir: str | Path, out: str | Path, *, shard: int, shards: int, ma
             x = drop_rows_in(x, f["masks"])
         stop = start + len(x)
     dev = resolve_device(device)
+    check_precision(precision, dev)
     fn_name = output_fn or task.output_fn
-    y = run_masked(task.model.to(dev), components, x, task.inputs, task.labels, resolve_output_fn(fn_name),
-                   masks_per_pass=masks_per_pass, max_batch=max_batch, mode=ablation,
-                   reference_inputs=task.reference_inputs, progress=True)
+    model = task.model.to(dev)
+    fast = prepare_fast(model, components, unit_fills(model, components, ablation, task.reference_inputs), fast_path)
+    rows = resolve_max_batch(max_batch, fast.model, task.inputs, dev, lambda: autocast(precision, dev))
+    y = run_masked(fast.model, components, x, task.inputs, task.labels, resolve_output_fn(fn_name),
+                   masks_per_pass=masks_per_pass, max_batch=rows, mode=ablation, fills=fast.fills,
+                   progress=True, precision=precision)
     meta = {**expect, "seed": seed, "alpha": alpha, "shard": shard, "row_start": start, "row_stop": stop,
             "output_fn": fn_name, "ablation": ablation, "coar_version": coar.__version__, "encoding": h5format.ENCODING}
     h5format.write_shard(out, x, y, meta)
