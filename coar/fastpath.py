@@ -8,7 +8,8 @@ Three transforms, each optional (`FastPath`), applied to a copy of the user's mo
   outputs its fill f everywhere and the BN then maps it to BN(f) = (f - mean) * gamma /
   sqrt(var + eps) + beta; the folded model's mask op writes BN(f) directly. So every ablation
   mode (weight, zero, mean) stays exact up to float rounding; `prepare` maps the fills.
-- channels_last: NHWC activations, faster convolutions on CPU (the mask op supports the layout).
+- channels_last: NHWC activations, faster convolutions on CPU (the mask op supports the layout);
+  skipped for models without 4-D weights (no copy is made for nothing).
 - torch.compile: `nn.Module.compile` in place, so the hooks and module names stay; the mask op
   traces through its fake kernel and mask blocks are graph inputs (no recompilation per block).
 
@@ -122,7 +123,7 @@ def prepare(model: nn.Module, components: ComponentSet, fills: list[torch.Tensor
         out, folded = fold_batchnorm(model)
     fills = [batchnorm_map(folded[g.module], f) if g.module in folded and g.kind == "conv" else f
              for g, f in zip(components.groups, fills)]
-    if options.channels_last:
+    if options.channels_last and any(p.dim() == 4 for p in out.parameters()):
         out = (copy.deepcopy(out) if out is model else out).to(memory_format=torch.channels_last)
     if options.compile:
         out = copy.deepcopy(out) if out is model else out
