@@ -103,6 +103,8 @@ def collect(run_dir: str | Path, out: str | Path, *, shard: int, shards: int, ma
     """
     if threads:
         torch.set_num_threads(threads)
+    dev = resolve_device(device)
+    check_precision(precision, dev)
     info, expect = run_info(run_dir), run_expect(run_dir)
     task = load_saved_task(_run_file(run_dir, "task.pt"))
     components = ComponentSet.load(_run_file(run_dir, "components.json"))
@@ -114,8 +116,6 @@ def collect(run_dir: str | Path, out: str | Path, *, shard: int, shards: int, ma
         with h5py.File(exclude_masks_of, "r", locking=False) as f:
             x = drop_rows_in(x, f["masks"])
         stop = start + len(x)
-    dev = resolve_device(device)
-    check_precision(precision, dev)
     fn_name = output_fn or task.output_fn
     model = task.model.to(dev)
     fast = prepare_fast(model, components, unit_fills(model, components, ablation, task.reference_inputs), fast_path)

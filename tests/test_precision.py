@@ -92,3 +92,30 @@ def test_precision_that_autocast_cannot_run_is_refused_with_the_cause(monkeypatc
 def test_bf16_and_fp16_are_supported_on_this_cpu():
     check_precision("bf16", "cpu")
     check_precision("fp16", "cpu")
+
+
+def test_collect_step_with_bf16_writes_float32_outputs_of_the_same_masks(tmp_path):
+    import h5py
+
+    from coar import steps
+    from coar.fastpath import FastPath
+
+    steps.prepare("tests.tasks_for_tests:task", {"n": 6}, ("linear",), ["*"], [], tmp_path)
+    common = dict(shard=0, shards=1, masks=20, alpha=0.2, seed=0, ablation="weight", output_fn=None, masks_per_pass=4,
+                  max_batch="auto", device="cpu")
+    steps.collect(tmp_path, tmp_path / "fp32.h5", precision="fp32", fast_path=FastPath.none(), **common)
+    steps.collect(tmp_path, tmp_path / "bf16.h5", precision="bf16", **common)
+    with h5py.File(tmp_path / "fp32.h5") as a, h5py.File(tmp_path / "bf16.h5") as b:
+        assert np.array_equal(a["masks"][:], b["masks"][:])
+        assert b["outputs"].dtype == np.float32
+        fp32, bf16 = a["outputs"][:], b["outputs"][:]
+    assert not np.array_equal(fp32, bf16)
+    np.testing.assert_allclose(bf16, fp32, atol=0.05 * np.abs(fp32).max())
+
+
+def test_collect_refuses_an_unsupported_precision_before_loading_anything(tmp_path):
+    from coar import steps
+
+    with pytest.raises(ValueError, match="unknown precision"):
+        steps.collect(tmp_path, tmp_path / "x.h5", shard=0, shards=1, masks=2, alpha=0.2, seed=0, ablation="weight",
+                      output_fn=None, masks_per_pass=1, max_batch=8, device="cpu", precision="fp8")
