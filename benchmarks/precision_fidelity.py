@@ -48,7 +48,7 @@ def main(argv: list[str] | None = None) -> None:
     p.add_argument("--heldout", type=int, default=100, help="held-out masks")
     p.add_argument("--variants", nargs="+", choices=list(VARIANTS), default=list(VARIANTS))
     p.add_argument("--threads", type=int, default=1)
-    p.add_argument("--workdir", default=None, help="keep files here (default: a temporary folder)")
+    p.add_argument("--workdir", default=None, help="keep files here and reuse a task prepared there (default: a temporary folder)")
     args = p.parse_args(argv)
     torch.set_num_threads(args.threads)
     config = yaml.safe_load(PRESETS[args.preset].read_text())
@@ -57,8 +57,11 @@ def main(argv: list[str] | None = None) -> None:
         run = Path(args.workdir or tmp)
         run.mkdir(parents=True, exist_ok=True)
         t0 = time.perf_counter()
-        info = steps.prepare(config["task"]["spec"], config["task"].get("params", {}), c["kinds"], c["include"],
-                             c["exclude"], run)
+        if args.workdir and (run / "prepare.json").exists():  # a kept folder: reuse its prepared task
+            info = steps.run_info(run)
+        else:
+            info = steps.prepare(config["task"]["spec"], config["task"].get("params", {}), c["kinds"], c["include"],
+                                 c["exclude"], run)
         print(f"{args.preset}: {info['n_examples']} examples, {info['n_components']} components, "
               f"prepared in {time.perf_counter() - t0:.0f} s; {args.masks} training and {args.heldout} held-out masks "
               f"at alpha {config['alpha']}, {torch.get_num_threads()} thread(s)", flush=True)

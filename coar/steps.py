@@ -18,13 +18,13 @@ import torch
 
 import coar
 from coar import h5format
+from coar.ablation import unit_fills
 from coar.atomic import atomic_path, write_json
+from coar.batching import resolve_max_batch
 from coar.components import ComponentSet, discover
 from coar.evaluate import predict, score
-from coar.fingerprint import model_fingerprint, tensors_fingerprint
-from coar.ablation import unit_fills
-from coar.batching import resolve_max_batch
 from coar.fastpath import FastPath, prepare as prepare_fast
+from coar.fingerprint import model_fingerprint, tensors_fingerprint
 from coar.forward import run_masked
 from coar.masks import drop_rows_in, sample_masks, shard_ranges
 from coar.outputs import resolve_output_fn
