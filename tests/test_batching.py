@@ -6,7 +6,6 @@ import numpy as np
 import pytest
 import torch
 
-from coar import batching
 from coar.batching import CPU_MAX_BATCH, PassSize, probe_rows, resolve_max_batch
 from coar.components import discover
 from coar.forward import run_masked
