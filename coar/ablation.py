@@ -214,6 +214,7 @@ class Ablation:
         self._fills = [f.to(self._device) for f in fills]
         self._fills_by_dtype: dict[torch.dtype, list[torch.Tensor]] = {}
         self._group_masks: list[torch.Tensor | None] = [None] * len(self._bound)
+        self._used = [False] * len(self._bound)
         self._reached: set[int] = set()
         self._rows: int | None = None
         self._handles: list[Handle] = []
@@ -230,9 +231,10 @@ class Ablation:
         host = masks.cpu()  # decide on the host which groups ablate anything: no device sync per group
         used = [bool(host[:, b.group.start : b.group.stop].any()) for b in self._bound]
         masks = masks.to(self._device)
-        self._group_masks = [
-            masks[:, b.group.start : b.group.stop].contiguous() if u else None for b, u in zip(self._bound, used)
-        ]
+        # Every group keeps its (possibly all-False) block, so under torch.compile the graph does not
+        # depend on which groups a block ablates (no recompiles); eager passes skip unused groups.
+        self._used = used
+        self._group_masks = [masks[:, b.group.start : b.group.stop].contiguous() for b in self._bound]
         self._reached = set()
 
     def _fill(self, i: int, dtype: torch.dtype) -> torch.Tensor:
@@ -244,7 +246,7 @@ class Ablation:
         def mask(x: torch.Tensor, dim: int, units: slice) -> None:
             self._reached.add(i)
             block = self._group_masks[i]
-            if block is None:
+            if block is None or (not torch.compiler.is_compiling() and not self._used[i]):
                 return
             b, d, fold = self._batch_dims[i], dim % x.dim(), self._folds[i]
             if b >= x.dim() or b == d or (self._rows is not None and x.shape[b] != self._rows * fold):
@@ -280,7 +282,7 @@ class Ablation:
         directly (F.linear(x, module.weight)) bypass module forwards, which would silently run
         the unablated model. Cheap (a set lookup per group): call it after every pass.
         """
-        missed = [b.group.module for i, b in enumerate(self._bound) if self._group_masks[i] is not None and i not in self._reached]
+        missed = [b.group.module for i, b in enumerate(self._bound) if self._used[i] and i not in self._reached]
         if missed:
             raise RuntimeError(
                 f"ablation never reached {len(missed)} module(s) during the forward pass, e.g. {missed[:3]}: "

@@ -11,12 +11,14 @@
                   --heldout 0.05=h.h5 --out comparison.json --table comparison.md
     coar figures  --run-dir results/digits --comparison comparison.json --method coar=attributions.h5 \
                   --heldout 0.05=h.h5 --plots-dir plots
+    coar selfcheck --device cuda   # the op, run_masked, the cupy solver and a throughput table on one device
 """
 
 from __future__ import annotations
 
 import argparse
 import json
+import logging
 import os
 import sys
 from typing import Sequence
@@ -77,13 +79,26 @@ def _provenance_options(s: argparse.ArgumentParser, alpha: bool) -> None:
     s.add_argument("--precision", choices=PRECISIONS, default=None, help="precision the data must have been collected in")
 
 
+def _max_batch(text: str) -> int | str:
+    if text == "auto":
+        return text
+    try:
+        value = int(text)
+    except ValueError:
+        value = 0
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"expected a positive integer or 'auto', got {text!r}")
+    return value
+
+
 def _parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="coar", description="Component attribution via regression (COAR): one subcommand per workflow step.")
     sub = p.add_subparsers(dest="command", required=True, metavar="COMMAND")
 
-    def add(name: str, help: str) -> argparse.ArgumentParser:
+    def add(name: str, help: str, run_dir: bool = True) -> argparse.ArgumentParser:
         s = sub.add_parser(name, help=help, description=help, formatter_class=argparse.ArgumentDefaultsHelpFormatter)
-        s.add_argument("--run-dir", required=True, help="run folder (results/<run>) of the prepare step's files")
+        if run_dir:
+            s.add_argument("--run-dir", required=True, help="run folder (results/<run>) of the prepare step's files")
         return s
 
     def add_loader(s: argparse.ArgumentParser) -> None:
@@ -119,12 +134,17 @@ def _parser() -> argparse.ArgumentParser:
     s.add_argument("--ablation", choices=ABLATION_MODES, default="weight")
     s.add_argument("--output-fn", default=None, help="output function; default: the task's own")
     s.add_argument("--masks-per-pass", type=int, default=8, help="masks evaluated in one batched forward pass")
-    s.add_argument("--max-batch", type=int, default=4096, help="most rows (masks x examples) per forward pass")
+    s.add_argument("--max-batch", type=_max_batch, default=4096,
+                   help="most rows (masks x examples) per forward pass, or 'auto' (GPU: probed; CPU: 512)")
     s.add_argument("--device", choices=DEVICES, default="auto")
-    s.add_argument("--precision", choices=PRECISIONS, default="fp32", help="arithmetic precision of the forward passes")
+    s.add_argument("--precision", choices=PRECISIONS, default="fp32", help="arithmetic precision (autocast) of the ablated passes")
     s.add_argument("--nonfinite", choices=NONFINITE_POLICIES, default="error",
                    help="NaN or infinite outputs: refuse (error) or write them with a warning (record)")
     s.add_argument("--threads", type=int, default=None, help="torch CPU threads")
+    s.add_argument("--fold-bn", action=argparse.BooleanOptionalAction, default=True,
+                   help="fold eval-mode BatchNorms into the preceding convs (exact; coar.fastpath)")
+    s.add_argument("--channels-last", action=argparse.BooleanOptionalAction, default=True, help="NHWC activations")
+    s.add_argument("--compile", action=argparse.BooleanOptionalAction, default=False, help="torch.compile the model")
     add_loader(s)
 
     s = add("merge", "Check that shards belong to this run and tile all rows, then merge them into one dataset.")
@@ -191,11 +211,16 @@ def _parser() -> argparse.ArgumentParser:
     s.add_argument("--seeds", type=_int_list, default=None,
                    help="comma-separated seeds, e.g. 0,1,2,3,4: one run each (seed-<s>/), then seeds.json with mean and spread")
     s.add_argument("--threads", type=int, default=None, help="torch CPU threads")
+    s = add("selfcheck", "Check the mask op, run_masked and the solver on a device, then print a throughput table.",
+            run_dir=False)
+    s.add_argument("--device", choices=DEVICES, default="auto", help="auto: cuda when a GPU is visible")
+    s.add_argument("--quick", action="store_true", help="small sizes, no resnet50 (CI)")
     return p
 
 
 def main(argv: Sequence[str] | None = None) -> int:
     args = _parser().parse_args(argv)
+    logging.basicConfig(level=logging.INFO, format="%(name)s: %(message)s")
     try:
         _run(args)
     except Exception as exc:  # one clear line for users; COAR_DEBUG=1 shows the traceback
@@ -214,6 +239,7 @@ def _loader(args: argparse.Namespace):  # -> coar.saved_task.LoaderOptions, impo
 
 def _run(args: argparse.Namespace) -> None:
     from coar import steps  # imported late so `coar --help` is instant
+    from coar.fastpath import FastPath
 
     if args.command == "prepare":
         info = steps.prepare(args.task, args.task_params, args.kinds, args.include, args.exclude, args.run_dir,
@@ -224,7 +250,8 @@ def _run(args: argparse.Namespace) -> None:
                       seed=args.seed, ablation=args.ablation, output_fn=args.output_fn, masks_per_pass=args.masks_per_pass,
                       max_batch=args.max_batch, device=args.device, purpose=args.purpose, stream=args.stream,
                       count_coincidences_with=args.count_coincidences_with, threads=args.threads, precision=args.precision,
-                      nonfinite=args.nonfinite, loader=_loader(args))
+                      nonfinite=args.nonfinite, loader=_loader(args),
+                      fast_path=FastPath(fold_bn=args.fold_bn, channels_last=args.channels_last, compile=args.compile))
     elif args.command == "merge":
         steps.merge(args.run_dir, args.shards, args.out, args.masks, _expected(args))
     elif args.command == "fit":
@@ -251,6 +278,11 @@ def _run(args: argparse.Namespace) -> None:
         for path in steps.figures(args.run_dir, args.comparison, dict(args.method), dict(args.heldout), args.timings,
                                   args.plots_dir):
             print(path)
+    elif args.command == "selfcheck":
+        from coar.selfcheck import selfcheck
+
+        if not selfcheck(args.device, quick=args.quick):
+            raise RuntimeError("selfcheck found mismatches (see FAIL lines above)")
     elif args.command == "edit":
         report = steps.edit(args.run_dir, args.task, args.params, threads=args.threads, seeds=args.seeds)
         if args.seeds is None:

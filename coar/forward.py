@@ -11,9 +11,11 @@ from torch import nn
 from tqdm.auto import tqdm
 
 from coar.ablation import Ablation, Mode
+from coar.batching import PassSize
 from coar.components import ComponentSet
 from coar.examples import Examples, TensorExamples
 from coar.exactness import fold_problems, probe_layout
+from coar.precision import autocast, check_precision
 
 OutputFn = Callable[[object, torch.Tensor], torch.Tensor]
 
@@ -39,12 +41,14 @@ def run_masked(
     reference_inputs: torch.Tensor | None = None,
     progress: bool = False,
     check: bool = True,
+    precision: str = "fp32",
 ) -> np.ndarray:
     """Outputs of the ablated model: entry [i, z] is `output_fn` on example z under mask i.
 
     `masks` is (m x N) bool, True = ablated. Each forward pass holds `masks_per_pass` masks
-    times up to `max_batch // masks_per_pass` examples. The model must be in eval mode.
-    The examples are tensors `inputs` and `labels`, or a batch source (coar.examples) as
+    times up to `max_batch // masks_per_pass` examples (halved on out-of-memory). The model must be
+    in eval mode. `precision` ("fp32", "bf16", "fp16") runs the passes under autocast; outputs are
+    float32. The examples are tensors `inputs` and `labels`, or a batch source (coar.examples) as
     `inputs` with `labels` None; a source is read once per block of masks.
     Before any pass, `coar.exactness.probe_layout` finds where each hooked tensor holds the
     batch and refuses groups the masks ablate that it cannot reach; every pass then checks that
@@ -56,9 +60,10 @@ def run_masked(
     if model.training:
         raise ValueError("run_masked needs the model in eval mode (call model.eval()): BatchNorm and dropout would mix masks")
     device = next(model.parameters()).device
+    check_precision(precision, device)
     examples = inputs if labels is None else TensorExamples(inputs.to(device), labels.to(device))
     n = len(examples)
-    per_pass = max(1, min(n, max_batch // masks_per_pass))
+    per_pass = PassSize(min(n, max_batch // masks_per_pass))
     out = np.empty((len(masks), n), dtype=np.float32)
     probe = next(iter(examples.batches(2)))[0].to(device)
     layout = probe_layout(model, components, probe)
@@ -74,23 +79,27 @@ def run_masked(
     # Redirected to a log, a bar redraws rarely so the log stays readable.
     bar = tqdm(total=len(masks), unit="mask", disable=not progress, desc="ablated forward",
                mininterval=1 if sys.stderr.isatty() else 15)
-    with ablation:
+    with ablation, autocast(precision, device):
         for m0 in range(0, len(masks), masks_per_pass):
             block = masks[m0 : m0 + masks_per_pass]
             k = len(block)
             ablation.set_masks(block)
-            z0 = 0
-            for x, y in examples.batches(per_pass):
+            z = 0
+            for x, y in examples.batches(per_pass.examples):
                 x, y = x.to(device, non_blocking=True), y.to(device, non_blocking=True)
-                if z0 + len(x) > n:
+                if z + len(x) > n:
                     raise ValueError(f"the examples yielded more than their length {n}")
-                values = output_fn(model(_repeat_rows(x, k)), _repeat_rows(y, k))
-                if check:
-                    ablation.check_reached()
-                out[m0 : m0 + k, z0 : z0 + len(x)] = values.float().reshape(k, len(x)).cpu().numpy()
-                z0 += len(x)
-            if z0 != n:
-                raise ValueError(f"the examples yielded {z0} examples, not their length {n}")
+
+                def run(a: int, b: int) -> torch.Tensor:
+                    return output_fn(model(_repeat_rows(x[a:b], k)), _repeat_rows(y[a:b], k))
+
+                for a, b, values in per_pass.chunks(len(x), run):
+                    if check:
+                        ablation.check_reached()
+                    out[m0 : m0 + k, z + a : z + b] = values.float().reshape(k, b - a).cpu().numpy()
+                z += len(x)
+            if z != n:
+                raise ValueError(f"the examples yielded {z} examples, not their length {n}")
             bar.update(k)
     bar.close()
     return out

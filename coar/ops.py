@@ -12,7 +12,6 @@ COAR_REQUIRE_EXT=1 to make a missing or broken extension an error instead.
 
 from __future__ import annotations
 
-import functools
 import os
 import warnings
 
@@ -49,14 +48,22 @@ def backend(device: str | torch.device = "cpu") -> str:
     return _backend_for(torch.device(device).type)
 
 
-@functools.lru_cache(maxsize=None)
-def _backend_for(device_type: str) -> str:
-    """Cached per device type: the op runs once per hooked module per forward pass."""
+def _kernel_devices() -> frozenset[str]:
+    """Device types with a compiled kernel, read once at import (kernels register when _C loads).
+
+    A plain set lookup per call: cheap, and torch.compile traces it as a constant.
+    """
     if _LOAD_ERROR is not None:
-        return "reference"
-    key = "CUDA" if device_type == "cuda" else "CPU"
-    has = torch._C._dispatch_has_kernel_for_dispatch_key("coar::apply_masks_", key)
-    return "compiled" if has else "reference"
+        return frozenset()
+    keys = {"cpu": "CPU", "cuda": "CUDA"}
+    return frozenset(t for t, k in keys.items() if torch._C._dispatch_has_kernel_for_dispatch_key("coar::apply_masks_", k))
+
+
+_KERNEL_DEVICES = _kernel_devices()
+
+
+def _backend_for(device_type: str) -> str:
+    return "compiled" if device_type in _KERNEL_DEVICES else "reference"
 
 
 def extension_error() -> Exception | None:

@@ -22,16 +22,20 @@ import torch
 
 import coar
 from coar import h5format, saved_task
+from coar.ablation import unit_fills
 from coar.atomic import atomic_path, write_json
+from coar.batching import resolve_max_batch
 from coar.components import ComponentSet, discover
 from coar.constants import NONFINITE_POLICIES
 from coar.evaluate import format_value, predict, score
 from coar.exactness import OnProblem, check_components
 from coar.examples import stack
 from coar.finite import nonfinite_problem
+from coar.fastpath import FastPath, prepare as prepare_fast
 from coar.forward import run_masked
 from coar.masks import count_rows_in, sample_masks, shard_ranges
 from coar.outputs import resolve_output_fn
+from coar.precision import autocast, check_precision
 from coar.saved_task import LoaderOptions, PreparedTask
 from coar.task import load_task
 
@@ -125,10 +129,10 @@ def provenance(run_dir: str | Path, *, alpha: float | None = None, seed: int | N
 
 
 def collect(run_dir: str | Path, out: str | Path, *, shard: int, shards: int, masks: int, alpha: float, seed: int,
-            ablation: str, output_fn: str | None, masks_per_pass: int, max_batch: int, device: str,
+            ablation: str, output_fn: str | None, masks_per_pass: int, max_batch: int | str, device: str,
             purpose: str = "train", stream: int | None = None, count_coincidences_with: str | Path | None = None,
             threads: int | None = None, precision: str = "fp32", nonfinite: str = "error",
-            loader: LoaderOptions = LoaderOptions()) -> None:
+            loader: LoaderOptions = LoaderOptions(), fast_path: FastPath = FastPath()) -> None:
     """Sample shard `shard` of the masks, run the ablated model on them, write the shard file.
 
     Masks come from the random stream (seed, purpose, stream), stream defaulting to the shard
@@ -137,15 +141,16 @@ def collect(run_dir: str | Path, out: str | Path, *, shard: int, shards: int, ma
     `coincident_with_training` attribute; they are kept, so held-out masks stay independent draws.
     Outputs that are NaN or infinite are refused, naming the masks and examples; with
     nonfinite="record" they are written and a warning is printed instead.
+    `precision` runs the passes under autocast; `fast_path` (coar.fastpath) transforms the model
+    without changing its ablated outputs; `max_batch` "auto" sizes passes to the device (coar.batching).
     """
     if nonfinite not in NONFINITE_POLICIES:
         raise ValueError(f"nonfinite must be one of {NONFINITE_POLICIES}, got {nonfinite!r}")
-    if precision != "fp32":
-        raise ValueError(f"precision {precision!r} is not implemented by collection here; use fp32")
     if threads:
         torch.set_num_threads(threads)
     expect = run_expect(run_dir)
     dev = resolve_device(device)
+    check_precision(precision, dev)
     task, components = _load_run(run_dir, _loader_for(loader, dev))
     start, stop = shard_ranges(masks, shards)[shard]
     x = sample_masks(seed, shard if stream is None else stream, stop - start, len(components), alpha, purpose)
@@ -156,9 +161,13 @@ def collect(run_dir: str | Path, out: str | Path, *, shard: int, shards: int, ma
         with h5py.File(count_coincidences_with, "r", locking=False) as f:
             extra["coincident_with_training"] = count_rows_in(x, f["masks"])
     fn_name = output_fn or task.output_fn
-    y = run_masked(task.model.to(dev), components, x, task.examples, None, resolve_output_fn(fn_name),
-                   masks_per_pass=masks_per_pass, max_batch=max_batch, mode=ablation,
-                   reference_inputs=task.reference_inputs, progress=True)
+    model = task.model.to(dev)
+    fast = prepare_fast(model, components, unit_fills(model, components, ablation, task.reference_inputs), fast_path)
+    first = next(iter(task.examples.batches(1)))[0]
+    rows = resolve_max_batch(max_batch, fast.model, first, dev, lambda: autocast(precision, dev))
+    y = run_masked(fast.model, components, x, task.examples, None, resolve_output_fn(fn_name),
+                   masks_per_pass=masks_per_pass, max_batch=rows, mode=ablation, fills=fast.fills,
+                   progress=True, precision=precision)
     ids = saved_task.example_ids(run_dir, expect["n_examples"])
     if problem := nonfinite_problem(y, range(start, stop), ids, "masks (rows)", "examples"):
         if nonfinite == "error":

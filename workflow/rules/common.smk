@@ -22,7 +22,7 @@ def provenance_options(alpha=True):
         "seed": c["seed"],
         "ablation": c["ablation"],
         "output-fn": c["output_fn"],
-        "precision": c.get("precision", "fp32"),
+        "precision": c["precision"],
     })
 
 
@@ -44,10 +44,10 @@ def collect_options(purpose):
         "device": c["device"],
         "purpose": purpose,
         "output-fn": c["output_fn"],
-        "precision": c.get("precision", "fp32"),
+        "precision": c["precision"],
         "nonfinite": c["nonfinite"],
     })
-    return f"{options} {loader_options()}"
+    return f"{options} {loader_options()}{fast_path_options(c['fast_path'])}"
 
 
 def baseline_options():
@@ -61,3 +61,8 @@ def baseline_options():
         "output-fn": c["output_fn"],
     })
     return f"{options} {loader_options()}"
+
+
+def fast_path_options(fast):
+    """--fold-bn / --no-fold-bn etc. from the config's fast_path block."""
+    return "".join(f" --{'' if fast[k] else 'no-'}{k.replace('_', '-')}" for k in ("fold_bn", "channels_last", "compile"))

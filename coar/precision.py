@@ -1,0 +1,51 @@
+"""Mixed precision of the ablated forward passes: `precision: fp32 | bf16 | fp16`.
+
+Low precision runs the model under `torch.autocast` (as the published collection does on
+GPUs with fp16); the mask op then sees bfloat16/float16 activations and writes each unit's
+fill rounded to that dtype. Outputs are stored as float32 whatever the precision.
+"""
+
+from __future__ import annotations
+
+import contextlib
+from typing import ContextManager
+
+import torch
+
+PRECISIONS = ("fp32", "bf16", "fp16")
+_DTYPES = {"bf16": torch.bfloat16, "fp16": torch.float16}
+
+
+def check_precision(precision: str, device: str | torch.device) -> None:
+    """Refuse a precision that autocast cannot run on `device`, before any expensive work.
+
+    A one-matmul trial under autocast must produce the requested dtype (autocast silently
+    disables itself, with a warning only, for dtypes a device does not support).
+    """
+    if precision not in PRECISIONS:
+        raise ValueError(f"unknown precision {precision!r}; choose from {list(PRECISIONS)}")
+    if precision == "fp32":
+        return
+    device = torch.device(device)
+    dtype = _DTYPES[precision]
+    if not torch.amp.is_autocast_available(device.type):
+        raise ValueError(f"precision {precision!r}: torch has no autocast for device {device.type!r}; use precision: fp32")
+    a = torch.ones(2, 2, device=device)
+    try:
+        with torch.autocast(device.type, dtype=dtype), torch.no_grad():
+            got = (a @ a).dtype
+    except RuntimeError as exc:
+        raise ValueError(f"precision {precision!r} is not supported on {device.type}: {exc}; use precision: fp32") from exc
+    if got != dtype:
+        raise ValueError(
+            f"precision {precision!r} is not supported on {device.type}: autocast ran a matmul in {got}; use precision: fp32"
+        )
+
+
+def autocast(precision: str, device: str | torch.device) -> ContextManager:
+    """The context the ablated forward passes run in: autocast to bf16/fp16, or nothing for fp32."""
+    if precision == "fp32":
+        return contextlib.nullcontext()
+    if precision not in PRECISIONS:
+        raise ValueError(f"unknown precision {precision!r}; choose from {list(PRECISIONS)}")
+    return torch.autocast(torch.device(device).type, dtype=_DTYPES[precision])
