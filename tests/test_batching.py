@@ -12,7 +12,7 @@ from coar.forward import run_masked
 from coar.masks import sample_masks
 from coar.outputs import margin
 
-from tasks_for_tests import TinyNet
+from tests.tasks_for_tests import TinyNet
 
 
 def test_auto_on_cpu_keeps_the_cache_friendly_default_and_logs_it(caplog):

@@ -41,6 +41,8 @@ SCHEMA_ENUM_SOURCES = {
     "properties/evaluation/properties/baselines/items": constants.BASELINE_METHODS,
     "properties/device": constants.DEVICES,
     "properties/nonfinite": constants.NONFINITE_POLICIES,
+    "properties/precision": constants.PRECISIONS,
+    "properties/max_batch/oneOf/1": ("auto",),  # or a number of rows
     "properties/components/properties/unreachable": constants.UNREACHABLE_POLICIES,
     "properties/edit/properties/tasks/items": constants.EDIT_TASKS,
     "$defs/edit_task/properties/method": constants.SOLVER_METHODS,

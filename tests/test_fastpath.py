@@ -13,7 +13,7 @@ from coar.masks import sample_masks
 from coar.outputs import margin
 from coar.tasks.digits import DigitsResNet
 
-from models import ConvAttentionNet, randomize_batchnorm_
+from tests.models import ConvAttentionNet, randomize_batchnorm_
 
 
 class SharedOutput(nn.Module):

@@ -13,7 +13,7 @@ from coar.masks import sample_masks
 from coar.outputs import margin
 from coar.precision import autocast, check_precision
 
-from models import randomize_batchnorm_
+from tests.models import randomize_batchnorm_
 
 
 def conv_net() -> nn.Module:
