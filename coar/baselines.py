@@ -45,6 +45,7 @@ from coar.ablation import Mode, bind, install_maskers, remove_all, unit_fills
 from coar.adapters import output_channel_dim
 from coar.components import ComponentSet
 from coar.embedding_path import embedded, replaced_output, scaled_output, token_embedding
+from coar.exactness import probe_layout
 from coar.forward import OutputFn, run_masked
 
 from coar.constants import BASELINE_METHODS as METHODS
@@ -90,6 +91,7 @@ class _Record:
     value: torch.Tensor
     dim: int
     units: slice
+    batch: int = 0
     grad: torch.Tensor | None = None
 
 
@@ -100,8 +102,13 @@ class _SiteRecorder:
     with respect to that value even when the model later modifies it in place (e.g. ReLU(inplace)).
     """
 
-    def __init__(self, model: nn.Module, components: ComponentSet):
+    def __init__(self, model: nn.Module, components: ComponentSet, probe: torch.Tensor):
         self.bound = bind(model, components)
+        layout = probe_layout(model, components, probe, self.bound)
+        if layout.problems:
+            listing = "; ".join(f"{self.bound[i].group.module}: {reason}" for i, reason in layout.problems.items())
+            raise RuntimeError(f"cannot attribute these components exactly: {listing}")
+        self.batch_dims = layout.batch_dims  # e.g. 1 inside sequence-first encoders
         self.records: list[list[_Record]] = [[] for _ in self.bound]
 
     def _recorder(self, i: int):
@@ -109,7 +116,7 @@ class _SiteRecorder:
             if not x.requires_grad:
                 raise RuntimeError(f"no gradient reaches the units of {self.bound[i].group.module!r}: "
                                    "the inputs are not floating point and no parameter before them requires grad")
-            entry = _Record(x.detach().clone(), dim, units)
+            entry = _Record(x.detach().clone(), dim, units, self.batch_dims[i])
             x.register_hook(lambda g: setattr(entry, "grad", g.detach()))
             self.records[i].append(entry)
 
@@ -140,13 +147,14 @@ def _forward_backward(model: nn.Module, recorder: _SiteRecorder, x: torch.Tensor
     return out.detach()
 
 
-def _unit_sums(t: torch.Tensor, dim: int, n: int) -> torch.Tensor:
-    """(n * R, ..., units at `dim`, ...) -> (n, units): summed over every other dimension (positions).
+def _unit_sums(t: torch.Tensor, dim: int, n: int, batch: int = 0) -> torch.Tensor:
+    """(n * R at `batch`, ..., units at `dim`, ...) -> (n, units): summed over every other
+    dimension (positions).
 
     A model may run R rows per example inside (e.g. the three sentences of a triple); they are
     adjacent, as in the batched-ablation layout, so example z's rows are z*R .. z*R+R-1.
     """
-    t = t.movedim(dim % t.dim(), -1)
+    t = t.movedim((batch % t.dim(), dim % t.dim()), (0, -1))
     if t.shape[0] % n:
         raise ValueError(f"a unit tensor of batch {t.shape[0]} for {n} examples: rows per example must be whole")
     return t.reshape(n, -1, t.shape[-1]).sum(1)
@@ -177,7 +185,7 @@ def grad_x_param(model: nn.Module, components: ComponentSet, inputs: torch.Tenso
                  max_batch: int = 4096) -> Attribution:
     """First-order estimate of each ablation: weight_i = sum over positions of dOutput/da * (fill - a)."""
     device = _check_model(model, inputs, labels)
-    recorder = _SiteRecorder(model, components)
+    recorder = _SiteRecorder(model, components, inputs[:2].to(device))
     fills = [f.to(device) for f in unit_fills(model, components, mode, reference_inputs)]
     weight = torch.zeros(len(inputs), len(components), dtype=torch.float64)
     bias = torch.zeros(len(inputs), dtype=torch.float64)
@@ -188,7 +196,7 @@ def grad_x_param(model: nn.Module, components: ComponentSet, inputs: torch.Tenso
             for r in records:
                 change = _along(fill[r.units].to(r.value.dtype), r.dim, r.value.dim()) - r.value
                 cols = _columns(b.group.start, b.site.size, r.units)
-                weight[z0 : z0 + len(x), cols.start : cols.stop] += _unit_sums(r.grad * change, r.dim, len(x)).double().cpu()
+                weight[z0 : z0 + len(x), cols.start : cols.stop] += _unit_sums(r.grad * change, r.dim, len(x), r.batch).double().cpu()
     return Attribution(weight.float().numpy(), bias.float().numpy())
 
 
@@ -253,7 +261,7 @@ def _site_scores(score: Score, model: nn.Module, recorder: _SiteRecorder, groups
                     last = previous[i][j]
                     term = last.grad * (r.value - last.value)
                 cols = _columns(b.group.start, b.site.size, r.units)
-                out[:, cols.start : cols.stop] += _unit_sums(term, r.dim, len(x)).double().cpu()
+                out[:, cols.start : cols.stop] += _unit_sums(term, r.dim, len(x), r.batch).double().cpu()
         previous = recorder.records
 
 
@@ -293,7 +301,7 @@ def integrated(model: nn.Module, components: ComponentSet, inputs: torch.Tensor,
         raise ValueError(f"unknown score {score!r}; choose conductance or internal_influence")
     device = _check_model(model, inputs, labels)
     embedding = None if inputs.is_floating_point() else token_embedding(model, inputs[:1].to(device))
-    recorder = _SiteRecorder(model, components)
+    recorder = _SiteRecorder(model, components, inputs[:2].to(device))
     by_captum = [i for i, b in enumerate(recorder.bound) if captum and output_channel_dim(b.adapter) is not None]
     by_captum = _one_row_per_example(model, [recorder.bound[i].owner for i in by_captum], inputs[:1].to(device), by_captum)
     on_sites = [i for i in range(len(recorder.bound)) if i not in by_captum]

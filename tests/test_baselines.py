@@ -303,3 +303,28 @@ def test_models_with_several_rows_per_example_sum_each_examples_rows(method):
     estimate = baselines.attribute(method, model, components, x, y, first_output, n_steps=50)
     # grad x param is exact; conductance up to the ends of captum's quadrature (as above)
     np.testing.assert_allclose(estimate.weight, loo.weight, rtol=1e-4 if method == "grad_x_param" else 2e-3, atol=1e-5)
+
+
+class TokensMLP(nn.Module):
+    """Per-token MLP, mean over tokens; run sequence-first inside (the batch on axis 1) or not."""
+
+    def __init__(self, sequence_first: bool):
+        super().__init__()
+        self.sequence_first = sequence_first
+        self.hidden, self.out = nn.Linear(6, 8), nn.Linear(8, 3)
+
+    def forward(self, x):  # x: (B, T, 6)
+        h = torch.tanh(self.hidden(x.transpose(0, 1) if self.sequence_first else x))
+        return self.out(h.mean(0 if self.sequence_first else 1))
+
+
+@pytest.mark.parametrize("method", ["grad_x_param", "internal_influence"])
+def test_sequence_first_units_are_summed_per_example_not_per_position(method):
+    torch.manual_seed(3)
+    batch_first = TokensMLP(sequence_first=False).eval()
+    sequence_first = TokensMLP(sequence_first=True).eval()
+    sequence_first.load_state_dict(batch_first.state_dict())
+    x, y = torch.randn(4, 5, 6), torch.tensor([0, 1, 2, 0])
+    found = [baselines.attribute(method, m, discover(m, kinds=["linear"], include=["hidden"]), x, y, margin, n_steps=8)
+             for m in (batch_first, sequence_first)]
+    np.testing.assert_allclose(found[1].weight, found[0].weight, rtol=1e-4, atol=1e-6)
