@@ -148,9 +148,9 @@ def collect(run_dir: str | Path, out: str | Path, *, shard: int, shards: int, ma
         raise ValueError(f"nonfinite must be one of {NONFINITE_POLICIES}, got {nonfinite!r}")
     if threads:
         torch.set_num_threads(threads)
-    expect = run_expect(run_dir)
     dev = resolve_device(device)
     check_precision(precision, dev)
+    expect = run_expect(run_dir)
     task, components = _load_run(run_dir, _loader_for(loader, dev))
     start, stop = shard_ranges(masks, shards)[shard]
     x = sample_masks(seed, shard if stream is None else stream, stop - start, len(components), alpha, purpose)

