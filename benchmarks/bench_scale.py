@@ -104,8 +104,10 @@ def step_fit(run: dict) -> dict:
     components = [("synthetic", i, "row") for i in range(run["N"])]
     ids = [f"example/{i}" for i in range(run["n"])]
     expect = steps.run_expect(folder)
+    made = {k: v for k, v in meta(run).items() if k in steps.PROVENANCE}
     result = steps.fit_dataset(folder / "dataset.h5", folder / "attributions.h5", expect, components, ids,
-                             method="ols", backend="numpy", chunk_rows=4096, memory_budget=run["budget_gb"])
+                               method="ols", backend="numpy", chunk_rows=4096, memory_budget=run["budget_gb"],
+                               provenance=made)
     return {**result, "fit_seconds": result.pop("seconds")}
 
 
