@@ -317,7 +317,8 @@ def test_undefined_correlations_are_null_and_counted_never_nan(collected):
     json.loads(text, parse_constant=lambda name: pytest.fail(f"bare {name} in evaluation.json"))
     assert result["mean_correlation"] is None and result["median_correlation"] is None
     assert result["undefined_correlations"] == result["by_alpha"]["0.1"]["undefined_correlations"] == 6
-    assert "undefined" in steps.summarize(run_dir, run_dir / "e.json", [], run_dir / "summary.md", run_dir / "plots" / "c.png")
+    summary = steps.summarize(run_dir, run_dir / "e.json", [], run_dir / "summary.md", run_dir / "plots" / "c.png")
+    assert "undefined" in summary
 
 
 def test_baseline_refuses_non_finite_attributions(run_dir):
