@@ -1,7 +1,7 @@
 """Baseline component attributions that COAR is compared with, in COAR's sign convention.
 
-Every method returns an `Attribution`: `weight` (n examples x N components) and `bias` (n),
-read like COAR's linear models with the "1 = ablated" mask encoding:
+Every method returns a `coar.attributions.LinearModels`: `weight` (n examples x N components) and
+`bias` (n), read like COAR's linear models with the "1 = ablated" mask encoding:
 
     predicted output under mask x  =  bias + sum_i weight[:, i] * x_i
 
@@ -35,13 +35,14 @@ z's output, and `bias` is the unablated output f(z). One `coar.evaluate.predict`
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Literal, NamedTuple
+from typing import Literal
 
 import numpy as np
 import torch
 from torch import nn
 
 from coar.ablation import Mode, bind, install_maskers, remove_all, unit_fills
+from coar.attributions import LinearModels
 from coar.adapters import output_channel_dim
 from coar.components import ComponentSet
 from coar.embedding_path import embedded, replaced_output, scaled_output, token_embedding
@@ -53,16 +54,10 @@ from coar.constants import BASELINE_METHODS as METHODS
 Score = Literal["conductance", "internal_influence"]
 
 
-class Attribution(NamedTuple):
-    """Per-example linear models in COAR's encoding: weight (n x N) and bias (n), float32."""
-
-    weight: np.ndarray
-    bias: np.ndarray
-
 
 def leave_one_out(model: nn.Module, components: ComponentSet, inputs: torch.Tensor, labels: torch.Tensor,
                   output_fn: OutputFn, *, mode: Mode = "weight", reference_inputs: torch.Tensor | None = None,
-                  masks_per_pass: int = 8, max_batch: int = 4096, block: int = 1024) -> Attribution:
+                  masks_per_pass: int = 8, max_batch: int = 4096, block: int = 1024) -> LinearModels:
     """weight_i = f(ablate component i alone) - f(ablate nothing): N + 1 masks through `run_masked`.
 
     The one-hot masks are made `block` rows at a time, so memory stays bounded for large N.
@@ -81,7 +76,7 @@ def leave_one_out(model: nn.Module, components: ComponentSet, inputs: torch.Tens
         masks = np.zeros((len(units), n_components), bool)
         masks[np.arange(len(units)), units] = True
         weight[:, units] = (outputs(masks) - bias).T
-    return Attribution(weight, bias)
+    return LinearModels(weight, bias)
 
 
 @dataclass
@@ -182,7 +177,7 @@ def _check_model(model: nn.Module, inputs: torch.Tensor, labels: torch.Tensor) -
 
 def grad_x_param(model: nn.Module, components: ComponentSet, inputs: torch.Tensor, labels: torch.Tensor,
                  output_fn: OutputFn, *, mode: Mode = "weight", reference_inputs: torch.Tensor | None = None,
-                 max_batch: int = 4096) -> Attribution:
+                 max_batch: int = 4096) -> LinearModels:
     """First-order estimate of each ablation: weight_i = sum over positions of dOutput/da * (fill - a)."""
     device = _check_model(model, inputs, labels)
     recorder = _SiteRecorder(model, components, inputs[:2].to(device))
@@ -197,7 +192,7 @@ def grad_x_param(model: nn.Module, components: ComponentSet, inputs: torch.Tenso
                 change = _along(fill[r.units].to(r.value.dtype), r.dim, r.value.dim()) - r.value
                 cols = _columns(b.group.start, b.site.size, r.units)
                 weight[z0 : z0 + len(x), cols.start : cols.stop] += _unit_sums(r.grad * change, r.dim, len(x), r.batch).double().cpu()
-    return Attribution(weight.float().numpy(), bias.float().numpy())
+    return LinearModels(weight.float().numpy(), bias.float().numpy())
 
 
 def _quadrature(score: Score, n_steps: int) -> tuple[list[float], list[float]]:
@@ -288,7 +283,7 @@ def _one_row_per_example(model: nn.Module, modules: list[nn.Module], one: torch.
 
 def integrated(model: nn.Module, components: ComponentSet, inputs: torch.Tensor, labels: torch.Tensor,
                output_fn: OutputFn, *, score: Score, n_steps: int = 50, max_batch: int = 4096,
-               captum: bool = True) -> Attribution:
+               captum: bool = True) -> LinearModels:
     """Conductance or internal influence per unit (zero input as the path's start), as -score.
 
     With `captum`, units that are a module's output (conv filters, linear neurons) are scored
@@ -319,12 +314,12 @@ def integrated(model: nn.Module, components: ComponentSet, inputs: torch.Tensor,
                 score, model, b.owner, output_channel_dim(b.adapter), x, y, output_fn, n_steps, embedding).double().cpu()
         if on_sites:
             _site_scores(score, model, recorder, on_sites, x, y, output_fn, n_steps, scores[rows], embedding)
-    return Attribution((-scores).float().numpy(), bias.float().numpy())
+    return LinearModels((-scores).float().numpy(), bias.float().numpy())
 
 
 def attribute(method: str, model: nn.Module, components: ComponentSet, inputs: torch.Tensor, labels: torch.Tensor,
               output_fn: OutputFn, *, mode: Mode = "weight", reference_inputs: torch.Tensor | None = None,
-              masks_per_pass: int = 8, max_batch: int = 4096, n_steps: int = 50) -> Attribution:
+              masks_per_pass: int = 8, max_batch: int = 4096, n_steps: int = 50) -> LinearModels:
     """Run baseline `method` (one of METHODS) with the options that apply to it."""
     if method == "loo":
         return leave_one_out(model, components, inputs, labels, output_fn, mode=mode, reference_inputs=reference_inputs,

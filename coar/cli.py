@@ -5,12 +5,15 @@
     coar merge    --run-dir results/digits --masks 4000 --out dataset.h5 shard-*.h5
     coar fit      --run-dir results/digits --data dataset.h5 --out attributions.h5
     coar evaluate --run-dir results/digits --attributions attributions.h5 --alpha 0.05 --heldout 0.05=h.h5
-    coar summarize --run-dir results/digits
+    coar summarize --run-dir results/digits --evaluation evaluation.json --out summary.md --plot plots/correlation_histogram.png
     coar baseline --run-dir results/digits --method loo --out baselines/loo.h5
     coar compare  --run-dir results/digits --alpha 0.05 --method coar=attributions.h5 --method loo=baselines/loo.h5 \
                   --heldout 0.05=h.h5 --out comparison.json --table comparison.md
     coar figures  --run-dir results/digits --comparison comparison.json --method coar=attributions.h5 \
-                  --heldout 0.05=h.h5 --plots-dir plots
+                  --heldout 0.05=h.h5 --correlation-table plots/correlation_table.png \
+                  --correlation-distributions plots/correlation_distributions.png \
+                  --predicted-vs-true plots/predicted_vs_true.png --layer-attributions plots/layer_attributions.png \
+                  --step-timings plots/step_timings.png
     coar selfcheck --device cuda   # the op, run_masked, the cupy solver and a throughput table on one device
 """
 
@@ -21,10 +24,11 @@ import json
 import logging
 import os
 import sys
+from pathlib import Path
 from typing import Sequence
 
 from coar.constants import (ABLATION_MODES, BASELINE_METHODS, COMPONENT_KINDS, DEVICES, KIND_PRESETS, NONFINITE_POLICIES,
-                            PRECISIONS, SOLVER_BACKENDS, SOLVER_METHODS, UNREACHABLE_POLICIES)
+                            PRECISIONS, REPORT_FIGURES, SOLVER_BACKENDS, SOLVER_METHODS, UNREACHABLE_POLICIES)
 
 
 def _csv(text: str) -> list[str]:
@@ -176,6 +180,7 @@ def _parser() -> argparse.ArgumentParser:
     s.add_argument("--evaluation", required=True)
     s.add_argument("--timings", nargs="*", default=[], help="Snakemake benchmark files of the steps")
     s.add_argument("--out", required=True, help="summary.md to write")
+    s.add_argument("--plot", required=True, help="PNG of the per-example correlations to write (linked from summary.md)")
 
     s = add("baseline", "Attribute with a baseline method (leave-one-out, grad x param, conductance, internal influence).")
     s.add_argument("--method", required=True, choices=BASELINE_METHODS)
@@ -197,13 +202,14 @@ def _parser() -> argparse.ArgumentParser:
     s.add_argument("--table", required=True, help="Markdown table to write")
     _provenance_options(s, alpha=False)
 
-    s = add("figures", "Draw the report's figures from a comparison (PNG files in --plots-dir).")
+    s = add("figures", "Draw the report's figures from a comparison (one PNG file per option).")
     s.add_argument("--comparison", required=True, help="comparison.json")
     s.add_argument("--method", type=_name_path, action="append", required=True,
                    help="NAME=PATH of an attributions file (repeat; the first picks examples and gives per-layer sums)")
     s.add_argument("--heldout", type=_alpha_path, action="append", required=True, help="ALPHA=PATH of a held-out shard (repeat)")
     s.add_argument("--timings", nargs="*", default=[], help="Snakemake benchmark files of the steps")
-    s.add_argument("--plots-dir", required=True)
+    for field in REPORT_FIGURES:
+        s.add_argument(f"--{field.replace('_', '-')}", required=True, metavar="PNG", help=f"{field.replace('_', ' ')} figure to write")
 
     s = add("edit", "COAR-Edit task on offline digits: train, attribute, edit, report in <run-dir>/edits/<task>/.")
     s.add_argument("--task", required=True, help="fix_errors, forget_class, subpopulation, backdoor or typographic (coar.edit.tasks.TASKS)")
@@ -263,7 +269,7 @@ def _run(args: argparse.Namespace) -> None:
                                 _expected(args))
         print(f"mean held-out correlation at alpha={args.alpha:g}: {result['mean_correlation']:.3f}")
     elif args.command == "summarize":
-        print(steps.summarize(args.run_dir, args.evaluation, args.timings, args.out))
+        print(steps.summarize(args.run_dir, args.evaluation, args.timings, args.out, args.plot))
     elif args.command == "baseline":
         print(json.dumps(steps.baseline(args.run_dir, args.out, method=args.method, ablation=args.ablation,
                                         output_fn=args.output_fn, masks_per_pass=args.masks_per_pass,
@@ -275,8 +281,11 @@ def _run(args: argparse.Namespace) -> None:
         print(f"mean held-out correlation at alpha={args.alpha:g}: "
               + ", ".join(f"{m} {r[result['alpha']]:.3f}" for m, r in result["mean_correlation"].items()))
     elif args.command == "figures":
+        from coar.report import FigurePaths
+
+        paths = FigurePaths(*(Path(getattr(args, field)) for field in REPORT_FIGURES))
         for path in steps.figures(args.run_dir, args.comparison, dict(args.method), dict(args.heldout), args.timings,
-                                  args.plots_dir):
+                                  paths):
             print(path)
     elif args.command == "selfcheck":
         from coar.selfcheck import selfcheck

@@ -56,3 +56,7 @@ EDIT_TASKS = ("fix_errors", "forget_class", "subpopulation", "backdoor", "typogr
 
 DEFAULT_TASK_FUNCTION = "task"
 """The function a task spec without ':function' names."""
+
+REPORT_FIGURES = ("correlation_table", "correlation_distributions", "predicted_vs_true", "layer_attributions",
+                  "step_timings")
+"""The report's figures (coar.report.FigurePaths), each written where `coar figures --<name>` says."""

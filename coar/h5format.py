@@ -38,6 +38,7 @@ import h5py
 import numpy as np
 
 from coar.atomic import atomic_path
+from coar.attributions import LinearModels
 
 ENCODING = "1 = ablated"
 
@@ -468,14 +469,10 @@ def read_dataset(path: PathLike, expect: Mapping | None = None) -> tuple[np.ndar
 
 
 @dataclass(frozen=True)
-class Attributions:
-    """Per-example linear models of the ablated output: f(z, mask) ~ weight[z] @ mask + bias[z].
+class Attributions(LinearModels):
+    """An attributions file's per-example linear models (coar.attributions.LinearModels: weight
+    (n, N) and bias (n,), float32) with what the file records about them."""
 
-    mask is 1 where a component is ablated, so weight[z, i] is the effect of ablating component i.
-    """
-
-    weight: np.ndarray  # (n, N) float32
-    bias: np.ndarray  # (n,) float32
     lam: np.ndarray  # (n,) float64, the ridge penalty chosen per example
     components: list[tuple[str, int, str]]  # (module, unit, kind) per column of weight
     example_ids: list[str]  # one per row of weight

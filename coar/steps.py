@@ -14,7 +14,7 @@ import json
 import sys
 import time
 from pathlib import Path
-from typing import Sequence
+from typing import TYPE_CHECKING, Sequence
 
 import h5py
 import numpy as np
@@ -27,7 +27,7 @@ from coar.atomic import atomic_path, write_json
 from coar.batching import resolve_max_batch
 from coar.components import ComponentSet, discover
 from coar.constants import NONFINITE_POLICIES
-from coar.evaluate import format_value, predict, score
+from coar.evaluate import predict, score
 from coar.exactness import OnProblem, check_components
 from coar.examples import stack
 from coar.finite import nonfinite_problem
@@ -38,6 +38,9 @@ from coar.outputs import resolve_output_fn
 from coar.precision import autocast, check_precision
 from coar.saved_task import LoaderOptions, PreparedTask
 from coar.task import load_task
+
+if TYPE_CHECKING:  # drawing loads matplotlib: only the steps that draw import coar.report
+    from coar.report import FigurePaths
 
 
 def resolve_device(device: str) -> torch.device:
@@ -286,51 +289,13 @@ def evaluate(run_dir: str | Path, attributions: str | Path, heldout: dict[float,
     return result
 
 
-def _step_seconds(timings: Sequence[str | Path]) -> dict[str, float]:
-    """Wall seconds per step from Snakemake benchmark files (summed over shards)."""
-    seconds: dict[str, float] = {}
-    for path in timings:
-        step = Path(path).stem.split("-")[0]
-        lines = Path(path).read_text().splitlines()
-        seconds[step] = seconds.get(step, 0.0) + float(lines[1].split("\t")[0])
-    return seconds
-
-
-def summarize(run_dir: str | Path, evaluation: str | Path, timings: Sequence[str | Path], out: str | Path) -> str:
-    """A short Markdown summary of the run (and a correlation histogram beside it)."""
-    from coar.plots import correlation_histogram
+def summarize(run_dir: str | Path, evaluation: str | Path, timings: Sequence[str | Path], out: str | Path,
+              plot: str | Path) -> str:
+    """A short Markdown summary of the run at `out` and a correlation histogram at `plot` (coar.report)."""
+    from coar import report
 
     info = run_info(run_dir)
-    ev = json.loads(Path(evaluation).read_text())
-    plot = Path(out).parent / "plots" / "correlation_histogram.png"
-    correlation_histogram(ev["by_alpha"], plot)
-    task_info = info.get("task_info", {})
-    lines = [
-        f"# coar run `{Path(run_dir).name}`",
-        "",
-        f"- task: `{info['task']}`" + (f", test accuracy {task_info['test_accuracy']:.4f}" if "test_accuracy" in task_info else ""),
-        f"- components: {info['n_components']} ({', '.join(f'{v} {k}' for k, v in info['components_by_kind'].items())})",
-        f"- examples attributed: {info['n_examples']}",
-        f"- training masks: {ev['n_masks']} at alpha = {ev['alpha']:g}, seed {ev['seed']}; estimator: {ev['method']}",
-        f"- ablation: {ev['ablation']}; output function: `{ev['output_fn']}`; precision: {ev['precision']} "
-        "(as recorded in the attributions)",
-        "",
-        "| alpha | held-out masks | of them equal to a training mask | mean corr. | median corr. | mean rank corr. | MAE | undefined corr. |",
-        "|---|---|---|---|---|---|---|---|",
-    ]
-    for alpha, r in ev["by_alpha"].items():
-        same = r.get("coincident_with_training")
-        values = (r[k] for k in ("mean_correlation", "median_correlation", "mean_rank_correlation", "mean_absolute_error"))
-        lines.append(f"| {alpha} | {r['n_masks']} | {'not counted' if same is None else same} | "
-                     + " | ".join(format_value(v) for v in values) + f" | {r['undefined_correlations']} |")
-    seconds = _step_seconds(timings)
-    if seconds:
-        lines += ["", "| step | wall seconds |", "|---|---|"] + [f"| {k} | {v:.1f} |" for k, v in seconds.items()]
-    lines += ["", f"![per-example correlations]({plot.relative_to(Path(out).parent)})", ""]
-    text = "\n".join(lines)
-    with atomic_path(out) as tmp:
-        tmp.write_text(text)
-    return text
+    return report.write_summary(Path(run_dir).name, info, json.loads(Path(evaluation).read_text()), timings, out, plot)
 
 
 def _loader_for(loader: LoaderOptions, device: torch.device) -> LoaderOptions:
@@ -410,7 +375,8 @@ def _read_methods(run_dir: str | Path, attributions: dict[str, str | Path],
 def compare(run_dir: str | Path, attributions: dict[str, str | Path], heldout: dict[float, str | Path],
             train_alpha: float, out: str | Path, table: str | Path, expected: dict | None = None) -> dict:
     """Score COAR and the baselines on the same held-out masks: comparison.json and a Markdown table."""
-    from coar.evaluate import compare as compare_methods, correlation_table
+    from coar import report
+    from coar.evaluate import compare as compare_methods
 
     methods = _read_methods(run_dir, attributions, expected)
     ids = next(iter(methods.values())).example_ids
@@ -425,52 +391,21 @@ def compare(run_dir: str | Path, attributions: dict[str, str | Path], heldout: d
         "by_method": by_method,
     }
     write_json(out, result)
-    text = "\n".join([
-        f"# Mean held-out correlation per method and alpha: run `{Path(run_dir).name}`",
-        "",
-        f"Pearson correlation, per example, of predicted and true outputs across held-out masks; "
-        f"mean over {len(ids)} examples. Training alpha {train}.",
-        "",
-        correlation_table(by_method, train),
-        "",
-    ])
-    with atomic_path(table) as tmp:
-        tmp.write_text(text)
+    report.write_text(table, report.comparison_markdown(Path(run_dir).name, by_method, train, len(ids)))
     return result
 
 
-FIGURES = ("correlation_table.png", "correlation_distributions.png", "predicted_vs_true.png",
-           "layer_attributions.png", "step_timings.png")
-
-
 def figures(run_dir: str | Path, comparison: str | Path, attributions: dict[str, str | Path],
-            heldout: dict[float, str | Path], timings: Sequence[str | Path], plots_dir: str | Path,
-            examples: int = 4) -> list[Path]:
-    """The report's figures (FIGURES, as PNG in `plots_dir`).
-
-    The first method in `attributions` (COAR) picks the scatter plots' examples (its worst,
-    best and evenly spaced ranks between) and gives the per-layer sums.
-    """
-    from coar import plots
-    from coar.evaluate import module_totals
+            heldout: dict[float, str | Path], timings: Sequence[str | Path], paths: FigurePaths,
+            examples: int = 4) -> FigurePaths:
+    """The report's figures (coar.report.draw_figures), each at its path in `paths`; the first
+    method in `attributions` (COAR) picks the scatter plots' examples and gives the per-layer sums."""
+    from coar import report
 
     result = json.loads(Path(comparison).read_text())
-    train, plots_dir = result["alpha"], Path(plots_dir)
-    paths = [plots_dir / name for name in FIGURES]
-    plots.correlation_table(result["mean_correlation"], train, paths[0])
-    plots.correlation_distributions({m: r[train]["correlations"] for m, r in result["by_method"].items()}, train, paths[1])
-
-    methods = _read_methods(run_dir, attributions)
-    reference = next(iter(methods.values()))
-    masks, outputs = _read_heldout(run_dir, heldout)[train]
-    r = np.array([np.nan if v is None else v for v in result["by_method"][next(iter(methods))][train]["correlations"]])
-    ranked = np.argsort(np.where(np.isfinite(r), r, -np.inf))
-    picks = ranked[np.linspace(0, len(ranked) - 1, min(examples, len(ranked))).round().astype(int)]
-    plots.predicted_vs_true(outputs[:, picks], {m: predict(a.weight[picks], a.bias[picks], masks) for m, a in methods.items()},
-                            [reference.example_ids[i] for i in picks], paths[2])
-    plots.layer_attributions(module_totals(reference.weight, [c[0] for c in reference.components]), paths[3])
-    plots.step_timings(_step_seconds(timings), paths[4])
-    return paths
+    masks, outputs = _read_heldout(run_dir, heldout)[result["alpha"]]
+    return report.draw_figures(result, _read_methods(run_dir, attributions), masks, outputs,
+                               report.step_seconds(timings), paths, examples)
 
 
 def edit(run_dir: str | Path, task: str, params: dict, threads: int | None = None,

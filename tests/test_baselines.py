@@ -15,6 +15,7 @@ from captum.attr import NeuronConductance
 from torch import nn
 
 from coar import baselines, solver
+from coar.attributions import LinearModels
 from coar.components import discover
 from coar.evaluate import correlation, predict
 from coar.forward import run_masked
@@ -83,6 +84,7 @@ def setup(model_type, seed=0):
 def test_ablation_estimates_equal_the_closed_form_on_a_linear_model(model_type, mode, method):
     model, components, x, y = setup(model_type)
     result = baselines.attribute(method, model, components, x, y, first_output, mode=mode, max_batch=4)
+    assert isinstance(result, LinearModels)  # the type of every attribution result (coar.attributions)
     assert result.weight.shape == (len(x), len(components)) and result.bias.shape == (len(x),)
     np.testing.assert_allclose(result.weight, model.closed_form(x, mode), rtol=1e-4, atol=1e-5)
     np.testing.assert_allclose(result.bias, model(x)[:, 0].detach().numpy(), rtol=1e-6, atol=1e-6)

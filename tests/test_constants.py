@@ -93,7 +93,7 @@ def test_command_line_choices_are_the_constants():
 
 
 def test_the_implementing_modules_use_the_constants():
-    from coar import ablation, baselines, components, outputs
+    from coar import ablation, baselines, components, outputs, report
     from coar.edit import tasks as edit_tasks
     from coar.solver import backend, estimators
 
@@ -105,6 +105,7 @@ def test_the_implementing_modules_use_the_constants():
     assert typing.get_args(backend.BackendName) == constants.SOLVER_BACKENDS
     assert tuple(outputs.OUTPUT_FUNCTIONS) == constants.OUTPUT_FUNCTION_NAMES
     assert tuple(edit_tasks.TASKS) == constants.EDIT_TASKS
+    assert report.FigurePaths._fields == constants.REPORT_FIGURES
 
 
 @pytest.mark.parametrize("module", ["coar.constants", "coar.cli", "coar.config", "coar.spec"])

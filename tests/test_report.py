@@ -13,13 +13,13 @@ import numpy as np
 import pytest
 
 from coar.evaluate import compare, correlation_table, module_totals
-from coar.steps import FIGURES
+from coar.constants import REPORT_FIGURES
 from tests.snakemake_runs import TEST_CONFIG, TINY, snakemake
 
 RUN = f"results/{TINY['run']}"
 METHODS = ["coar", "loo", "grad_x_param", "conductance", "internal_influence"]
 SECTIONS = ["1. Summary", "2. Evaluation", "3. Attributions", "4. Timings"]
-PNGS = [*FIGURES, "correlation_histogram.png"]
+PNGS = [*(f"{name}.png" for name in REPORT_FIGURES), "correlation_histogram.png"]
 
 
 def test_compare_scores_every_method_on_the_same_heldout_masks():

@@ -259,7 +259,7 @@ def test_evaluation_and_summary_report_the_recorded_values_and_refuse_other_ones
     result = steps.evaluate(run_dir, run_dir / "attributions.h5", {0.1: heldout}, 0.1, run_dir / "evaluation.json",
                             expected)
     assert {k: result[k] for k in RUN} == RUN
-    summary = steps.summarize(run_dir, run_dir / "evaluation.json", [], run_dir / "summary.md")
+    summary = steps.summarize(run_dir, run_dir / "evaluation.json", [], run_dir / "summary.md", run_dir / "plots" / "c.png")
     assert "at alpha = 0.1, seed 3" in summary
     assert "ablation: weight; output function: `margin`; precision: fp32" in summary
 
@@ -317,7 +317,8 @@ def test_undefined_correlations_are_null_and_counted_never_nan(collected):
     json.loads(text, parse_constant=lambda name: pytest.fail(f"bare {name} in evaluation.json"))
     assert result["mean_correlation"] is None and result["median_correlation"] is None
     assert result["undefined_correlations"] == result["by_alpha"]["0.1"]["undefined_correlations"] == 6
-    assert "undefined" in steps.summarize(run_dir, run_dir / "e.json", [], run_dir / "summary.md")
+    summary = steps.summarize(run_dir, run_dir / "e.json", [], run_dir / "summary.md", run_dir / "plots" / "c.png")
+    assert "undefined" in summary
 
 
 def test_baseline_refuses_non_finite_attributions(run_dir):

@@ -18,6 +18,7 @@ from typing import Any, Literal
 
 import numpy as np
 
+from coar.attributions import LinearModels
 from coar.constants import SOLVER_METHODS, SolverMethod as Method
 
 from .backend import Backend, BackendName, get_backend
@@ -43,12 +44,10 @@ _STREAM_BYTES = 16 << 24  # row blocks of masks and outputs in flight (default_b
 
 
 @dataclass(frozen=True)
-class Fit:
-    """Attributions of n examples over N components. Masks encode x_i = 1 as "i ablated".
+class Fit(LinearModels):
+    """The solver's attributions of n examples over N components (coar.attributions.LinearModels:
+    weight (n, N) and bias (n,), float32; masks encode x_i = 1 as "i ablated"), with how they were fit.
 
-    weight: (n, N) float32; weight[z, i] is the predicted change of example z's output when
-        component i is ablated (the other components held fixed).
-    bias: (n,) float32; the predicted output with nothing ablated.
     lam: (n,) penalty used for each example, in the method's scikit-learn units (0 for OLS).
     score: (n,) validation R^2 of each example: the model fit on the training masks at the
         chosen lam, scored on the held-out masks (R^2 about their own mean). NaN when there was
@@ -57,16 +56,10 @@ class Fit:
     n_masks: the number of masks the final weights were fit on.
     """
 
-    weight: np.ndarray
-    bias: np.ndarray
     lam: np.ndarray
     score: np.ndarray
     method: str
     n_masks: int
-
-    def predict(self, X: np.ndarray) -> np.ndarray:
-        """Predicted outputs (m x n) of the ablated model for masks X (m x N)."""
-        return np.asarray(X, dtype=np.float32) @ self.weight.T + self.bias
 
 
 @dataclass(frozen=True)

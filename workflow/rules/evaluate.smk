@@ -56,7 +56,7 @@ rule summarize:
         f"{RUN}/logs/summarize.log",
     shell:
         "coar summarize --run-dir {params.run_dir:q} --evaluation {input.evaluation:q} --timings {input.timings:q}"
-        " --out {output.summary:q} 2>&1 | tee {log:q}"
+        " --out {output.summary:q} --plot {output.plot:q} 2>&1 | tee {log:q}"
 
 
 METHOD_FILES = {"coar": f"{RUN}/attributions.h5", **{m: f"{RUN}/baselines/{m}.h5" for m in BASELINES}}
@@ -122,9 +122,10 @@ rule figures:
         run_dir=run_dir_of_input,
         methods=METHOD_OPTIONS,
         heldout=HELDOUT_OPTIONS,
-        plots_dir=lambda wildcards, output: os.path.dirname(output.table),
     log:
         f"{RUN}/logs/figures.log",
     shell:
         "coar figures --run-dir {params.run_dir:q} --comparison {input.comparison:q} {params.methods} {params.heldout}"
-        " --timings {input.timings:q} --plots-dir {params.plots_dir:q} 2>&1 | tee {log:q}"
+        " --timings {input.timings:q} --correlation-table {output.table:q}"
+        " --correlation-distributions {output.distributions:q} --predicted-vs-true {output.scatter:q}"
+        " --layer-attributions {output.layers:q} --step-timings {output.timings:q} 2>&1 | tee {log:q}"
