@@ -53,8 +53,7 @@ class Backend:
         second N x N matrix is allocated); cupy always returns a new array.
         """
         if overwrite and self.xp is np and a.flags.c_contiguous:
-            # a is symmetric, so a.T is the same matrix in Fortran order: LAPACK factors it in place.
-            low = self.linalg.cholesky(a.T, lower=True, overwrite_a=True, check_finite=False)
+            low = blocked_cholesky_(a)
         else:
             low = self.xp.linalg.cholesky(a)
         diag = self.xp.diagonal(low)
@@ -66,6 +65,38 @@ class Backend:
         """Solve (low low') x = b given the lower Cholesky factor `low`."""
         half = self.linalg.solve_triangular(low, b, lower=True)
         return self.linalg.solve_triangular(low, half, lower=True, trans="T")
+
+
+CHOLESKY_BLOCK = 2048
+
+
+def blocked_cholesky_(a: np.ndarray, block: int = CHOLESKY_BLOCK) -> np.ndarray:
+    """Factor symmetric positive definite `a` in place: its lower triangle becomes the lower
+    Cholesky factor, which is returned (the upper triangle above it is left as scratch).
+
+    Right-looking, one block column at a time: a small dense factor of the diagonal block, a
+    triangular solve for the panel below it, and general matrix products updating the lower
+    triangle of the rest, block column by block column (at most N x `block` of scratch; never
+    an N x N temporary). LAPACK's own in-place factor (dpotrf, via scipy) and numpy's symmetric
+    product (X @ X.T) crashed with a segmentation fault at N = 22,720 in the OpenBLAS builds of
+    the scipy and numpy wheels; these calls keep every kernel on blocks of at most `block`.
+    """
+    import scipy.linalg
+
+    n = a.shape[0]
+    for j in range(0, n, block):
+        e = min(n, j + block)
+        try:
+            a[j:e, j:e] = np.linalg.cholesky(a[j:e, j:e])
+        except np.linalg.LinAlgError:
+            raise np.linalg.LinAlgError("matrix is not positive definite") from None
+        if e < n:
+            # the panel L21 solves L21 L11' = A21, i.e. L11 L21' = A21'
+            panel = scipy.linalg.solve_triangular(a[j:e, j:e], a[e:, j:e].T, lower=True, check_finite=False).T
+            a[e:, j:e] = panel
+            for c in range(e, n, block):  # the lower triangle of the rest, one block column at a time
+                a[c:, c : c + block] -= panel[c - e :] @ panel[c - e : c - e + block].T
+    return a
 
 
 def get_backend(name: BackendName | Backend = "auto") -> Backend:
