@@ -104,6 +104,7 @@ class _SiteRecorder:
             listing = "; ".join(f"{self.bound[i].group.module}: {reason}" for i, reason in layout.problems.items())
             raise RuntimeError(f"cannot attribute these components exactly: {listing}")
         self.batch_dims = layout.batch_dims  # e.g. 1 inside sequence-first encoders
+        self.folds = layout.folds  # rows per example, e.g. 3 for the sentences of a triple
         self.records: list[list[_Record]] = [[] for _ in self.bound]
 
     def _recorder(self, i: int):
@@ -260,27 +261,6 @@ def _site_scores(score: Score, model: nn.Module, recorder: _SiteRecorder, groups
         previous = recorder.records
 
 
-def _one_row_per_example(model: nn.Module, modules: list[nn.Module], one: torch.Tensor, indices: list[int]) -> list[int]:
-    """The `indices` whose module outputs one row for one example: captum's layer methods need
-    the layer's batch to be the input's; a module running several rows per example (e.g. the
-    sentences of a triple) is scored on its sites instead."""
-    rows: dict[int, int] = {}
-
-    def watch(k: int):
-        def hook(_m: nn.Module, _args: tuple, out: torch.Tensor) -> None:
-            rows.setdefault(k, out.shape[0])
-        return hook
-
-    handles = [m.register_forward_hook(watch(k)) for k, m in enumerate(modules)]
-    try:
-        with torch.no_grad():
-            model(one)
-    finally:
-        for h in handles:
-            h.remove()
-    return [i for k, i in enumerate(indices) if rows.get(k) == 1]
-
-
 def integrated(model: nn.Module, components: ComponentSet, inputs: torch.Tensor, labels: torch.Tensor,
                output_fn: OutputFn, *, score: Score, n_steps: int = 50, max_batch: int = 4096,
                captum: bool = True) -> LinearModels:
@@ -297,8 +277,10 @@ def integrated(model: nn.Module, components: ComponentSet, inputs: torch.Tensor,
     device = _check_model(model, inputs, labels)
     embedding = None if inputs.is_floating_point() else token_embedding(model, inputs[:1].to(device))
     recorder = _SiteRecorder(model, components, inputs[:2].to(device))
-    by_captum = [i for i, b in enumerate(recorder.bound) if captum and output_channel_dim(b.adapter) is not None]
-    by_captum = _one_row_per_example(model, [recorder.bound[i].owner for i in by_captum], inputs[:1].to(device), by_captum)
+    # captum's layer methods need the layer's batch to be the input's: modules whose batch axis is
+    # elsewhere or holds several rows per example (the layout probe's finding) go to their sites
+    by_captum = [i for i, b in enumerate(recorder.bound) if captum and output_channel_dim(b.adapter) is not None
+                 and recorder.batch_dims[i] == 0 and recorder.folds[i] == 1]
     on_sites = [i for i in range(len(recorder.bound)) if i not in by_captum]
     per_batch = max(1, max_batch // (n_steps + 1))
     scores = torch.zeros(len(inputs), len(components), dtype=torch.float64)
