@@ -112,6 +112,12 @@ class FingerprintChecked:
         self.checked = True
 
 
+def first_inputs(examples: Examples, rows: int) -> torch.Tensor:
+    """The inputs of the first `rows` examples (probes and dry passes need only a couple); reads
+    one batch, so a fingerprint check waiting for a full pass is not disturbed."""
+    return next(iter(examples.batches(rows)))[0]
+
+
 def stack(examples: Examples, batch_size: int = 256) -> Batch:
     """All examples as two tensors (for methods that need them in memory at once)."""
     xs, ys = zip(*examples.batches(batch_size))

@@ -13,7 +13,7 @@ from tqdm.auto import tqdm
 from coar.ablation import Ablation, Mode
 from coar.batching import PassSize
 from coar.components import ComponentSet
-from coar.examples import Examples, TensorExamples
+from coar.examples import Examples, TensorExamples, first_inputs
 from coar.exactness import fold_problems, probe_layout
 from coar.precision import autocast, check_precision
 
@@ -65,7 +65,7 @@ def run_masked(
     n = len(examples)
     per_pass = PassSize(min(n, max_batch // masks_per_pass))
     out = np.empty((len(masks), n), dtype=np.float32)
-    probe = next(iter(examples.batches(2)))[0].to(device)
+    probe = first_inputs(examples, 2).to(device)
     layout = probe_layout(model, components, probe)
     used = masks.any(0)
     used_groups = [i for i, g in enumerate(components.groups) if bool(used[g.start : g.stop].any())]

@@ -29,7 +29,7 @@ from coar.components import ComponentSet, discover
 from coar.constants import NONFINITE_POLICIES
 from coar.evaluate import predict, score
 from coar.exactness import OnProblem, check_components
-from coar.examples import stack
+from coar.examples import first_inputs, stack
 from coar.finite import nonfinite_problem
 from coar.fastpath import FastPath, prepare as prepare_fast
 from coar.forward import run_masked
@@ -50,11 +50,6 @@ def resolve_device(device: str) -> torch.device:
     if device == "cuda" and not torch.cuda.is_available():
         raise RuntimeError("device 'cuda' was requested but torch sees no GPU; use device: cpu or auto")
     return torch.device(device)
-
-
-def _first_inputs(task, rows: int) -> torch.Tensor:
-    """The task's first `rows` inputs (a dry pass needs only a couple)."""
-    return next(iter(task.example_source().batches(rows)))[0]
 
 
 def _run_file(run_dir: str | Path, name: str) -> Path:
@@ -83,7 +78,7 @@ def prepare(spec: str, params: dict, kinds: str | Sequence[str], include: Sequen
     start = time.perf_counter()
     task = load_task(spec, params)
     components = discover(task.model, kinds, include, exclude)
-    components, problems = check_components(task.model, components, _first_inputs(task, 2), unreachable)
+    components, problems = check_components(task.model, components, first_inputs(task.example_source(), 2), unreachable)
     if method == "ols" and masks is not None and masks <= len(components):
         raise ValueError(f"config key 'masks': {masks} masks for {len(components)} components, but solver.method "
                          f"ols needs more masks than components; use masks >= {len(components) + 1}, "
@@ -166,7 +161,7 @@ def collect(run_dir: str | Path, out: str | Path, *, shard: int, shards: int, ma
     fn_name = output_fn or task.output_fn
     model = task.model.to(dev)
     fast = prepare_fast(model, components, unit_fills(model, components, ablation, task.reference_inputs), fast_path)
-    first = next(iter(task.examples.batches(1)))[0]
+    first = first_inputs(task.examples, 1)
     rows = resolve_max_batch(max_batch, fast.model, first, dev, lambda: autocast(precision, dev))
     y = run_masked(fast.model, components, x, task.examples, None, resolve_output_fn(fn_name),
                    masks_per_pass=masks_per_pass, max_batch=rows, mode=ablation, fills=fast.fills,
