@@ -64,7 +64,7 @@ class OutOfMemoryAbove(torch.nn.Module):
         return self.model(x)
 
 
-def test_out_of_memory_during_collection_halves_the_pass_and_gives_the_same_outputs(caplog):
+def test_out_of_memory_during_collection_halves_the_pass_and_gives_the_same_outputs_to_float_rounding(caplog):
     torch.manual_seed(0)
     inner = TinyNet().eval()
     components = discover(inner, kinds=("linear",))
@@ -76,7 +76,8 @@ def test_out_of_memory_during_collection_halves_the_pass_and_gives_the_same_outp
     with caplog.at_level(logging.WARNING, logger="coar.batching"):
         got = run_masked(wrapped, wrapped_components, masks, x, y, margin, masks_per_pass=4, max_batch=4 * 25)
     assert wrapped.refused >= 1, "the injected error must have fired"
-    np.testing.assert_array_equal(got, expected)
+    # A smaller pass may take other kernels and summation orders: equal to float rounding, not bit for bit.
+    np.testing.assert_allclose(got, expected, rtol=1e-5, atol=1e-6)
     assert "out of memory with 25 examples per pass; continuing with 12" in caplog.text
 
 
