@@ -99,12 +99,13 @@ def step_merge(run: dict) -> dict:
 
 def step_fit(run: dict) -> dict:
     from coar import steps
+    from coar.run import PROVENANCE, Run
 
     folder = Path(run["dir"])
     components = [("synthetic", i, "row") for i in range(run["N"])]
     ids = [f"example/{i}" for i in range(run["n"])]
-    expect = steps.run_expect(folder)
-    made = {k: v for k, v in meta(run).items() if k in steps.PROVENANCE}
+    expect = Run(folder).expect
+    made = {k: v for k, v in meta(run).items() if k in PROVENANCE}
     result = steps.fit_dataset(folder / "dataset.h5", folder / "attributions.h5", expect, components, ids,
                                method="ols", backend="numpy", chunk_rows=4096, memory_budget=run["budget_gb"],
                                provenance=made)

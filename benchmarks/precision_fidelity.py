@@ -24,6 +24,7 @@ import yaml
 
 from coar import steps
 from coar.fastpath import FastPath
+from coar.run import Run
 
 ROOT = Path(__file__).resolve().parents[1]
 PRESETS = {"digits": ROOT / "config" / "config.yaml", "tinylm": ROOT / "config" / "presets" / "tinylm.yaml"}
@@ -58,7 +59,7 @@ def main(argv: list[str] | None = None) -> None:
         run.mkdir(parents=True, exist_ok=True)
         t0 = time.perf_counter()
         if args.workdir and (run / "prepare.json").exists():  # a kept folder: reuse its prepared task
-            info = steps.run_info(run)
+            info = Run(run).info
         else:
             info = steps.prepare(config["task"]["spec"], config["task"].get("params", {}), c["kinds"], c["include"],
                                  c["exclude"], run)

@@ -303,10 +303,10 @@ def _run(args: argparse.Namespace) -> None:
 
 def _expected(args: argparse.Namespace) -> dict:
     """The provenance values given on the command line (evaluate and compare take --alpha separately)."""
-    from coar import steps
+    from coar.run import Run
 
     alpha = args.alpha if args.command in ("merge", "fit") else None
-    return steps.provenance(args.run_dir, alpha=alpha, seed=args.seed, ablation=args.ablation,
+    return Run(args.run_dir).provenance( alpha=alpha, seed=args.seed, ablation=args.ablation,
                             output_fn=args.output_fn, precision=args.precision)
 
 

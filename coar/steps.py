@@ -25,7 +25,7 @@ from coar import h5format, saved_task
 from coar.ablation import unit_fills
 from coar.atomic import atomic_path, write_json
 from coar.batching import resolve_max_batch
-from coar.components import ComponentSet, discover
+from coar.components import discover
 from coar.constants import NONFINITE_POLICIES
 from coar.evaluate import predict, score
 from coar.exactness import OnProblem, check_components
@@ -36,7 +36,8 @@ from coar.forward import run_masked
 from coar.masks import count_rows_in, sample_masks, shard_ranges
 from coar.outputs import resolve_output_fn
 from coar.precision import autocast, check_precision
-from coar.saved_task import LoaderOptions, PreparedTask
+from coar.run import COMPONENTS, FINGERPRINTS, PREPARE, PROVENANCE, Run
+from coar.saved_task import LoaderOptions
 from coar.task import load_task
 
 if TYPE_CHECKING:  # drawing loads matplotlib: only the steps that draw import coar.report
@@ -50,18 +51,6 @@ def resolve_device(device: str) -> torch.device:
     if device == "cuda" and not torch.cuda.is_available():
         raise RuntimeError("device 'cuda' was requested but torch sees no GPU; use device: cpu or auto")
     return torch.device(device)
-
-
-def _run_file(run_dir: str | Path, name: str) -> Path:
-    path = Path(run_dir) / name
-    if not path.exists():
-        raise FileNotFoundError(f"{path} is missing: run the prepare step first (coar prepare)")
-    return path
-
-
-PROVENANCE = ("alpha", "seed", "ablation", "output_fn", "precision")
-"""How a row file's data were made; every step compares these with the config's values."""
-
 
 
 def prepare(spec: str, params: dict, kinds: str | Sequence[str], include: Sequence[str], exclude: Sequence[str],
@@ -85,7 +74,7 @@ def prepare(spec: str, params: dict, kinds: str | Sequence[str], include: Sequen
                          "or solver.method: ridge or lasso")
     run_dir = Path(run_dir)
     saved = saved_task.save(task, run_dir, LoaderOptions(loader.workers, pin_memory=False))  # one pass on the CPU: no pinning, no cache
-    with atomic_path(run_dir / "components.json") as tmp:
+    with atomic_path(run_dir / COMPONENTS) as tmp:
         components.save(tmp)
     info = {
         "task": spec,
@@ -101,29 +90,8 @@ def prepare(spec: str, params: dict, kinds: str | Sequence[str], include: Sequen
         "coar_version": coar.__version__,
         "seconds": time.perf_counter() - start,
     }
-    write_json(run_dir / "prepare.json", info)
+    write_json(run_dir / PREPARE, info)
     return info
-
-
-def run_info(run_dir: str | Path) -> dict:
-    """What `prepare` recorded for this run."""
-    return json.loads(_run_file(run_dir, "prepare.json").read_text())
-
-
-def run_expect(run_dir: str | Path) -> dict:
-    """Attributes every row file of this run must carry (fingerprints and sizes)."""
-    info = run_info(run_dir)
-    keys = ("n_components", "n_examples", "model_fingerprint", "components_fingerprint", "examples_fingerprint")
-    return {k: info[k] for k in keys}
-
-
-def provenance(run_dir: str | Path, *, alpha: float | None = None, seed: int | None = None,
-               ablation: str | None = None, output_fn: str | None = None, precision: str | None = None) -> dict:
-    """The PROVENANCE values a step's inputs must carry: those given (None = not checked), with
-    output_fn defaulting, as in collect, to the task's own recorded by prepare."""
-    values = {"alpha": alpha, "seed": seed, "ablation": ablation, "precision": precision,
-              "output_fn": output_fn or run_info(run_dir)["output_fn"]}
-    return {k: v for k, v in values.items() if v is not None}
 
 
 def collect(run_dir: str | Path, out: str | Path, *, shard: int, shards: int, masks: int, alpha: float, seed: int,
@@ -148,8 +116,9 @@ def collect(run_dir: str | Path, out: str | Path, *, shard: int, shards: int, ma
         torch.set_num_threads(threads)
     dev = resolve_device(device)
     check_precision(precision, dev)
-    expect = run_expect(run_dir)
-    task, components = _load_run(run_dir, _loader_for(loader, dev))
+    run = Run(run_dir)
+    expect = run.expect
+    task, components = run.reopen(_loader_for(loader, dev)), run.components
     start, stop = shard_ranges(masks, shards)[shard]
     x = sample_masks(seed, shard if stream is None else stream, stop - start, len(components), alpha, purpose)
     extra = {}
@@ -166,7 +135,7 @@ def collect(run_dir: str | Path, out: str | Path, *, shard: int, shards: int, ma
     y = run_masked(fast.model, components, x, task.examples, None, resolve_output_fn(fn_name),
                    masks_per_pass=masks_per_pass, max_batch=rows, mode=ablation, fills=fast.fills,
                    progress=True, precision=precision)
-    ids = saved_task.example_ids(run_dir, expect["n_examples"])
+    ids = run.example_ids
     if problem := nonfinite_problem(y, range(start, stop), ids, "masks (rows)", "examples"):
         if nonfinite == "error":
             raise ValueError(f"the ablated model gave {problem}; nothing was written. Check the model and output "
@@ -182,7 +151,7 @@ def merge(run_dir: str | Path, shard_paths: Sequence[str | Path], out: str | Pat
           expected: dict | None = None) -> None:
     """Check that the shards belong to this run, were made as `expected` (see `provenance`) and
     tile all m rows, then merge them."""
-    h5format.merge_shards(shard_paths, out, {**run_expect(run_dir), **(expected or {})}, masks)
+    h5format.merge_shards(shard_paths, out, {**Run(run_dir).expect, **(expected or {})}, masks)
 
 
 def fit(run_dir: str | Path, data: str | Path, out: str | Path, *, method: str, backend: str, chunk_rows: int,
@@ -190,11 +159,10 @@ def fit(run_dir: str | Path, data: str | Path, out: str | Path, *, method: str, 
     """Fit one linear model per example on the merged dataset (streamed) and save it, block of
     examples by block; memory_budget in GB (None: from the job's memory limits). The data must
     have been made as `expected` (see `provenance`); the attributions record how they were made."""
-    expect = {**run_expect(run_dir), **(expected or {})}
+    run = Run(run_dir)
+    expect = {**run.expect, **(expected or {})}
     made = h5format.run_attrs_of(data, expect)
-    task_ids = saved_task.example_ids(run_dir, expect["n_examples"])
-    components = _components(run_dir)
-    return fit_dataset(data, out, expect, components.table(), task_ids, method=method, backend=backend,
+    return fit_dataset(data, out, expect, run.components.table(), run.example_ids, method=method, backend=backend,
                        chunk_rows=chunk_rows, example_block=example_block, memory_budget=memory_budget,
                        provenance={k: made[k] for k in PROVENANCE})
 
@@ -217,7 +185,7 @@ def fit_dataset(data: str | Path, out: str | Path, expect: dict, components: Seq
     attrs = {
         "encoding": h5format.ENCODING, "solver": f"coar.solver backend={backend}", "method": method, "n_masks": reader.n_rows,
         **(provenance or {}),
-        **{k: expect[k] for k in ("model_fingerprint", "components_fingerprint", "examples_fingerprint")},
+        **{k: expect[k] for k in FINGERPRINTS},
     }
     with h5format.attributions_writer(out, components, example_ids, attrs) as writer:
         blocks = solver.fit_blocks(reader, method=method, backend=backend, plan=plan, progress=lambda text: print(
@@ -260,9 +228,9 @@ def evaluate(run_dir: str | Path, attributions: str | Path, heldout: dict[float,
     The attributions must have been made at `train_alpha` and as `expected` (see `provenance`);
     evaluation.json reports the values they recorded.
     """
-    expect = run_expect(run_dir)
-    fingerprints = {k: expect[k] for k in ("model_fingerprint", "components_fingerprint", "examples_fingerprint")}
-    attr = h5format.read_attributions(attributions, expect={**fingerprints, **(expected or {}), "alpha": train_alpha})
+    run = Run(run_dir)
+    expect = run.expect
+    attr = h5format.read_attributions(attributions, expect={**run.fingerprints, **(expected or {}), "alpha": train_alpha})
     by_alpha = {}
     for alpha, path in sorted(heldout.items()):
         masks, outputs = _read_rows(path, _heldout_expect(expect, expected, alpha))
@@ -289,30 +257,13 @@ def summarize(run_dir: str | Path, evaluation: str | Path, timings: Sequence[str
     """A short Markdown summary of the run at `out` and a correlation histogram at `plot` (coar.report)."""
     from coar import report
 
-    info = run_info(run_dir)
-    return report.write_summary(Path(run_dir).name, info, json.loads(Path(evaluation).read_text()), timings, out, plot)
+    run = Run(run_dir)
+    return report.write_summary(run.name, run.info, json.loads(Path(evaluation).read_text()), timings, out, plot)
 
 
 def _loader_for(loader: LoaderOptions, device: torch.device) -> LoaderOptions:
     """Pinned memory only helps copies to a GPU (and warns without one)."""
     return LoaderOptions(loader.workers, loader.pin_memory and device.type == "cuda", loader.cache_mb)
-
-
-def _load_run(run_dir: str | Path, loader: LoaderOptions = LoaderOptions()) -> tuple[PreparedTask, ComponentSet]:
-    """The prepared task and component list of a run, checked against what `prepare` recorded."""
-    info = run_info(run_dir)
-    return saved_task.reopen(run_dir, info, loader), _components(run_dir, info)
-
-
-def _components(run_dir: str | Path, info: dict | None = None) -> ComponentSet:
-    """The run's component list, checked against what `prepare` recorded."""
-    info = run_info(run_dir) if info is None else info
-    components = ComponentSet.load(_run_file(run_dir, "components.json"))
-    if components.fingerprint != info["components_fingerprint"]:
-        raise RuntimeError(f"{run_dir}: components.json changed after prepare: components fingerprint "
-                           f"{components.fingerprint} but prepare.json records {info['components_fingerprint']}; "
-                           "rerun the prepare step")
-    return components
 
 
 def baseline(run_dir: str | Path, out: str | Path, *, method: str, ablation: str, output_fn: str | None,
@@ -323,10 +274,10 @@ def baseline(run_dir: str | Path, out: str | Path, *, method: str, ablation: str
 
     if threads:
         torch.set_num_threads(threads)
-    expect = run_expect(run_dir)
+    run = Run(run_dir)
     dev = resolve_device(device)
-    task, components = _load_run(run_dir, _loader_for(loader, dev))
-    ids = saved_task.example_ids(run_dir, expect["n_examples"])
+    task, components = run.reopen(_loader_for(loader, dev)), run.components
+    ids = run.example_ids
     inputs, labels = stack(task.examples)  # the baselines take tensors: all examples in memory
     fn_name = output_fn or task.output_fn
     start = time.perf_counter()
@@ -343,7 +294,7 @@ def baseline(run_dir: str | Path, out: str | Path, *, method: str, ablation: str
         "encoding": h5format.ENCODING, "solver": "coar.baselines", "method": method,
         "n_masks": len(components) + 1 if method == "loo" else 0, "ablation": ablation, "output_fn": fn_name,
         "precision": "fp32",
-        **{k: expect[k] for k in ("model_fingerprint", "components_fingerprint", "examples_fingerprint")},
+        **run.fingerprints,
     })
     return {"method": method, "seconds": seconds}
 
@@ -351,7 +302,7 @@ def baseline(run_dir: str | Path, out: str | Path, *, method: str, ablation: str
 def _read_heldout(run_dir: str | Path, heldout: dict[float, str | Path],
                   expected: dict | None = None) -> dict[str, tuple[np.ndarray, np.ndarray]]:
     """(masks, outputs) of every held-out file, keyed by alpha as text, in alpha order."""
-    expect = run_expect(run_dir)
+    expect = Run(run_dir).expect
     return {f"{alpha:g}": _read_rows(path, _heldout_expect(expect, expected, alpha))
             for alpha, path in sorted(heldout.items())}
 
@@ -360,8 +311,7 @@ def _read_methods(run_dir: str | Path, attributions: dict[str, str | Path],
                   expected: dict | None = None) -> dict[str, h5format.Attributions]:
     """Every method's attributions file, checked to belong to this run and to model the same
     ablation and output function as `expected` (every method records these two)."""
-    expect = run_expect(run_dir)
-    fingerprints = {k: expect[k] for k in ("model_fingerprint", "components_fingerprint", "examples_fingerprint")}
+    fingerprints = Run(run_dir).fingerprints
     shared = {k: v for k, v in (expected or {}).items() if k in ("ablation", "output_fn")}
     return {method: h5format.read_attributions(path, expect={**fingerprints, **shared})
             for method, path in attributions.items()}

@@ -9,6 +9,7 @@ import yaml
 from PIL import Image
 
 from coar import h5format, steps
+from coar.run import Run
 from coar.saved_task import LoaderOptions, example_ids
 
 TASK = "coar.tasks.image_folder"
@@ -87,7 +88,7 @@ def test_an_image_folder_task_runs_through_the_workflow(tmp_path):
                             capture_output=True, text=True)
     assert result.returncode == 0, result.stderr[-3000:]
     run = tmp_path / "results" / "images"
-    assert steps.run_info(run)["examples_kind"] == "dataset"
+    assert Run(run).info["examples_kind"] == "dataset"
     assert not (run / "task.pt").exists()
     attributions = h5format.read_attributions(run / "attributions.h5")
     assert attributions.weight.shape == (24, 14) and attributions.example_ids[0] == "class0/000.png"

@@ -16,6 +16,7 @@ from safetensors.torch import load_file, save_file
 
 from coar import h5format, saved_task, steps
 from coar.cli import main
+from coar.run import Run
 from coar.fingerprint import model_fingerprint
 from coar.task import load_task
 from tests import tasks_for_tests
@@ -148,7 +149,7 @@ def test_changed_reference_inputs_are_refused(tmp_path, capsys):
 
 def test_reopen_restores_the_prepared_weights_and_examples(tmp_path):
     info = prepare(tmp_path, n=9)
-    prepared = saved_task.reopen(tmp_path, steps.run_info(tmp_path))
+    prepared = saved_task.reopen(tmp_path, Run(tmp_path).info)
     original = load_task(SPEC, {"n": 9})
     assert model_fingerprint(prepared.model) == info["model_fingerprint"] == model_fingerprint(original.model)
     assert not prepared.model.training
@@ -160,7 +161,7 @@ def test_reopen_restores_the_prepared_weights_and_examples(tmp_path):
 
 def test_the_task_function_runs_in_restoring_mode_in_later_steps(tmp_path, monkeypatch):
     steps.prepare("tests.tasks_for_tests:records_restoring", {}, "linear", ["*"], [], tmp_path)
-    assert steps.run_info(tmp_path)["task_info"] == {"restoring": False}
+    assert Run(tmp_path).info["task_info"] == {"restoring": False}
     seen = []
     original = tasks_for_tests.records_restoring
 
@@ -170,7 +171,7 @@ def test_the_task_function_runs_in_restoring_mode_in_later_steps(tmp_path, monke
         return task
 
     monkeypatch.setattr(tasks_for_tests, "records_restoring", spy)
-    saved_task.reopen(tmp_path, steps.run_info(tmp_path))
+    saved_task.reopen(tmp_path, Run(tmp_path).info)
     assert seen == [True]
 
 

@@ -180,6 +180,7 @@ def test_remove_stale_temporaries_ignores_names_that_only_look_alike(tmp_path):
 # ----------------------------------------------------------------------------- provenance
 
 from coar import steps  # noqa: E402
+from coar.run import Run  # noqa: E402
 from coar.task import load_task  # noqa: E402
 
 TASK = "tests.tasks_for_tests:task"
@@ -205,9 +206,9 @@ def collected(run_dir):
     shards = [run_dir / f"shards/shard-{i}.h5" for i in range(2)]
     for i, path in enumerate(shards):
         collect(run_dir, path, shard=i, shards=2)
-    steps.merge(run_dir, shards, run_dir / "dataset.h5", 40, steps.provenance(run_dir, **RUN))
+    steps.merge(run_dir, shards, run_dir / "dataset.h5", 40, Run(run_dir).provenance(**RUN))
     steps.fit(run_dir, run_dir / "dataset.h5", run_dir / "attributions.h5", method="ridge", backend="numpy",
-              chunk_rows=16, expected=steps.provenance(run_dir, **RUN))
+              chunk_rows=16, expected=Run(run_dir).provenance(**RUN))
     return run_dir, shards
 
 
@@ -218,7 +219,7 @@ def collected(run_dir):
 def test_merge_refuses_shards_made_otherwise_than_the_config_naming_key_and_both_values(collected, key, config_value,
                                                                                           recorded):
     run_dir, shards = collected
-    expected = steps.provenance(run_dir, **(RUN | {key: config_value}))
+    expected = Run(run_dir).provenance(**(RUN | {key: config_value}))
     with pytest.raises(FormatError, match=rf"made with {key} {recorded} but this run has {config_value!r}"):
         steps.merge(run_dir, shards, run_dir / "other.h5", 40, expected)
     assert not (run_dir / "other.h5").exists()
@@ -229,14 +230,14 @@ def test_merge_by_default_expects_the_tasks_own_output_function(collected, tmp_p
     shard = tmp_path / "lm.h5"
     collect(run_dir, shard, output_fn="tests.tasks_for_tests:constant_output")
     with pytest.raises(FormatError, match="output_fn 'tests.tasks_for_tests:constant_output' but this run has 'margin'"):
-        steps.merge(run_dir, [shard], tmp_path / "d.h5", 40, steps.provenance(run_dir))
+        steps.merge(run_dir, [shard], tmp_path / "d.h5", 40, Run(run_dir).provenance())
 
 
 def test_fit_refuses_a_dataset_made_at_another_alpha(collected):
     run_dir, _ = collected
     with pytest.raises(FormatError, match="alpha 0.1 but this run has 0.3"):
         steps.fit(run_dir, run_dir / "dataset.h5", run_dir / "a.h5", method="ridge", backend="numpy", chunk_rows=16,
-                  expected=steps.provenance(run_dir, **(RUN | {"alpha": 0.3})))
+                  expected=Run(run_dir).provenance(**(RUN | {"alpha": 0.3})))
 
 
 def test_attributions_record_how_their_data_were_made(collected):
@@ -250,7 +251,7 @@ def test_evaluation_and_summary_report_the_recorded_values_and_refuse_other_ones
     run_dir, _ = collected
     heldout = run_dir / "heldout.h5"
     collect(run_dir, heldout, masks=20, purpose="heldout")
-    expected = steps.provenance(run_dir, **{k: v for k, v in RUN.items() if k != "alpha"})
+    expected = Run(run_dir).provenance(**{k: v for k, v in RUN.items() if k != "alpha"})
     with pytest.raises(FormatError, match="alpha 0.1 but this run has 0.2"):
         steps.evaluate(run_dir, run_dir / "attributions.h5", {0.2: heldout}, 0.2, run_dir / "e.json", expected)
     with pytest.raises(FormatError, match="seed 3 but this run has 9"):
@@ -309,7 +310,7 @@ def test_undefined_correlations_are_null_and_counted_never_nan(collected):
     heldout = run_dir / "heldout.h5"
     collect(run_dir, heldout, masks=20, purpose="heldout", output_fn=fn)
     # the attributions were fitted on margins; scored against constant outputs every correlation is undefined
-    h5format_expect = steps.provenance(run_dir, seed=3, ablation="weight", precision="fp32", output_fn="margin")
+    h5format_expect = Run(run_dir).provenance(seed=3, ablation="weight", precision="fp32", output_fn="margin")
     with pytest.raises(FormatError, match="output_fn"):
         steps.evaluate(run_dir, run_dir / "attributions.h5", {0.1: heldout}, 0.1, run_dir / "e.json", h5format_expect)
     result = steps.evaluate(run_dir, run_dir / "attributions.h5", {0.1: heldout}, 0.1, run_dir / "e.json", {})

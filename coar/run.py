@@ -1,0 +1,123 @@
+"""The run folder (results/<run>/): what the prepare step made, read once, and what every later
+step, the command line and the Python API check against it.
+
+A run folder holds the task as data (coar.saved_task), `components.json` and `prepare.json`
+(task spec, sizes and fingerprints), then the files of the later steps at the paths named here.
+Every row or attributions file must carry this run's sizes and fingerprints (`expect`) and say
+how it was made (`PROVENANCE`), which each step compares with the values it is given.
+"""
+
+from __future__ import annotations
+
+import json
+from functools import cached_property
+from pathlib import Path
+
+from coar.components import ComponentSet
+from coar.saved_task import LoaderOptions, PreparedTask, example_ids, reopen
+
+PREPARE = "prepare.json"
+COMPONENTS = "components.json"
+FINGERPRINTS = ("model_fingerprint", "components_fingerprint", "examples_fingerprint")
+"""What ties a file to this run's model, component list and examples."""
+PROVENANCE = ("alpha", "seed", "ablation", "output_fn", "precision")
+"""How a row or attributions file's data were made; every step compares these with the config's."""
+
+
+class Run:
+    """One run folder. `Run(path)` reads prepare.json once; components and example ids are read
+    (and checked against it) when first asked for."""
+
+    def __init__(self, run_dir: str | Path) -> None:
+        self.dir = Path(run_dir)
+        path = self.file(PREPARE)
+        try:
+            info = json.loads(path.read_text(encoding="utf-8"))
+        except ValueError as error:  # not UTF-8 (e.g. pickle bytes), or not JSON
+            raise ValueError(f"{path} cannot be read as JSON ({error}); it is not a file coar wrote: "
+                             "delete the run folder's prepare.json and rerun the prepare step") from None
+        if not isinstance(info, dict):
+            raise ValueError(f"{path} is not a JSON object; delete it and rerun the prepare step")
+        self.info: dict = info
+
+    def __repr__(self) -> str:
+        return f"Run({str(self.dir)!r})"
+
+    @property
+    def name(self) -> str:
+        return self.dir.name
+
+    def file(self, name: str) -> Path:
+        """A file the prepare step made; refused, saying what to run, when it is missing."""
+        path = self.dir / name
+        if not path.exists():
+            raise FileNotFoundError(f"{path} is missing: run the prepare step first (coar prepare)")
+        return path
+
+    # Where the later steps write (the workflow's rules use the same names).
+    @property
+    def dataset(self) -> Path:
+        return self.dir / "dataset.h5"
+
+    @property
+    def attributions(self) -> Path:
+        return self.dir / "attributions.h5"
+
+    @property
+    def evaluation(self) -> Path:
+        return self.dir / "evaluation.json"
+
+    @property
+    def comparison(self) -> Path:
+        return self.dir / "comparison.json"
+
+    def heldout(self, alpha: float | str) -> Path:
+        return self.dir / "heldout" / f"alpha-{float(alpha):g}.h5"
+
+    def baseline(self, method: str) -> Path:
+        return self.dir / "baselines" / f"{method}.h5"
+
+    @property
+    def n_examples(self) -> int:
+        return int(self.info["n_examples"])
+
+    @property
+    def n_components(self) -> int:
+        return int(self.info["n_components"])
+
+    @property
+    def fingerprints(self) -> dict:
+        """FINGERPRINTS as prepare recorded them."""
+        return {k: self.info[k] for k in FINGERPRINTS}
+
+    @property
+    def expect(self) -> dict:
+        """Attributes every row and attributions file of this run must carry (sizes and fingerprints)."""
+        return {"n_components": self.n_components, "n_examples": self.n_examples, **self.fingerprints}
+
+    def provenance(self, *, alpha: float | None = None, seed: int | None = None, ablation: str | None = None,
+                   output_fn: str | None = None, precision: str | None = None) -> dict:
+        """The PROVENANCE values a step's inputs must carry: those given (None = not checked), with
+        output_fn defaulting, as in collect, to the task's own recorded by prepare."""
+        values = {"alpha": alpha, "seed": seed, "ablation": ablation, "precision": precision,
+                  "output_fn": output_fn or self.info["output_fn"]}
+        return {k: v for k, v in values.items() if v is not None}
+
+    @cached_property
+    def components(self) -> ComponentSet:
+        """The run's component list, checked against the fingerprint prepare recorded."""
+        components = ComponentSet.load(self.file(COMPONENTS))
+        if components.fingerprint != self.info["components_fingerprint"]:
+            raise RuntimeError(f"{self.dir}: components.json changed after prepare: components fingerprint "
+                               f"{components.fingerprint} but prepare.json records "
+                               f"{self.info['components_fingerprint']}; rerun the prepare step")
+        return components
+
+    @cached_property
+    def example_ids(self) -> list[str]:
+        """The example ids prepare saved (n_examples unique strings)."""
+        return example_ids(self.dir, self.n_examples)
+
+    def reopen(self, loader: LoaderOptions = LoaderOptions()) -> PreparedTask:
+        """The prepared task (model with the saved weights, examples), checked against prepare.json."""
+        return reopen(self.dir, self.info, loader)
