@@ -83,6 +83,12 @@ def _provenance_options(s: argparse.ArgumentParser, alpha: bool) -> None:
     s.add_argument("--precision", choices=PRECISIONS, default=None, help="precision the data must have been collected in")
 
 
+def _task_options(s: argparse.ArgumentParser) -> None:
+    """The task a step reopens: the config's, refused when the run folder's prepare.json names another."""
+    s.add_argument("--task", required=True, help="the config's task function (prepare.json must name the same)")
+    s.add_argument("--task-params", default="{}", type=json.loads, help="the config's task params as a JSON object")
+
+
 def _max_batch(text: str) -> int | str:
     if text == "auto":
         return text
@@ -125,6 +131,7 @@ def _parser() -> argparse.ArgumentParser:
                    help="component groups that cannot be ablated exactly (dry pass): stop naming them, or drop them with a warning")
 
     s = add("collect", "Sample one shard of ablation masks and record the ablated model's outputs on every example.")
+    _task_options(s)
     s.add_argument("--out", required=True, help="shard HDF5 file to write (appears only when complete)")
     s.add_argument("--shard", type=int, default=0, help="shard index (its masks depend on seed and this alone)")
     s.add_argument("--shards", type=int, default=1, help="number of shards the masks are split into")
@@ -184,6 +191,7 @@ def _parser() -> argparse.ArgumentParser:
 
     s = add("baseline", "Attribute with a baseline method (leave-one-out, grad x param, conductance, internal influence).")
     s.add_argument("--method", required=True, choices=BASELINE_METHODS)
+    _task_options(s)
     s.add_argument("--out", required=True, help="attributions HDF5 file to write (same format as COAR's)")
     s.add_argument("--ablation", choices=ABLATION_MODES, default="weight", help="ablation that loo and grad_x_param model")
     s.add_argument("--output-fn", default=None, help="output function; default: the task's own")
@@ -252,7 +260,8 @@ def _run(args: argparse.Namespace) -> None:
                              masks=args.masks, method=args.method, loader=_loader(args), unreachable=args.unreachable)
         print(json.dumps({k: info[k] for k in ("n_examples", "n_components", "dropped_components", "task_info")}, indent=1))
     elif args.command == "collect":
-        steps.collect(args.run_dir, args.out, shard=args.shard, shards=args.shards, masks=args.masks, alpha=args.alpha,
+        steps.collect(args.run_dir, args.out, task_spec=args.task, task_params=args.task_params, shard=args.shard,
+                      shards=args.shards, masks=args.masks, alpha=args.alpha,
                       seed=args.seed, ablation=args.ablation, output_fn=args.output_fn, masks_per_pass=args.masks_per_pass,
                       max_batch=args.max_batch, device=args.device, purpose=args.purpose, stream=args.stream,
                       count_coincidences_with=args.count_coincidences_with, threads=args.threads, precision=args.precision,
@@ -271,7 +280,8 @@ def _run(args: argparse.Namespace) -> None:
     elif args.command == "summarize":
         print(steps.summarize(args.run_dir, args.evaluation, args.timings, args.out, args.plot))
     elif args.command == "baseline":
-        print(json.dumps(steps.baseline(args.run_dir, args.out, method=args.method, ablation=args.ablation,
+        print(json.dumps(steps.baseline(args.run_dir, args.out, task_spec=args.task, task_params=args.task_params,
+                                        method=args.method, ablation=args.ablation,
                                         output_fn=args.output_fn, masks_per_pass=args.masks_per_pass,
                                         max_batch=args.max_batch, n_steps=args.n_steps, device=args.device,
                                         threads=args.threads, loader=_loader(args))))

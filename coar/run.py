@@ -118,6 +118,25 @@ class Run:
         """The example ids prepare saved (n_examples unique strings)."""
         return example_ids(self.dir, self.n_examples)
 
-    def reopen(self, loader: LoaderOptions = LoaderOptions()) -> PreparedTask:
-        """The prepared task (model with the saved weights, examples), checked against prepare.json."""
-        return reopen(self.dir, self.info, loader)
+    def check_task(self, spec: str, params: dict) -> None:
+        """Refuse, naming both, when prepare.json names another task (spec or params) than the
+        config's `spec` and `params`: a run folder never chooses the code a step runs."""
+        recorded = (self.info.get("task"), _canonical(self.info.get("task_params")))
+        if recorded != (spec, _canonical(params)):
+            raise RuntimeError(
+                f"{self.file(PREPARE)} names task {recorded[0]!r} with params {recorded[1]} but the config names "
+                f"{spec!r} with params {_canonical(params)}; nothing was run. Rerun the prepare step for this "
+                "config (delete the run folder), or set the config's task.spec and task.params to the run's")
+
+    def reopen(self, spec: str, params: dict, loader: LoaderOptions = LoaderOptions()) -> PreparedTask:
+        """The prepared task (model with the saved weights, examples), checked against prepare.json.
+
+        `spec` and `params` are the config's task: the task function called is the config's,
+        never one named by prepare.json alone (see check_task)."""
+        self.check_task(spec, params)
+        return reopen(self.dir, {**self.info, "task": spec, "task_params": params}, loader)
+
+
+def _canonical(params: object) -> str:
+    """Task params as canonical JSON text, so equal dicts compare equal whatever their key order."""
+    return json.dumps(params, sort_keys=True)

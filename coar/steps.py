@@ -94,13 +94,16 @@ def prepare(spec: str, params: dict, kinds: str | Sequence[str], include: Sequen
     return info
 
 
-def collect(run_dir: str | Path, out: str | Path, *, shard: int, shards: int, masks: int, alpha: float, seed: int,
+def collect(run_dir: str | Path, out: str | Path, *, task_spec: str, task_params: dict, shard: int, shards: int,
+            masks: int, alpha: float, seed: int,
             ablation: str, output_fn: str | None, masks_per_pass: int, max_batch: int | str, device: str,
             purpose: str = "train", stream: int | None = None, count_coincidences_with: str | Path | None = None,
             threads: int | None = None, precision: str = "fp32", nonfinite: str = "error",
             loader: LoaderOptions = LoaderOptions(), fast_path: FastPath = FastPath()) -> None:
     """Sample shard `shard` of the masks, run the ablated model on them, write the shard file.
 
+    The task is the config's (`task_spec`, `task_params`); a run folder whose prepare.json names
+    another is refused before any task code runs (Run.reopen).
     Masks come from the random stream (seed, purpose, stream), stream defaulting to the shard
     index, so each shard is reproducible on its own. With `count_coincidences_with` (a dataset
     file), the number of masks equal to one of its masks is recorded in the shard's
@@ -118,7 +121,7 @@ def collect(run_dir: str | Path, out: str | Path, *, shard: int, shards: int, ma
     check_precision(precision, dev)
     run = Run(run_dir)
     expect = run.expect
-    task, components = run.reopen(_loader_for(loader, dev)), run.components
+    task, components = run.reopen(task_spec, task_params, _loader_for(loader, dev)), run.components
     start, stop = shard_ranges(masks, shards)[shard]
     x = sample_masks(seed, shard if stream is None else stream, stop - start, len(components), alpha, purpose)
     extra = {}
@@ -266,17 +269,19 @@ def _loader_for(loader: LoaderOptions, device: torch.device) -> LoaderOptions:
     return LoaderOptions(loader.workers, loader.pin_memory and device.type == "cuda", loader.cache_mb)
 
 
-def baseline(run_dir: str | Path, out: str | Path, *, method: str, ablation: str, output_fn: str | None,
+def baseline(run_dir: str | Path, out: str | Path, *, task_spec: str, task_params: dict, method: str, ablation: str,
+             output_fn: str | None,
              masks_per_pass: int, max_batch: int, n_steps: int, device: str, threads: int | None = None,
              loader: LoaderOptions = LoaderOptions()) -> dict:
-    """Attributions of one baseline method (coar.baselines), written like COAR's ("1 = ablated")."""
+    """Attributions of one baseline method (coar.baselines), written like COAR's ("1 = ablated"),
+    of the config's task (`task_spec`, `task_params`; see Run.reopen)."""
     from coar import baselines
 
     if threads:
         torch.set_num_threads(threads)
     run = Run(run_dir)
     dev = resolve_device(device)
-    task, components = run.reopen(_loader_for(loader, dev)), run.components
+    task, components = run.reopen(task_spec, task_params, _loader_for(loader, dev)), run.components
     ids = run.example_ids
     inputs, labels = stack(task.examples)  # the baselines take tensors: all examples in memory
     fn_name = output_fn or task.output_fn

@@ -186,11 +186,13 @@ from coar.task import load_task  # noqa: E402
 TASK = "tests.tasks_for_tests:task"
 RUN = {"alpha": 0.1, "seed": 3, "ablation": "weight", "output_fn": "margin", "precision": "fp32"}
 COLLECT = {"masks_per_pass": 4, "max_batch": 64, "device": "cpu"}
+TASK_OF_RUN = {"task_spec": TASK, "task_params": {"n": 6}}
+"""The config's task, as the workflow passes it to the steps that reopen it (the run_dir fixture's)."""
 
 
 def collect(run_dir, out, *, masks=40, shard=0, shards=1, **changes):
     settings = {k: v for k, v in RUN.items() if k != "precision"} | changes
-    steps.collect(run_dir, out, shard=shard, shards=shards, masks=masks, **settings, **COLLECT)
+    steps.collect(run_dir, out, **TASK_OF_RUN, shard=shard, shards=shards, masks=masks, **settings, **COLLECT)
 
 
 @pytest.fixture
@@ -324,7 +326,7 @@ def test_undefined_correlations_are_null_and_counted_never_nan(collected):
 
 def test_baseline_refuses_non_finite_attributions(run_dir):
     with pytest.raises(ValueError, match="baseline loo gave .* non-finite values"):
-        steps.baseline(run_dir, run_dir / "loo.h5", method="loo", ablation="weight", output_fn=INF_FN,
+        steps.baseline(run_dir, run_dir / "loo.h5", **TASK_OF_RUN, method="loo", ablation="weight", output_fn=INF_FN,
                        masks_per_pass=4, max_batch=64, n_steps=4, device="cpu")
     assert not (run_dir / "loo.h5").exists()
 
@@ -438,3 +440,59 @@ def test_a_command_substitution_in_free_text_reaches_the_step_verbatim_and_never
     assert not any(m.exists() for m in markers)
     info = json.loads((tmp_path / "results" / "inj" / "prepare.json").read_text())
     assert info["task_params"]["note"] == f"$(touch {markers[0]})"
+
+
+# ----------------------------------------------------------------------------- the task comes from the config
+
+from coar.cli import main  # noqa: E402
+
+
+def plant_task_payload(run_dir, marker):
+    """What a hostile results folder would hold: prepare.json naming a function that runs a command."""
+    info = json.loads((run_dir / "prepare.json").read_text())
+    info |= {"task": "subprocess:run", "task_params": {"touch": 0, str(marker): 0}}
+    (run_dir / "prepare.json").write_text(json.dumps(info))
+
+
+def test_the_planted_payload_runs_when_its_task_is_loaded_so_the_refusals_below_can_fail(tmp_path):
+    marker = tmp_path / "marker"
+    with pytest.raises(TypeError, match="not a coar.task.Task"):
+        load_task("subprocess:run", {"touch": 0, str(marker): 0})
+    assert marker.exists()
+
+
+@pytest.mark.parametrize("command", [
+    ["collect", "--masks", "8", "--alpha", "0.1", "--device", "cpu"],
+    ["baseline", "--method", "loo", "--device", "cpu"],
+])
+def test_steps_that_reopen_the_task_refuse_a_run_folder_naming_another_task_and_never_run_it(
+        run_dir, tmp_path, capsys, command):
+    marker = tmp_path / "marker"
+    plant_task_payload(run_dir, marker)
+    out = tmp_path / "out.h5"
+    code = main([*command, "--run-dir", str(run_dir), "--out", str(out), "--task", TASK, "--task-params", '{"n": 6}'])
+    err = capsys.readouterr().err
+    assert code == 1
+    assert "names task 'subprocess:run'" in err and f"the config names '{TASK}'" in err
+    assert not marker.exists() and not out.exists()
+
+
+def test_other_task_params_than_the_configs_are_refused_naming_both(run_dir):
+    with pytest.raises(RuntimeError, match=r'params \{"n": 6\} but the config names .* with params \{"n": 7\}'):
+        Run(run_dir).reopen(TASK, {"n": 7})
+
+
+def test_steps_that_only_read_results_never_run_the_task_named_by_the_run_folder(collected, tmp_path):
+    run_dir, shards = collected
+    heldout = tmp_path / "heldout.h5"
+    collect(run_dir, heldout, masks=20, purpose="heldout")
+    marker = tmp_path / "marker"
+    plant_task_payload(run_dir, marker)
+    expected = Run(run_dir).provenance(**RUN)
+    steps.merge(run_dir, shards, tmp_path / "d.h5", 40, expected)
+    steps.fit(run_dir, tmp_path / "d.h5", tmp_path / "a.h5", method="ridge", backend="numpy", chunk_rows=16,
+              expected=expected)
+    steps.evaluate(run_dir, tmp_path / "a.h5", {0.1: heldout}, 0.1, tmp_path / "e.json", expected)
+    steps.compare(run_dir, {"coar": tmp_path / "a.h5"}, {0.1: heldout}, 0.1, tmp_path / "c.json", tmp_path / "c.md",
+                  expected)
+    assert not marker.exists()

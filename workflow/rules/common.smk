@@ -1,6 +1,7 @@
 # Helpers shared by the rules. Every value that reaches a shell command is quoted (shlex.quote
 # here, `:q` in the rules), so no config string is ever interpreted by the shell.
 
+import json
 import shlex
 
 
@@ -26,6 +27,11 @@ def provenance_options(alpha=True):
     })
 
 
+def task_options():
+    """The config's task for the steps that reopen it (they refuse a run folder naming another)."""
+    return shell_options({"task": config["task"]["spec"], "task-params": json.dumps(config["task"]["params"])})
+
+
 def loader_options():
     """How Dataset examples are read (config `loader`): DataLoader workers, pinned memory, cache."""
     c = config["loader"]
@@ -47,7 +53,7 @@ def collect_options(purpose):
         "precision": c["precision"],
         "nonfinite": c["nonfinite"],
     })
-    return f"{options} {loader_options()}{fast_path_options(c['fast_path'])}"
+    return f"{options} {task_options()} {loader_options()}{fast_path_options(c['fast_path'])}"
 
 
 def baseline_options():
@@ -60,7 +66,7 @@ def baseline_options():
         "device": c["device"],
         "output-fn": c["output_fn"],
     })
-    return f"{options} {loader_options()}"
+    return f"{options} {task_options()} {loader_options()}"
 
 
 def fast_path_options(fast):
