@@ -42,8 +42,20 @@ def _int_list(text: str) -> list[int]:
         raise argparse.ArgumentTypeError(f"expected comma-separated integers, got {text!r}") from None
 
 
+def _string_list(text: str) -> list[str]:
+    """A JSON list of strings (what the workflow passes), or one string as a list of one: never
+    split at commas, which glob patterns such as `blocks.[01].conv[1,2]` contain."""
+    try:
+        values = json.loads(text) if text.startswith("[") else [text]
+    except ValueError:  # a glob pattern starting with "[", not JSON
+        values = [text]
+    if not isinstance(values, list) or not all(isinstance(v, str) for v in values):
+        raise argparse.ArgumentTypeError(f"expected a JSON list of strings or one string, got {text!r}")
+    return [v for v in values if v]
+
+
 def _kinds(text: str) -> str | list[str]:
-    return text if text in KIND_PRESETS else _csv(text)
+    return text if text in KIND_PRESETS else _string_list(text)
 
 
 def _alpha_path(text: str) -> tuple[float, str]:
@@ -121,9 +133,10 @@ def _parser() -> argparse.ArgumentParser:
     s = add("prepare", "Build the task (train the model if the task does), discover its components, save both.")
     s.add_argument("--task", required=True, help="task function, 'package.module:function' or 'package.module'")
     s.add_argument("--task-params", default="{}", type=json.loads, help="JSON object passed to the task function")
-    s.add_argument("--kinds", default="conv", type=_kinds, help=f"comma-separated unit kinds ({','.join(COMPONENT_KINDS)}) or one of {' / '.join(KIND_PRESETS)}")
-    s.add_argument("--include", default="*", type=_csv, help="comma-separated glob patterns of module names to keep")
-    s.add_argument("--exclude", default="", type=_csv, help="comma-separated glob patterns of module names to drop")
+    s.add_argument("--kinds", default="conv", type=_kinds,
+                   help=f"unit kinds ({','.join(COMPONENT_KINDS)}): one, a JSON list, or one of {' / '.join(KIND_PRESETS)}")
+    s.add_argument("--include", default="*", type=_string_list, help="glob patterns of module names to keep: one, or a JSON list")
+    s.add_argument("--exclude", default="[]", type=_string_list, help="glob patterns of module names to drop: one, or a JSON list")
     s.add_argument("--masks", type=int, default=None, help="training masks m of the run (with --method ols: refuse m <= components now)")
     s.add_argument("--method", choices=SOLVER_METHODS, default=None, help="the run's solver method")
     add_loader(s)

@@ -496,3 +496,14 @@ def test_steps_that_only_read_results_never_run_the_task_named_by_the_run_folder
     steps.compare(run_dir, {"coar": tmp_path / "a.h5"}, {0.1: heldout}, 0.1, tmp_path / "c.json", tmp_path / "c.md",
                   expected)
     assert not marker.exists()
+
+
+# ----------------------------------------------------------------------------- list-valued options
+
+
+def test_a_pattern_with_a_comma_reaches_prepare_whole_and_selects_its_modules(tmp_path):
+    config = TINY | {"components": {"kinds": ["linear"], "include": ["layers.[0,3]"], "exclude": []}}
+    result = snakemake(tmp_path, config, "results/inj/prepare.json")
+    assert result.returncode == 0, result.stderr[-2000:]
+    info = json.loads((tmp_path / "results" / "inj" / "prepare.json").read_text())
+    assert info["n_components"] == 8 + 3  # layers.0 (Linear 4->8) and layers.3 (Linear 8->3)
