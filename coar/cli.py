@@ -1,15 +1,15 @@
 """The `coar` command line: one subcommand per workflow step, so every rule runs by hand too.
 
     coar prepare  --task coar.tasks.digits:task --run-dir results/digits
-    coar collect  --run-dir results/digits --shard 0 --shards 4 --masks 4000 --alpha 0.05 --out shard-0.h5
-    coar merge    --run-dir results/digits --masks 4000 --out dataset.h5 shard-*.h5
-    coar fit      --run-dir results/digits --data dataset.h5 --out attributions.h5
-    coar evaluate --run-dir results/digits --attributions attributions.h5 --alpha 0.05 --heldout 0.05=h.h5
+    coar collect  --run-dir results/digits --task coar.tasks.digits:task --shard 0 --shards 4 --masks 4000 --alpha 0.05 --out shard-0.h5
+    coar merge    --run-dir results/digits --masks 4000 --expect-alpha 0.05 --out dataset.h5 shard-*.h5
+    coar fit      --run-dir results/digits --data dataset.h5 --expect-alpha 0.05 --out attributions.h5
+    coar evaluate --run-dir results/digits --attributions attributions.h5 --train-alpha 0.05 --heldout 0.05=h.h5
     coar summarize --run-dir results/digits --evaluation evaluation.json --out summary.md --plot plots/correlation_histogram.png
     coar baseline --run-dir results/digits --method loo --out baselines/loo.h5
-    coar compare  --run-dir results/digits --alpha 0.05 --method coar=attributions.h5 --method loo=baselines/loo.h5 \
+    coar compare  --run-dir results/digits --train-alpha 0.05 --method coar=attributions.h5 --method loo=baselines/loo.h5 \
                   --heldout 0.05=h.h5 --out comparison.json --table comparison.md
-    coar figures  --run-dir results/digits --comparison comparison.json --method coar=attributions.h5 \
+    coar figures  --run-dir results/digits --train-alpha 0.05 --comparison comparison.json --method coar=attributions.h5 \
                   --heldout 0.05=h.h5 --correlation-table plots/correlation_table.png \
                   --correlation-distributions plots/correlation_distributions.png \
                   --predicted-vs-true plots/predicted_vs_true.png --layer-attributions plots/layer_attributions.png \
@@ -85,10 +85,15 @@ def _name_path(text: str) -> tuple[str, str]:
     return name, path
 
 
-def _provenance_options(s: argparse.ArgumentParser, alpha: bool) -> None:
-    """Options naming how the step's input data must have been made; a value not given is not checked."""
-    if alpha:
-        s.add_argument("--alpha", type=float, default=None, help="alpha the data must have been collected at")
+def _provenance_options(s: argparse.ArgumentParser, alpha: str) -> None:
+    """Options naming how the step's input data must have been made; a value not given is not
+    checked. `alpha` is the step's alpha option: merge and fit check the data's (--expect-alpha),
+    evaluate, compare and figures score attributions made at --train-alpha."""
+    if alpha == "expect":
+        s.add_argument("--expect-alpha", type=float, default=None, help="alpha the data must have been collected at")
+    else:
+        s.add_argument("--train-alpha", type=float, required=True,
+                       help="alpha the attributions were trained at (the headline numbers)")
     s.add_argument("--seed", type=int, default=None, help="seed the data must have been collected with")
     s.add_argument("--ablation", choices=ABLATION_MODES, default=None, help="ablation the data must use")
     s.add_argument("--output-fn", default=None, help="output function the data must use; default: the task's own")
@@ -175,7 +180,7 @@ def _parser() -> argparse.ArgumentParser:
     s.add_argument("--out", required=True)
     s.add_argument("--masks", type=int, required=True, help="total number of masks m the shards must cover")
     s.add_argument("shards", nargs="+", help="shard files")
-    _provenance_options(s, alpha=True)
+    _provenance_options(s, alpha="expect")
 
     s = add("fit", "Fit one linear model per example (attributions) on a dataset, streamed in row chunks.")
     s.add_argument("--data", required=True, help="merged dataset file")
@@ -183,7 +188,7 @@ def _parser() -> argparse.ArgumentParser:
     s.add_argument("--method", choices=SOLVER_METHODS, default="ols")
     s.add_argument("--backend", choices=SOLVER_BACKENDS, default="auto")
     s.add_argument("--chunk-rows", type=int, default=4096)
-    _provenance_options(s, alpha=True)
+    _provenance_options(s, alpha="expect")
     s.add_argument("--example-block", type=int, default=None,
                    help="examples solved together (default: as many as the memory budget allows)")
     s.add_argument("--memory-budget", type=_memory_budget, default=None,
@@ -191,10 +196,9 @@ def _parser() -> argparse.ArgumentParser:
 
     s = add("evaluate", "Correlate attribution predictions with true outputs on held-out masks.")
     s.add_argument("--attributions", required=True)
-    s.add_argument("--alpha", type=float, required=True, help="training alpha (the headline numbers)")
     s.add_argument("--heldout", type=_alpha_path, action="append", required=True, help="ALPHA=PATH of a held-out shard (repeat)")
     s.add_argument("--out", required=True, help="evaluation.json to write")
-    _provenance_options(s, alpha=False)
+    _provenance_options(s, alpha="train")
 
     s = add("summarize", "Write summary.md and plots from a finished run.")
     s.add_argument("--evaluation", required=True)
@@ -217,11 +221,10 @@ def _parser() -> argparse.ArgumentParser:
 
     s = add("compare", "Score COAR and baselines on the same held-out masks: the methods x alphas table.")
     s.add_argument("--method", type=_name_path, action="append", required=True, help="NAME=PATH of an attributions file (repeat)")
-    s.add_argument("--alpha", type=float, required=True, help="training alpha")
     s.add_argument("--heldout", type=_alpha_path, action="append", required=True, help="ALPHA=PATH of a held-out shard (repeat)")
     s.add_argument("--out", required=True, help="comparison.json to write")
     s.add_argument("--table", required=True, help="Markdown table to write")
-    _provenance_options(s, alpha=False)
+    _provenance_options(s, alpha="train")
 
     s = add("figures", "Draw the report's figures from a comparison (one PNG file per option).")
     s.add_argument("--comparison", required=True, help="comparison.json")
@@ -231,6 +234,7 @@ def _parser() -> argparse.ArgumentParser:
     s.add_argument("--timings", nargs="*", default=[], help="Snakemake benchmark files of the steps")
     for field in REPORT_FIGURES:
         s.add_argument(f"--{field.replace('_', '-')}", required=True, metavar="PNG", help=f"{field.replace('_', ' ')} figure to write")
+    _provenance_options(s, alpha="train")
 
     s = add("edit", "COAR-Edit task on offline digits: train, attribute, edit, report in <run-dir>/edits/<task>/.")
     s.add_argument("--task", required=True, help="fix_errors, forget_class, subpopulation, backdoor or typographic (coar.edit.tasks.TASKS)")
@@ -287,9 +291,9 @@ def _run(args: argparse.Namespace) -> None:
                                    chunk_rows=args.chunk_rows, example_block=args.example_block,
                                    memory_budget=args.memory_budget, expected=_expected(args))))
     elif args.command == "evaluate":
-        result = steps.evaluate(args.run_dir, args.attributions, dict(args.heldout), args.alpha, args.out,
+        result = steps.evaluate(args.run_dir, args.attributions, dict(args.heldout), args.train_alpha, args.out,
                                 _expected(args))
-        print(f"mean held-out correlation at alpha={args.alpha:g}: {result['mean_correlation']:.3f}")
+        print(f"mean held-out correlation at alpha={args.train_alpha:g}: {result['mean_correlation']:.3f}")
     elif args.command == "summarize":
         print(steps.summarize(args.run_dir, args.evaluation, args.timings, args.out, args.plot))
     elif args.command == "baseline":
@@ -299,16 +303,16 @@ def _run(args: argparse.Namespace) -> None:
                                         max_batch=args.max_batch, n_steps=args.n_steps, device=args.device,
                                         threads=args.threads, loader=_loader(args))))
     elif args.command == "compare":
-        result = steps.compare(args.run_dir, dict(args.method), dict(args.heldout), args.alpha, args.out, args.table,
-                               _expected(args))
-        print(f"mean held-out correlation at alpha={args.alpha:g}: "
+        result = steps.compare(args.run_dir, dict(args.method), dict(args.heldout), args.train_alpha, args.out,
+                               args.table, _expected(args))
+        print(f"mean held-out correlation at alpha={args.train_alpha:g}: "
               + ", ".join(f"{m} {r[result['alpha']]:.3f}" for m, r in result["mean_correlation"].items()))
     elif args.command == "figures":
         from coar.report import FigurePaths
 
         paths = FigurePaths(*(Path(getattr(args, field)) for field in REPORT_FIGURES))
         for path in steps.figures(args.run_dir, args.comparison, dict(args.method), dict(args.heldout), args.timings,
-                                  paths):
+                                  paths, args.train_alpha, _expected(args)):
             print(path)
     elif args.command == "selfcheck":
         from coar.selfcheck import selfcheck
@@ -325,12 +329,11 @@ def _run(args: argparse.Namespace) -> None:
 
 
 def _expected(args: argparse.Namespace) -> dict:
-    """The provenance values given on the command line (evaluate and compare take --alpha separately)."""
+    """The provenance values given on the command line (--train-alpha is passed separately)."""
     from coar.run import Run
 
-    alpha = args.alpha if args.command in ("merge", "fit") else None
-    return Run(args.run_dir).provenance( alpha=alpha, seed=args.seed, ablation=args.ablation,
-                            output_fn=args.output_fn, precision=args.precision)
+    return Run(args.run_dir).provenance(alpha=getattr(args, "expect_alpha", None), seed=args.seed,
+                                        ablation=args.ablation, output_fn=args.output_fn, precision=args.precision)
 
 
 if __name__ == "__main__":

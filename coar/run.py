@@ -14,7 +14,9 @@ from functools import cached_property
 from pathlib import Path
 
 from coar.components import ComponentSet
-from coar.saved_task import LoaderOptions, PreparedTask, example_ids, reopen
+from coar.constants import BASELINE_METHODS
+from coar.h5format import Attributions, FormatError, check_expected, read_attributions
+from coar.saved_task import IDS, LoaderOptions, PreparedTask, example_ids, reopen
 
 PREPARE = "prepare.json"
 COMPONENTS = "components.json"
@@ -22,6 +24,9 @@ FINGERPRINTS = ("model_fingerprint", "components_fingerprint", "examples_fingerp
 """What ties a file to this run's model, component list and examples."""
 PROVENANCE = ("alpha", "seed", "ablation", "output_fn", "precision")
 """How a row or attributions file's data were made; every step compares these with the config's."""
+BASELINE_PROVENANCE = ("ablation", "output_fn")
+"""The PROVENANCE keys a baseline's attributions depend on: they sample no masks (no alpha or
+seed) and always run in fp32 (their file records precision fp32, whatever the config's)."""
 
 
 class Run:
@@ -117,6 +122,24 @@ class Run:
     def example_ids(self) -> list[str]:
         """The example ids prepare saved (n_examples unique strings)."""
         return example_ids(self.dir, self.n_examples)
+
+    def read_attributions(self, path: str | Path, expected: dict) -> Attributions:
+        """An attributions file of this run, refused (FormatError naming the file, the key or
+        field and both values) unless its fingerprints, its component table and example ids
+        equal this run's (components.json, example_ids.json) and it was made as `expected`
+        (provenance values; for a baseline's file only BASELINE_PROVENANCE applies)."""
+        found = read_attributions(path, self.fingerprints)
+        baseline = found.attrs["method"] in BASELINE_METHODS
+        check_expected(path, found.attrs, {k: v for k, v in expected.items()
+                                           if not baseline or k in BASELINE_PROVENANCE})
+        for field, source, rows, wanted in (("components", COMPONENTS, found.components, self.components.table()),
+                                            ("example_ids", IDS, found.example_ids, self.example_ids)):
+            if rows != wanted:
+                i = next((i for i, (a, b) in enumerate(zip(rows, wanted)) if a != b), min(len(rows), len(wanted)))
+                have, want = (values[i] if i < len(values) else "nothing" for values in (rows, wanted))
+                raise FormatError(f"{path}: {field} row {i} is {have!r} but this run's {source} has {want!r}; the file "
+                                  "is corrupt or from another run: delete it and rerun the step that makes it")
+        return found
 
     def check_task(self, spec: str, params: dict) -> None:
         """Refuse, naming both, when prepare.json names another task (spec or params) than the

@@ -26,7 +26,7 @@ from coar.ablation import unit_fills
 from coar.atomic import atomic_path, write_json
 from coar.batching import resolve_max_batch
 from coar.components import discover
-from coar.constants import NONFINITE_POLICIES
+from coar.constants import BASELINE_METHODS, NONFINITE_POLICIES
 from coar.evaluate import predict, score
 from coar.exactness import OnProblem, check_components
 from coar.examples import first_inputs, stack
@@ -233,7 +233,7 @@ def evaluate(run_dir: str | Path, attributions: str | Path, heldout: dict[float,
     """
     run = Run(run_dir)
     expect = run.expect
-    attr = h5format.read_attributions(attributions, expect={**run.fingerprints, **(expected or {}), "alpha": train_alpha})
+    attr = run.read_attributions(attributions, {**(expected or {}), "alpha": train_alpha})
     by_alpha = {}
     for alpha, path in sorted(heldout.items()):
         masks, outputs = _read_rows(path, _heldout_expect(expect, expected, alpha))
@@ -304,22 +304,26 @@ def baseline(run_dir: str | Path, out: str | Path, *, task_spec: str, task_param
     return {"method": method, "seconds": seconds}
 
 
-def _read_heldout(run_dir: str | Path, heldout: dict[float, str | Path],
+def _read_heldout(run: Run, heldout: dict[float, str | Path],
                   expected: dict | None = None) -> dict[str, tuple[np.ndarray, np.ndarray]]:
-    """(masks, outputs) of every held-out file, keyed by alpha as text, in alpha order."""
-    expect = Run(run_dir).expect
-    return {f"{alpha:g}": _read_rows(path, _heldout_expect(expect, expected, alpha))
+    """(masks, outputs) of every held-out file, keyed by alpha as text, in alpha order, each
+    checked to be made as `expected` at its own alpha."""
+    return {f"{alpha:g}": _read_rows(path, _heldout_expect(run.expect, expected, alpha))
             for alpha, path in sorted(heldout.items())}
 
 
-def _read_methods(run_dir: str | Path, attributions: dict[str, str | Path],
-                  expected: dict | None = None) -> dict[str, h5format.Attributions]:
-    """Every method's attributions file, checked to belong to this run and to model the same
-    ablation and output function as `expected` (every method records these two)."""
-    fingerprints = Run(run_dir).fingerprints
-    shared = {k: v for k, v in (expected or {}).items() if k in ("ablation", "output_fn")}
-    return {method: h5format.read_attributions(path, expect={**fingerprints, **shared})
-            for method, path in attributions.items()}
+def _read_methods(run: Run, attributions: dict[str, str | Path], expected: dict,
+                  train_alpha: float) -> dict[str, h5format.Attributions]:
+    """Every method's attributions file, checked by Run.read_attributions: this run's components
+    and example ids, and made as `expected` (COAR's at `train_alpha`; a baseline's by what
+    applies to it, run.BASELINE_PROVENANCE). A baseline's file must be of the method it is named."""
+    methods = {method: run.read_attributions(path, {**expected, "alpha": train_alpha})
+               for method, path in attributions.items()}
+    for method, found in methods.items():
+        if found.attrs["method"] in BASELINE_METHODS and found.attrs["method"] != method:
+            raise h5format.FormatError(f"{attributions[method]} holds attributions of {found.attrs['method']}, "
+                                       f"not of {method}; pass the right file")
+    return methods
 
 
 def compare(run_dir: str | Path, attributions: dict[str, str | Path], heldout: dict[float, str | Path],
@@ -328,10 +332,11 @@ def compare(run_dir: str | Path, attributions: dict[str, str | Path], heldout: d
     from coar import report
     from coar.evaluate import compare as compare_methods
 
-    methods = _read_methods(run_dir, attributions, expected)
-    ids = next(iter(methods.values())).example_ids
+    run = Run(run_dir)
+    methods = _read_methods(run, attributions, expected or {}, train_alpha)
+    ids = run.example_ids
     by_method = compare_methods({m: (a.weight, a.bias) for m, a in methods.items()},
-                                _read_heldout(run_dir, heldout, expected), ids)
+                                _read_heldout(run, heldout, expected), ids)
     train = f"{train_alpha:g}"
     result = {
         "alpha": train,
@@ -347,14 +352,16 @@ def compare(run_dir: str | Path, attributions: dict[str, str | Path], heldout: d
 
 def figures(run_dir: str | Path, comparison: str | Path, attributions: dict[str, str | Path],
             heldout: dict[float, str | Path], timings: Sequence[str | Path], paths: FigurePaths,
-            examples: int = 4) -> FigurePaths:
+            train_alpha: float, expected: dict | None = None, examples: int = 4) -> FigurePaths:
     """The report's figures (coar.report.draw_figures), each at its path in `paths`; the first
-    method in `attributions` (COAR) picks the scatter plots' examples and gives the per-layer sums."""
+    method in `attributions` (COAR) picks the scatter plots' examples and gives the per-layer sums.
+    Every file read is checked as compare checks it (made as `expected`, COAR's at `train_alpha`)."""
     from coar import report
 
+    run = Run(run_dir)
     result = json.loads(Path(comparison).read_text())
-    masks, outputs = _read_heldout(run_dir, heldout)[result["alpha"]]
-    return report.draw_figures(result, _read_methods(run_dir, attributions), masks, outputs,
+    masks, outputs = _read_heldout(run, heldout, expected)[f"{train_alpha:g}"]
+    return report.draw_figures(result, _read_methods(run, attributions, expected or {}, train_alpha), masks, outputs,
                                report.step_seconds(timings), paths, examples)
 
 

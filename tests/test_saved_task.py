@@ -86,11 +86,11 @@ def test_no_coar_command_runs_a_pickle_payload_from_the_run_folder(finished_run,
                 "--method", "ridge"],
         "merge": ["merge", "--run-dir", str(run), "--masks", "40", "--out", str(tmp_path / "d.h5"),
                   str(run / "shard-0.h5")],
-        "evaluate": ["evaluate", "--run-dir", str(run), "--attributions", str(run / "attributions.h5"), "--alpha", "0.2",
+        "evaluate": ["evaluate", "--run-dir", str(run), "--attributions", str(run / "attributions.h5"), "--train-alpha", "0.2",
                      "--heldout", f"0.2={run / 'heldout.h5'}", "--out", str(tmp_path / "e.json")],
     }
     reads = {"weights.safetensors": {"collect", "baseline"}, "examples.safetensors": {"collect", "baseline"},
-             "example_ids.json": {"collect", "fit", "baseline"}, "task.pt": set()}[poisoned]
+             "example_ids.json": {"collect", "fit", "baseline", "evaluate"}, "task.pt": set()}[poisoned]
     for name, args in commands.items():
         code = main(args)
         err = capsys.readouterr().err

@@ -507,3 +507,100 @@ def test_a_pattern_with_a_comma_reaches_prepare_whole_and_selects_its_modules(tm
     assert result.returncode == 0, result.stderr[-2000:]
     info = json.loads((tmp_path / "results" / "inj" / "prepare.json").read_text())
     assert info["n_components"] == 8 + 3  # layers.0 (Linear 4->8) and layers.3 (Linear 8->3)
+
+
+# ----------------------------------------------------------------------------- names, ids and provenance of every file read
+
+
+def flip_a_byte_of(path, text: bytes, replacement: bytes):
+    """Overwrite the first occurrence of `text` in the raw file (a string no checksum of HDF5 covers)."""
+    raw = path.read_bytes()
+    assert raw.count(text) >= 1
+    i = raw.index(text)
+    path.write_bytes(raw[:i] + replacement + raw[i + len(text):])
+
+
+@pytest.fixture
+def evaluated(collected, tmp_path):
+    run_dir, _ = collected
+    heldout = tmp_path / "heldout.h5"
+    collect(run_dir, heldout, masks=20, purpose="heldout")
+    return run_dir, heldout, Run(run_dir).provenance(**{k: v for k, v in RUN.items() if k != "alpha"})
+
+
+def read_by_every_reader(run_dir, attributions, heldout, expected, tmp_path):
+    """evaluate, then compare, on the given files (raising what the first refusal raises)."""
+    steps.evaluate(run_dir, attributions, {0.1: heldout}, 0.1, tmp_path / "e.json", expected)
+    steps.compare(run_dir, {"coar": attributions}, {0.1: heldout}, 0.1, tmp_path / "c.json", tmp_path / "c.md", expected)
+
+
+def test_a_flipped_byte_in_a_component_name_is_refused_naming_file_and_field(evaluated, tmp_path):
+    run_dir, heldout, expected = evaluated
+    flip_a_byte_of(run_dir / "attributions.h5", b"layers.3", b"layers.2")
+    with pytest.raises(FormatError, match=r"attributions.h5: dataset 'components/module' differs from its recorded SHA"):
+        steps.evaluate(run_dir, run_dir / "attributions.h5", {0.1: heldout}, 0.1, tmp_path / "e.json", expected)
+    with pytest.raises(FormatError, match=r"dataset 'components/module'"):
+        steps.compare(run_dir, {"coar": run_dir / "attributions.h5"}, {0.1: heldout}, 0.1, tmp_path / "c.json",
+                      tmp_path / "c.md", expected)
+    assert not (tmp_path / "e.json").exists() and not (tmp_path / "c.json").exists()
+
+
+@pytest.mark.parametrize("field, change, message", [
+    ("components", lambda table, ids: ([("layers.9", *table[0][1:]), *table[1:]], ids),
+     r"components row 0 is \('layers.9', 0, 'linear'\) but this run's components.json has \('layers.0', 0, 'linear'\)"),
+    ("example_ids", lambda table, ids: (table, [*ids[:-1], "someone else"]),
+     r"example_ids row 5 is 'someone else' but this run's example_ids.json has"),
+])
+def test_names_and_ids_that_differ_from_the_runs_are_refused_even_with_a_valid_checksum(evaluated, tmp_path, field,
+                                                                                          change, message):
+    run_dir, heldout, expected = evaluated
+    found = h5format.read_attributions(run_dir / "attributions.h5")
+    table, ids = change(found.components, found.example_ids)
+    other = tmp_path / "other.h5"
+    h5format.write_attributions(other, found.weight, found.bias, found.lam, table, ids,
+                                {k: v for k, v in found.attrs.items() if k not in ("n_examples", "n_components")})
+    with pytest.raises(FormatError, match=message):
+        read_by_every_reader(run_dir, other, heldout, expected, tmp_path)
+
+
+@pytest.mark.parametrize("key, value, recorded", [
+    ("alpha", 0.05, "0.1"), ("seed", 9, "3"), ("precision", "bf16", "'fp32'"), ("ablation", "zero", "'weight'"),
+])
+def test_compare_checks_the_full_provenance_of_coars_attributions_naming_key_and_both_values(evaluated, tmp_path, key,
+                                                                                               value, recorded):
+    run_dir, heldout, expected = evaluated
+    train_alpha = value if key == "alpha" else 0.1
+    expected = expected | ({} if key == "alpha" else {key: value})
+    with pytest.raises(FormatError, match=rf"attributions.h5 was made with {key} {recorded} but this run has {value!r}"):
+        steps.compare(run_dir, {"coar": run_dir / "attributions.h5"}, {train_alpha: heldout}, train_alpha,
+                      tmp_path / "c.json", tmp_path / "c.md", expected)
+
+
+def test_a_baselines_file_is_checked_by_what_applies_to_it_and_must_be_of_its_method(evaluated, tmp_path):
+    run_dir, heldout, expected = evaluated
+    loo = tmp_path / "loo.h5"
+    steps.baseline(run_dir, loo, **TASK_OF_RUN, method="loo", ablation="weight", output_fn=None, masks_per_pass=4,
+                   max_batch=64, n_steps=4, device="cpu")
+    files = {"coar": run_dir / "attributions.h5", "loo": loo}
+    steps.compare(run_dir, files, {0.1: heldout}, 0.1, tmp_path / "c.json", tmp_path / "c.md", expected)  # fp32, no alpha
+    with pytest.raises(FormatError, match=r"loo.h5 was made with ablation 'weight' but this run has 'zero'"):
+        steps.compare(run_dir, {"loo": loo}, {0.1: heldout}, 0.1, tmp_path / "c.json", tmp_path / "c.md",
+                      expected | {"ablation": "zero"})
+    with pytest.raises(FormatError, match=r"loo.h5 holds attributions of loo, not of grad_x_param"):
+        steps.compare(run_dir, {"coar": run_dir / "attributions.h5", "grad_x_param": loo}, {0.1: heldout}, 0.1,
+                      tmp_path / "c.json", tmp_path / "c.md", expected)
+
+
+def test_figures_check_the_provenance_of_the_heldout_files_they_read(evaluated, tmp_path):
+    from coar.report import FigurePaths
+
+    run_dir, heldout, expected = evaluated
+    steps.compare(run_dir, {"coar": run_dir / "attributions.h5"}, {0.1: heldout}, 0.1, tmp_path / "c.json",
+                  tmp_path / "c.md", expected)
+    paths = FigurePaths(*(tmp_path / f"{i}.png" for i in range(5)))
+    other_seed = tmp_path / "other-seed.h5"
+    collect(run_dir, other_seed, masks=20, purpose="heldout", seed=4)
+    with pytest.raises(FormatError, match=r"other-seed.h5 was made with seed 4 but this run has 3"):
+        steps.figures(run_dir, tmp_path / "c.json", {"coar": run_dir / "attributions.h5"}, {0.1: other_seed}, [],
+                      paths, 0.1, expected)
+    assert not any(p.exists() for p in paths)

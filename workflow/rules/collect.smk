@@ -73,7 +73,7 @@ rule merge:
     params:
         run_dir=run_dir_of_input,
         masks=config["masks"],
-        provenance=provenance_options(),
+        provenance=provenance_options("expect"),
     log:
         f"{RUN}/logs/merge.log",
     benchmark:

@@ -4,6 +4,8 @@
 import json
 import shlex
 
+from coar.run import PROVENANCE
+
 
 def run_dir_of_input(wildcards, input):
     """The run folder, derived from the prepare step's files among a rule's inputs."""
@@ -15,16 +17,13 @@ def shell_options(options):
     return " ".join(f"--{key} {shlex.quote(str(value))}" for key, value in options.items() if value is not None)
 
 
-def provenance_options(alpha=True):
-    """How the data a step reads must have been made, from the config (coar/steps.py provenance)."""
-    c = config
-    return shell_options({
-        "alpha": c["alpha"] if alpha else None,
-        "seed": c["seed"],
-        "ablation": c["ablation"],
-        "output-fn": c["output_fn"],
-        "precision": c["precision"],
-    })
+def provenance_options(alpha):
+    """How the data a step reads must have been made (coar.run.PROVENANCE), from the config.
+    `alpha` names the step's alpha option: "expect" (merge, fit: the data's) or "train"
+    (evaluate, compare, figures: the attributions')."""
+    values = {key.replace("_", "-"): config[key] for key in PROVENANCE}
+    values[f"{alpha}-alpha"] = values.pop("alpha")
+    return shell_options(values)
 
 
 def task_options():

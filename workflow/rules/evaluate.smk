@@ -16,15 +16,14 @@ rule evaluate:
         f"{RUN}/evaluation.json",
     params:
         run_dir=run_dir_of_input,
-        alpha=config["alpha"],
         heldout=HELDOUT_OPTIONS,
-        provenance=provenance_options(alpha=False),
+        provenance=provenance_options("train"),
     log:
         f"{RUN}/logs/evaluate.log",
     benchmark:
         f"{RUN}/benchmarks/evaluate.tsv"
     shell:
-        "coar evaluate --run-dir {params.run_dir:q} --attributions {input.attributions:q} --alpha {params.alpha:q}"
+        "coar evaluate --run-dir {params.run_dir:q} --attributions {input.attributions:q}"
         " {params.heldout} {params.provenance} --out {output:q} 2>&1 | tee {log:q}"
 
 
@@ -74,16 +73,15 @@ rule compare:
         table=report(f"{RUN}/comparison.md", caption="../report/comparison.rst", category="2. Evaluation"),
     params:
         run_dir=run_dir_of_input,
-        alpha=config["alpha"],
         methods=METHOD_OPTIONS,
         heldout=HELDOUT_OPTIONS,
-        provenance=provenance_options(alpha=False),
+        provenance=provenance_options("train"),
     log:
         f"{RUN}/logs/compare.log",
     benchmark:
         f"{RUN}/benchmarks/compare.tsv"
     shell:
-        "coar compare --run-dir {params.run_dir:q} --alpha {params.alpha:q} {params.methods} {params.heldout}"
+        "coar compare --run-dir {params.run_dir:q} {params.methods} {params.heldout}"
         " {params.provenance} --out {output.json:q} --table {output.table:q} 2>&1 | tee {log:q}"
 
 
@@ -122,10 +120,12 @@ rule figures:
         run_dir=run_dir_of_input,
         methods=METHOD_OPTIONS,
         heldout=HELDOUT_OPTIONS,
+        provenance=provenance_options("train"),
     log:
         f"{RUN}/logs/figures.log",
     shell:
         "coar figures --run-dir {params.run_dir:q} --comparison {input.comparison:q} {params.methods} {params.heldout}"
+        " {params.provenance}"
         " --timings {input.timings:q} --correlation-table {output.table:q}"
         " --correlation-distributions {output.distributions:q} --predicted-vs-true {output.scatter:q}"
         " --layer-attributions {output.layers:q} --step-timings {output.timings:q} 2>&1 | tee {log:q}"

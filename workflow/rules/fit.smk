@@ -32,7 +32,7 @@ rule fit:
     params:
         run_dir=run_dir_of_input,
         solver=config["solver"],
-        provenance=provenance_options(),
+        provenance=provenance_options("expect"),
         example_block=shell_options({"example-block": config["solver"]["example_block"]}),
     log:
         f"{RUN}/logs/fit.log",
