@@ -205,6 +205,7 @@ def _parser() -> argparse.ArgumentParser:
     s.add_argument("--timings", nargs="*", default=[], help="Snakemake benchmark files of the steps")
     s.add_argument("--out", required=True, help="summary.md to write")
     s.add_argument("--plot", required=True, help="PNG of the per-example correlations to write (linked from summary.md)")
+    _provenance_options(s, alpha="train")
 
     s = add("baseline", "Attribute with a baseline method (leave-one-out, grad x param, conductance, internal influence).")
     s.add_argument("--method", required=True, choices=BASELINE_METHODS)
@@ -295,7 +296,8 @@ def _run(args: argparse.Namespace) -> None:
                                 _expected(args))
         print(f"mean held-out correlation at alpha={args.train_alpha:g}: {result['mean_correlation']:.3f}")
     elif args.command == "summarize":
-        print(steps.summarize(args.run_dir, args.evaluation, args.timings, args.out, args.plot))
+        print(steps.summarize(args.run_dir, args.evaluation, args.timings, args.out, args.plot, args.train_alpha,
+                              _expected(args)))
     elif args.command == "baseline":
         print(json.dumps(steps.baseline(args.run_dir, args.out, task_spec=args.task, task_params=args.task_params,
                                         method=args.method, ablation=args.ablation,

@@ -256,12 +256,22 @@ def evaluate(run_dir: str | Path, attributions: str | Path, heldout: dict[float,
 
 
 def summarize(run_dir: str | Path, evaluation: str | Path, timings: Sequence[str | Path], out: str | Path,
-              plot: str | Path) -> str:
-    """A short Markdown summary of the run at `out` and a correlation histogram at `plot` (coar.report)."""
+              plot: str | Path, train_alpha: float | None = None, expected: dict | None = None) -> str:
+    """A short Markdown summary of the run at `out` and a correlation histogram at `plot` (coar.report).
+
+    evaluation.json must record the provenance the config gives (`expected`, alpha `train_alpha`):
+    a stale one is refused, naming key and both values, rather than presented as this config's."""
     from coar import report
 
     run = Run(run_dir)
-    return report.write_summary(run.name, run.info, json.loads(Path(evaluation).read_text()), timings, out, plot)
+    result = json.loads(Path(evaluation).read_text())
+    h5format.check_expected(evaluation, result, _made_with(expected, train_alpha))
+    return report.write_summary(run.name, run.info, result, timings, out, plot)
+
+
+def _made_with(expected: dict | None, train_alpha: float | None) -> dict:
+    """The provenance a report's inputs must record: `expected` and, given, the training alpha."""
+    return {**(expected or {}), **({} if train_alpha is None else {"alpha": train_alpha})}
 
 
 def _loader_for(loader: LoaderOptions, device: torch.device) -> LoaderOptions:
@@ -328,7 +338,8 @@ def _read_methods(run: Run, attributions: dict[str, str | Path], expected: dict,
 
 def compare(run_dir: str | Path, attributions: dict[str, str | Path], heldout: dict[float, str | Path],
             train_alpha: float, out: str | Path, table: str | Path, expected: dict | None = None) -> dict:
-    """Score COAR and the baselines on the same held-out masks: comparison.json and a Markdown table."""
+    """Score COAR and the baselines on the same held-out masks: comparison.json (recording, as
+    `made_with`, the provenance every file read was checked against) and a Markdown table."""
     from coar import report
     from coar.evaluate import compare as compare_methods
 
@@ -340,6 +351,7 @@ def compare(run_dir: str | Path, attributions: dict[str, str | Path], heldout: d
     train = f"{train_alpha:g}"
     result = {
         "alpha": train,
+        "made_with": _made_with(expected, train_alpha),
         "methods": list(by_method),
         "alphas": list(next(iter(by_method.values()))),
         "mean_correlation": {m: {a: r["mean_correlation"] for a, r in by_alpha.items()} for m, by_alpha in by_method.items()},
@@ -355,11 +367,13 @@ def figures(run_dir: str | Path, comparison: str | Path, attributions: dict[str,
             train_alpha: float, expected: dict | None = None, examples: int = 4) -> FigurePaths:
     """The report's figures (coar.report.draw_figures), each at its path in `paths`; the first
     method in `attributions` (COAR) picks the scatter plots' examples and gives the per-layer sums.
-    Every file read is checked as compare checks it (made as `expected`, COAR's at `train_alpha`)."""
+    Every file read is checked as compare checks it (made as `expected`, COAR's at `train_alpha`),
+    and the comparison must record the same (a stale one is refused, not drawn)."""
     from coar import report
 
     run = Run(run_dir)
     result = json.loads(Path(comparison).read_text())
+    h5format.check_expected(comparison, result.get("made_with", {}), _made_with(expected, train_alpha))
     masks, outputs = _read_heldout(run, heldout, expected)[f"{train_alpha:g}"]
     return report.draw_figures(result, _read_methods(run, attributions, expected or {}, train_alpha), masks, outputs,
                                report.step_seconds(timings), paths, examples)

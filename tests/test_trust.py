@@ -604,3 +604,51 @@ def test_figures_check_the_provenance_of_the_heldout_files_they_read(evaluated, 
         steps.figures(run_dir, tmp_path / "c.json", {"coar": run_dir / "attributions.h5"}, {0.1: other_seed}, [],
                       paths, 0.1, expected)
     assert not any(p.exists() for p in paths)
+
+
+# ----------------------------------------------------------------------------- results present only their own config
+
+
+def test_summarize_refuses_an_evaluation_made_with_another_config_naming_key_and_both_values(evaluated, tmp_path):
+    run_dir, heldout, expected = evaluated
+    steps.evaluate(run_dir, run_dir / "attributions.h5", {0.1: heldout}, 0.1, tmp_path / "e.json", expected)
+    with pytest.raises(FormatError, match=r"e.json was made with alpha 0.1 but this run has 0.2"):
+        steps.summarize(run_dir, tmp_path / "e.json", [], tmp_path / "summary.md", tmp_path / "c.png", 0.2, expected)
+    with pytest.raises(FormatError, match=r"e.json was made with seed 3 but this run has 5"):
+        steps.summarize(run_dir, tmp_path / "e.json", [], tmp_path / "summary.md", tmp_path / "c.png", 0.1,
+                        expected | {"seed": 5})
+    assert not (tmp_path / "summary.md").exists()
+
+
+def test_figures_refuse_a_comparison_made_with_another_config(evaluated, tmp_path):
+    from coar.report import FigurePaths
+
+    run_dir, heldout, expected = evaluated
+    steps.compare(run_dir, {"coar": run_dir / "attributions.h5"}, {0.1: heldout}, 0.1, tmp_path / "c.json",
+                  tmp_path / "c.md", expected)
+    result = json.loads((tmp_path / "c.json").read_text())
+    assert result["made_with"] == expected | {"alpha": 0.1}
+    (tmp_path / "c.json").write_text(json.dumps(result | {"made_with": expected | {"alpha": 0.1, "seed": 4}}))
+    paths = FigurePaths(*(tmp_path / f"{i}.png" for i in range(5)))
+    with pytest.raises(FormatError, match=r"c.json was made with seed 4 but this run has 3"):
+        steps.figures(run_dir, tmp_path / "c.json", {"coar": run_dir / "attributions.h5"}, {0.1: heldout}, [], paths,
+                      0.1, expected)
+    assert not any(p.exists() for p in paths)
+
+
+def test_a_results_folder_copied_under_a_changed_alpha_is_redone_even_with_mtime_triggers(tmp_path):
+    first, fresh = tmp_path / "first", tmp_path / "fresh"
+    first.mkdir()
+    target = "results/inj/summary.md"
+    result = snakemake(first, TINY, target)
+    assert result.returncode == 0, result.stderr[-3000:]
+    fresh.mkdir()
+    shutil.copytree(first / "results", fresh / "results")  # no .snakemake: a fresh checkout knows no params
+    result = snakemake(fresh, TINY | {"alpha": 0.2}, target, "--rerun-triggers", "mtime")
+    assert result.returncode == 0, result.stderr[-3000:]
+    evaluation = json.loads((fresh / "results" / "inj" / "evaluation.json").read_text())
+    assert evaluation["alpha"] == 0.2
+    assert "at alpha = 0.2" in (fresh / target).read_text()
+    again = snakemake(fresh, TINY | {"alpha": 0.1}, target, "--rerun-triggers", "mtime")  # back to the first config
+    assert again.returncode == 0, again.stderr[-3000:]
+    assert json.loads((fresh / "results" / "inj" / "evaluation.json").read_text())["alpha"] == 0.1

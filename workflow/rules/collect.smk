@@ -37,6 +37,7 @@ rule collect:
     """Shard i of the training masks: batched ablated forward passes -> shard-i.h5."""
     input:
         run=rules.prepare.output,
+        stamp=config_stamp("data"),
     output:
         f"{RUN}/shards/shard-{{shard}}.h5",
     wildcard_constraints:
@@ -89,6 +90,7 @@ rule collect_heldout:
     and counted (evaluation.json, summary.md), since dropping them would bias the held-out set."""
     input:
         run=rules.prepare.output,
+        stamp=config_stamp("heldout"),
         data=rules.merge.output,
     output:
         f"{RUN}/heldout/alpha-{{alpha}}.h5",

@@ -1,9 +1,12 @@
 # Helpers shared by the rules. Every value that reaches a shell command is quoted (shlex.quote
 # here, `:q` in the rules), so no config string is ever interpreted by the shell.
 
+import glob
+import hashlib
 import json
 import shlex
 
+from coar.atomic import write_json
 from coar.run import PROVENANCE
 
 
@@ -71,3 +74,40 @@ def baseline_options():
 def fast_path_options(fast):
     """--fold-bn / --no-fold-bn etc. from the config's fast_path block."""
     return "".join(f" --{'' if fast[k] else 'no-'}{k.replace('_', '-')}" for k in ("fold_bn", "channels_last", "compile"))
+
+
+# Config stamps: the config values each group of steps depends on, in a file named by their
+# digest ({RUN}/config/<group>-<digest>.json) that the group's rules take as an input. The file
+# of the current digest is written when the workflow is read, unless present (the group's older
+# stamps are removed then), so after a change it is newer than every output of the group and
+# they are redone whatever Snakemake's rerun triggers (`--rerun-triggers mtime`, a results
+# folder copied into a fresh checkout, a config changed back and forth): results never present
+# a config they were not made with. The steps also check the provenance of what they read.
+STAMPED = {
+    "data": {"task": config["task"], **{k: config[k] for k in PROVENANCE}, "masks": config["masks"],
+             "shards": config["shards"]},
+    "heldout": {"task": config["task"], **{k: config[k] for k in PROVENANCE if k != "alpha"}, "alphas": ALPHAS,
+                "heldout_masks": config["evaluation"]["heldout_masks"]},
+    "baseline": {"task": config["task"], "ablation": config["ablation"], "output_fn": config["output_fn"]},
+    "fit": {"method": config["solver"]["method"]},
+    "evaluate": {"alphas": ALPHAS, "baselines": config["evaluation"]["baselines"]},
+}
+
+
+def config_stamp(group):
+    """The stamp file of the current config's values for `group` (see STAMPED)."""
+    digest = hashlib.sha256(json.dumps(STAMPED[group], sort_keys=True).encode()).hexdigest()[:16]
+    return f"{RUN}/config/{group}-{digest}.json"
+
+
+def write_config_stamps():
+    """Write every group's current stamp that is missing, after removing the group's others."""
+    for group, values in STAMPED.items():
+        path = config_stamp(group)
+        if not os.path.exists(path):
+            for stale in glob.glob(f"{RUN}/config/{group}-*.json"):
+                os.remove(stale)
+            write_json(path, values)
+
+
+write_config_stamps()

@@ -10,6 +10,7 @@ rule evaluate:
     """Held-out correlation of the attributions' predictions, at every evaluation alpha."""
     input:
         run=rules.prepare.output,
+        stamp=config_stamp("evaluate"),
         attributions=rules.fit.output,
         heldout=expand(f"{RUN}/heldout/alpha-{{alpha}}.h5", alpha=ALPHAS),
     output:
@@ -51,11 +52,12 @@ rule summarize:
         ),
     params:
         run_dir=run_dir_of_input,
+        provenance=provenance_options("train"),
     log:
         f"{RUN}/logs/summarize.log",
     shell:
         "coar summarize --run-dir {params.run_dir:q} --evaluation {input.evaluation:q} --timings {input.timings:q}"
-        " --out {output.summary:q} --plot {output.plot:q} 2>&1 | tee {log:q}"
+        " {params.provenance} --out {output.summary:q} --plot {output.plot:q} 2>&1 | tee {log:q}"
 
 
 METHOD_FILES = {"coar": f"{RUN}/attributions.h5", **{m: f"{RUN}/baselines/{m}.h5" for m in BASELINES}}
@@ -66,6 +68,7 @@ rule compare:
     """COAR and every baseline scored on the same held-out masks: the methods x alphas table."""
     input:
         run=rules.prepare.output,
+        stamp=config_stamp("evaluate"),
         attributions=list(METHOD_FILES.values()),
         heldout=expand(f"{RUN}/heldout/alpha-{{alpha}}.h5", alpha=ALPHAS),
     output:

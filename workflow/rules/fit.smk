@@ -26,6 +26,7 @@ rule fit:
     """One linear model per example on the merged dataset: attributions.h5."""
     input:
         run=rules.prepare.output,
+        stamp=config_stamp("fit"),
         data=rules.merge.output,
     output:
         f"{RUN}/attributions.h5",
