@@ -158,8 +158,6 @@ def _parser() -> argparse.ArgumentParser:
     s.add_argument("--seed", type=int, default=0)
     s.add_argument("--purpose", choices=["train", "heldout"], default="train", help="random stream: training or held-out masks")
     s.add_argument("--stream", type=int, default=None, help="random stream index (default: the shard index)")
-    s.add_argument("--count-coincidences-with", default=None,
-                   help="dataset file: record how many masks equal one of its masks (held-out masks; they are kept)")
     s.add_argument("--ablation", choices=ABLATION_MODES, default="weight")
     s.add_argument("--output-fn", default=None, help="output function; default: the task's own")
     s.add_argument("--masks-per-pass", type=int, default=8, help="masks evaluated in one batched forward pass")
@@ -198,6 +196,8 @@ def _parser() -> argparse.ArgumentParser:
     s.add_argument("--attributions", required=True)
     s.add_argument("--heldout", type=_alpha_path, action="append", required=True, help="ALPHA=PATH of a held-out shard (repeat)")
     s.add_argument("--out", required=True, help="evaluation.json to write")
+    s.add_argument("--training-data", default=None,
+                   help="merged dataset the attributions were fitted on: count held-out masks equal to one of its masks")
     _provenance_options(s, alpha="train")
 
     s = add("summarize", "Write summary.md and plots from a finished run.")
@@ -282,7 +282,7 @@ def _run(args: argparse.Namespace) -> None:
                       shards=args.shards, masks=args.masks, alpha=args.alpha,
                       seed=args.seed, ablation=args.ablation, output_fn=args.output_fn, masks_per_pass=args.masks_per_pass,
                       max_batch=args.max_batch, device=args.device, purpose=args.purpose, stream=args.stream,
-                      count_coincidences_with=args.count_coincidences_with, threads=args.threads, precision=args.precision,
+                      threads=args.threads, precision=args.precision,
                       nonfinite=args.nonfinite, loader=_loader(args),
                       fast_path=FastPath(fold_bn=args.fold_bn, channels_last=args.channels_last, compile=args.compile))
     elif args.command == "merge":
@@ -293,7 +293,7 @@ def _run(args: argparse.Namespace) -> None:
                                    memory_budget=args.memory_budget, expected=_expected(args))))
     elif args.command == "evaluate":
         result = steps.evaluate(args.run_dir, args.attributions, dict(args.heldout), args.train_alpha, args.out,
-                                _expected(args))
+                                _expected(args), args.training_data)
         print(f"mean held-out correlation at alpha={args.train_alpha:g}: {result['mean_correlation']:.3f}")
     elif args.command == "summarize":
         print(steps.summarize(args.run_dir, args.evaluation, args.timings, args.out, args.plot, args.train_alpha,

@@ -27,7 +27,7 @@ from coar.atomic import atomic_path, write_json
 from coar.batching import resolve_max_batch
 from coar.components import discover
 from coar.constants import BASELINE_METHODS, NONFINITE_POLICIES
-from coar.evaluate import predict, score
+from coar.evaluate import compare as compare_methods
 from coar.exactness import OnProblem, check_components
 from coar.examples import first_inputs, stack
 from coar.finite import nonfinite_problem
@@ -97,17 +97,15 @@ def prepare(spec: str, params: dict, kinds: str | Sequence[str], include: Sequen
 def collect(run_dir: str | Path, out: str | Path, *, task_spec: str, task_params: dict, shard: int, shards: int,
             masks: int, alpha: float, seed: int,
             ablation: str, output_fn: str | None, masks_per_pass: int, max_batch: int | str, device: str,
-            purpose: str = "train", stream: int | None = None, count_coincidences_with: str | Path | None = None,
-            threads: int | None = None, precision: str = "fp32", nonfinite: str = "error",
+            purpose: str = "train", stream: int | None = None, threads: int | None = None, precision: str = "fp32", nonfinite: str = "error",
             loader: LoaderOptions = LoaderOptions(), fast_path: FastPath = FastPath()) -> None:
     """Sample shard `shard` of the masks, run the ablated model on them, write the shard file.
 
     The task is the config's (`task_spec`, `task_params`); a run folder whose prepare.json names
     another is refused before any task code runs (Run.reopen).
     Masks come from the random stream (seed, purpose, stream), stream defaulting to the shard
-    index, so each shard is reproducible on its own. With `count_coincidences_with` (a dataset
-    file), the number of masks equal to one of its masks is recorded in the shard's
-    `coincident_with_training` attribute; they are kept, so held-out masks stay independent draws.
+    index, so each shard is reproducible on its own; held-out masks are independent draws, and
+    collecting them needs no training data (evaluate counts coincidences with training masks).
     Outputs that are NaN or infinite are refused, naming the masks and examples; with
     nonfinite="record" they are written and a warning is printed instead.
     `precision` runs the passes under autocast; `fast_path` (coar.fastpath) transforms the model
@@ -124,12 +122,6 @@ def collect(run_dir: str | Path, out: str | Path, *, task_spec: str, task_params
     task, components = run.reopen(task_spec, task_params, _loader_for(loader, dev)), run.components
     start, stop = shard_ranges(masks, shards)[shard]
     x = sample_masks(seed, shard if stream is None else stream, stop - start, len(components), alpha, purpose)
-    extra = {}
-    if count_coincidences_with is not None:
-        # Validated first: a virtual dataset would read a missing shard's masks as zeros.
-        h5format.RowReader(count_coincidences_with, 1, expect)
-        with h5py.File(count_coincidences_with, "r", locking=False) as f:
-            extra["coincident_with_training"] = count_rows_in(x, f["masks"])
     fn_name = output_fn or task.output_fn
     model = task.model.to(dev)
     fast = prepare_fast(model, components, unit_fills(model, components, ablation, task.reference_inputs), fast_path)
@@ -146,7 +138,7 @@ def collect(run_dir: str | Path, out: str | Path, *, task_spec: str, task_params
         print(f"warning: {out}: recording {problem} (nonfinite: record)", file=sys.stderr)
     meta = {**expect, "seed": seed, "alpha": alpha, "shard": shard, "row_start": start, "row_stop": stop,
             "output_fn": fn_name, "ablation": ablation, "precision": precision, "coar_version": coar.__version__,
-            "encoding": h5format.ENCODING, **extra}
+            "encoding": h5format.ENCODING}
     h5format.write_shard(out, x, y, meta)
 
 
@@ -217,28 +209,33 @@ def _heldout_expect(expect: dict, expected: dict | None, alpha: float) -> dict:
     return {**expect, **(expected or {}), "alpha": alpha}
 
 
-def _coincidences(path: str | Path) -> int | None:
-    """How many of a held-out file's masks equal a training mask (None when not counted)."""
-    with h5py.File(path, "r", locking=False) as f:
-        value = f.attrs.get("coincident_with_training")
-    return None if value is None else int(value)
+def _coincidences(rows: dict[str, tuple[np.ndarray, np.ndarray]], training_data: str | Path | None,
+                  expect: dict) -> dict[str, int | None]:
+    """Per alpha, how many held-out masks equal a mask of the merged training dataset (None
+    without one); they are kept, so held-out masks stay independent draws."""
+    if training_data is None:
+        return {alpha: None for alpha in rows}
+    # Validated first: a virtual dataset would read a missing shard's masks as zeros.
+    h5format.RowReader(training_data, 1, expect)
+    with h5py.File(training_data, "r", locking=False) as f:
+        return {alpha: count_rows_in(masks, f["masks"]) for alpha, (masks, _) in rows.items()}
 
 
 def evaluate(run_dir: str | Path, attributions: str | Path, heldout: dict[float, str | Path], train_alpha: float,
-             out: str | Path, expected: dict | None = None) -> dict:
+             out: str | Path, expected: dict | None = None, training_data: str | Path | None = None) -> dict:
     """Score the attributions on held-out masks at each alpha; write evaluation.json.
 
     The attributions must have been made at `train_alpha` and as `expected` (see `provenance`);
-    evaluation.json reports the values they recorded.
+    evaluation.json reports the values they recorded. Scored by `compare` (COAR alone), so
+    evaluate and compare share one scoring path. Given the merged `training_data`, the held-out
+    masks equal to a training mask are counted per alpha.
     """
     run = Run(run_dir)
-    expect = run.expect
     attr = run.read_attributions(attributions, {**(expected or {}), "alpha": train_alpha})
-    by_alpha = {}
-    for alpha, path in sorted(heldout.items()):
-        masks, outputs = _read_rows(path, _heldout_expect(expect, expected, alpha))
-        by_alpha[f"{alpha:g}"] = {**score(outputs, predict(attr.weight, attr.bias, masks), attr.example_ids),
-                                  "coincident_with_training": _coincidences(path)}
+    rows = _read_heldout(run, heldout, expected)
+    scores = compare_methods({"coar": (attr.weight, attr.bias)}, rows, run.example_ids)["coar"]
+    coincident = _coincidences(rows, training_data, {**run.expect, **(expected or {}), "alpha": train_alpha})
+    by_alpha = {alpha: {**scores[alpha], "coincident_with_training": coincident[alpha]} for alpha in rows}
     main = by_alpha[f"{train_alpha:g}"]
     result = {
         **{k: attr.attrs[k] for k in PROVENANCE},
@@ -341,7 +338,6 @@ def compare(run_dir: str | Path, attributions: dict[str, str | Path], heldout: d
     """Score COAR and the baselines on the same held-out masks: comparison.json (recording, as
     `made_with`, the provenance every file read was checked against) and a Markdown table."""
     from coar import report
-    from coar.evaluate import compare as compare_methods
 
     run = Run(run_dir)
     methods = _read_methods(run, attributions, expected or {}, train_alpha)

@@ -118,3 +118,10 @@ def test_killed_run_resumes_recomputing_only_missing_shards_with_identical_resul
         assert (shards / name).stat().st_mtime_ns == mtime, f"{name} was recomputed"
     with h5py.File(reference, "r") as a, h5py.File(tmp_path / "results" / "tiny" / "attributions.h5", "r") as b:
         assert np.array_equal(a["weight"][:], b["weight"][:]) and np.array_equal(a["bias"][:], b["bias"][:])
+
+
+def test_heldout_collection_needs_no_training_shards(tmp_path):
+    result = snakemake(tmp_path, "-n", f"results/{TINY['run']}/heldout/alpha-0.05.h5", config=TEST_CONFIG)
+    assert result.returncode == 0, result.stderr[-3000:]
+    assert "rule collect_heldout:" in result.stdout
+    assert "rule merge:" not in result.stdout and "rule collect:" not in result.stdout

@@ -12,6 +12,7 @@ rule evaluate:
         run=rules.prepare.output,
         stamp=config_stamp("evaluate"),
         attributions=rules.fit.output,
+        data=rules.merge.output,
         heldout=expand(f"{RUN}/heldout/alpha-{{alpha}}.h5", alpha=ALPHAS),
     output:
         f"{RUN}/evaluation.json",
@@ -24,7 +25,7 @@ rule evaluate:
     benchmark:
         f"{RUN}/benchmarks/evaluate.tsv"
     shell:
-        "coar evaluate --run-dir {params.run_dir:q} --attributions {input.attributions:q}"
+        "coar evaluate --run-dir {params.run_dir:q} --attributions {input.attributions:q} --training-data {input.data:q}"
         " {params.heldout} {params.provenance} --out {output:q} 2>&1 | tee {log:q}"
 
 
