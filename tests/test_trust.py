@@ -6,6 +6,7 @@ import fcntl
 import json
 import os
 import shutil
+import sys
 import uuid
 
 import h5py
@@ -652,3 +653,35 @@ def test_a_results_folder_copied_under_a_changed_alpha_is_redone_even_with_mtime
     again = snakemake(fresh, TINY | {"alpha": 0.1}, target, "--rerun-triggers", "mtime")  # back to the first config
     assert again.returncode == 0, again.stderr[-3000:]
     assert json.loads((fresh / "results" / "inj" / "evaluation.json").read_text())["alpha"] == 0.1
+
+
+# ----------------------------------------------------------------------------- seams
+
+
+def test_an_installed_package_finds_the_config_schema_without_the_source_tree(tmp_path):
+    import tomllib
+
+    site = tmp_path / "site"
+    shutil.copytree(REPO / "coar", site / "coar", symlinks=False)  # as a built package: links become their content
+    check = ("import yaml; from coar.config import SCHEMA, check_config; "
+             "config = yaml.safe_load(open({!r})); check_config(config); print(SCHEMA)").format(
+                 str(REPO / "config" / "config.yaml"))
+    result = subprocess.run([sys.executable, "-c", check], capture_output=True, text=True, cwd=tmp_path,
+                            env={**os.environ, "PYTHONPATH": str(site)})
+    assert result.returncode == 0, result.stderr[-2000:]
+    assert result.stdout.strip() == str(site / "coar" / "config.schema.yaml")
+    package_data = tomllib.loads((REPO / "pyproject.toml").read_text())["tool"]["setuptools"]["package-data"]
+    assert "config.schema.yaml" in package_data["coar"]
+    assert (REPO / "coar" / "config.schema.yaml").read_text() == (REPO / "workflow/schemas/config.schema.yaml").read_text()
+
+
+def test_evaluate_compare_and_figures_name_the_training_alpha_and_merge_and_fit_the_expected_one(evaluated, tmp_path):
+    run_dir, heldout, _ = evaluated
+    assert main(["evaluate", "--run-dir", str(run_dir), "--attributions", str(run_dir / "attributions.h5"),
+                 "--train-alpha", "0.1", "--heldout", f"0.1={heldout}", "--seed", "3",
+                 "--out", str(tmp_path / "e.json")]) == 0
+    assert main(["fit", "--run-dir", str(run_dir), "--data", str(run_dir / "dataset.h5"), "--expect-alpha", "0.2",
+                 "--method", "ridge", "--out", str(tmp_path / "a.h5")]) == 1
+    with pytest.raises(SystemExit):  # --alpha is collect's alone: the alpha masks are drawn at
+        main(["evaluate", "--run-dir", str(run_dir), "--attributions", "a.h5", "--alpha", "0.1",
+              "--heldout", f"0.1={heldout}", "--out", "e.json"])
