@@ -336,7 +336,8 @@ def _read_methods(run: Run, attributions: dict[str, str | Path], expected: dict,
 def compare(run_dir: str | Path, attributions: dict[str, str | Path], heldout: dict[float, str | Path],
             train_alpha: float, out: str | Path, table: str | Path, expected: dict | None = None) -> dict:
     """Score COAR and the baselines on the same held-out masks: comparison.json (recording, as
-    `made_with`, the provenance every file read was checked against) and a Markdown table."""
+    `made_with`, the provenance every file read was checked against, and COAR's method and
+    n_masks) and a Markdown table."""
     from coar import report
 
     run = Run(run_dir)
@@ -347,7 +348,9 @@ def compare(run_dir: str | Path, attributions: dict[str, str | Path], heldout: d
     train = f"{train_alpha:g}"
     result = {
         "alpha": train,
-        "made_with": _made_with(expected, train_alpha),
+        "made_with": {**_made_with(expected, train_alpha),
+                      **{k: a.attrs[k] for a in methods.values() if a.attrs["method"] not in BASELINE_METHODS
+                         for k in ("method", "n_masks")}},
         "methods": list(by_method),
         "alphas": list(next(iter(by_method.values()))),
         "mean_correlation": {m: {a: r["mean_correlation"] for a, r in by_alpha.items()} for m, by_alpha in by_method.items()},

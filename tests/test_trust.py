@@ -628,7 +628,7 @@ def test_figures_refuse_a_comparison_made_with_another_config(evaluated, tmp_pat
     steps.compare(run_dir, {"coar": run_dir / "attributions.h5"}, {0.1: heldout}, 0.1, tmp_path / "c.json",
                   tmp_path / "c.md", expected)
     result = json.loads((tmp_path / "c.json").read_text())
-    assert result["made_with"] == expected | {"alpha": 0.1}
+    assert result["made_with"] == expected | {"alpha": 0.1, "method": "ridge", "n_masks": 40}
     (tmp_path / "c.json").write_text(json.dumps(result | {"made_with": expected | {"alpha": 0.1, "seed": 4}}))
     paths = FigurePaths(*(tmp_path / f"{i}.png" for i in range(5)))
     with pytest.raises(FormatError, match=r"c.json was made with seed 4 but this run has 3"):
