@@ -4,7 +4,9 @@ step, the command line and the Python API check against it.
 A run folder holds the task as data (coar.saved_task), `components.json` and `prepare.json`
 (task spec, sizes and fingerprints), then the files of the later steps at the paths named here.
 Every row or attributions file must carry this run's sizes and fingerprints (`expect`) and say
-how it was made (`PROVENANCE`), which each step compares with the values it is given.
+how it was made (`PROVENANCE`), which each step compares with the values it is given; an
+attributions file's component table and example ids must be this run's (`read_attributions`).
+The task is always the config's: prepare.json's is only compared with it (`reopen`).
 """
 
 from __future__ import annotations
