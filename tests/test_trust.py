@@ -446,6 +446,7 @@ def test_a_command_substitution_in_free_text_reaches_the_step_verbatim_and_never
 # ----------------------------------------------------------------------------- the task comes from the config
 
 from coar.cli import main  # noqa: E402
+from coar.report import FigurePaths  # noqa: E402
 
 
 def plant_task_payload(run_dir, marker):
@@ -496,6 +497,9 @@ def test_steps_that_only_read_results_never_run_the_task_named_by_the_run_folder
     steps.evaluate(run_dir, tmp_path / "a.h5", {0.1: heldout}, 0.1, tmp_path / "e.json", expected)
     steps.compare(run_dir, {"coar": tmp_path / "a.h5"}, {0.1: heldout}, 0.1, tmp_path / "c.json", tmp_path / "c.md",
                   expected)
+    steps.summarize(run_dir, tmp_path / "e.json", [], tmp_path / "s.md", tmp_path / "s.png", 0.1, expected)
+    steps.figures(run_dir, tmp_path / "c.json", {"coar": tmp_path / "a.h5"}, {0.1: heldout}, [],
+                  FigurePaths(*(tmp_path / f"{i}.png" for i in range(5))), 0.1, expected)
     assert not marker.exists()
 
 
@@ -593,8 +597,6 @@ def test_a_baselines_file_is_checked_by_what_applies_to_it_and_must_be_of_its_me
 
 
 def test_figures_check_the_provenance_of_the_heldout_files_they_read(evaluated, tmp_path):
-    from coar.report import FigurePaths
-
     run_dir, heldout, expected = evaluated
     steps.compare(run_dir, {"coar": run_dir / "attributions.h5"}, {0.1: heldout}, 0.1, tmp_path / "c.json",
                   tmp_path / "c.md", expected)
@@ -622,8 +624,6 @@ def test_summarize_refuses_an_evaluation_made_with_another_config_naming_key_and
 
 
 def test_figures_refuse_a_comparison_made_with_another_config(evaluated, tmp_path):
-    from coar.report import FigurePaths
-
     run_dir, heldout, expected = evaluated
     steps.compare(run_dir, {"coar": run_dir / "attributions.h5"}, {0.1: heldout}, 0.1, tmp_path / "c.json",
                   tmp_path / "c.md", expected)
