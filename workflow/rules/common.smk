@@ -84,6 +84,7 @@ def fast_path_options(fast):
 # folder copied into a fresh checkout, a config changed back and forth): results never present
 # a config they were not made with. The steps also check the provenance of what they read.
 STAMPED = {
+    "prepare": {"task": config["task"], "components": config["components"]},
     "data": {"task": config["task"], **{k: config[k] for k in PROVENANCE}, "masks": config["masks"],
              "shards": config["shards"]},
     "heldout": {"task": config["task"], **{k: config[k] for k in PROVENANCE if k != "alpha"}, "alphas": ALPHAS,

@@ -5,6 +5,8 @@ import shlex
 rule prepare:
     """Build the task (the default trains its CNN), discover its components, check on two examples
     that each can be ablated exactly (refusing or dropping those that cannot), save both."""
+    input:
+        stamp=config_stamp("prepare"),
     output:
         weights=f"{RUN}/weights.safetensors",
         arrays=f"{RUN}/examples.safetensors",
