@@ -78,7 +78,9 @@ def peak_rss_mib(args: list[str]) -> tuple[float, float]:
 
 
 def collect_args(run: Path, out: Path, masks: int, masks_per_pass: int, *extra: str) -> list[str]:
+    info = json.loads((run / "prepare.json").read_text())  # the task this benchmark prepared (its "config")
     return ["collect", "--run-dir", str(run), "--out", str(out), "--masks", str(masks), "--alpha", "0.05",
+            "--task", info["task"], "--task-params", json.dumps(info["task_params"]),
             "--masks-per-pass", str(masks_per_pass), "--max-batch", "1024", "--device", "cpu", "--threads", "1", *extra]
 
 

@@ -38,8 +38,22 @@ ALPHA = 0.05
 RANK = 8  # of the planted weight matrix
 NOISE = 0.1
 HELDOUT = 500  # held-out masks for evaluate
-FINGERPRINTS = {"model_fingerprint": "synthetic-model", "components_fingerprint": "synthetic-components",
-                "examples_fingerprint": "synthetic-examples"}
+FINGERPRINTS = {"model_fingerprint": "synthetic-model", "examples_fingerprint": "synthetic-examples"}
+
+
+def components(run: dict):  # -> coar.components.ComponentSet: N synthetic rows, the run's component list
+    from coar.components import ComponentGroup, ComponentSet
+
+    return ComponentSet([ComponentGroup("synthetic", "row", run["N"], 0)])
+
+
+def fingerprints(run: dict) -> dict:
+    """What ties the synthetic files to the synthetic run (its component list's real fingerprint)."""
+    return {**FINGERPRINTS, "components_fingerprint": components(run).fingerprint}
+
+
+def example_ids(run: dict) -> list[str]:
+    return [f"example/{i}" for i in range(run["n"])]
 
 
 # ----------------------------------------------------------------------------- steps (subprocesses)
@@ -64,7 +78,7 @@ def rows(seed: int, count: int, A: np.ndarray, B: np.ndarray) -> tuple[np.ndarra
 def meta(run: dict, **extra: object) -> dict:
     from coar import __version__, h5format
 
-    return {"seed": 0, "alpha": ALPHA, "n_components": run["N"], "n_examples": run["n"], **FINGERPRINTS,
+    return {"seed": 0, "alpha": ALPHA, "n_components": run["N"], "n_examples": run["n"], **fingerprints(run),
             "output_fn": "synthetic", "ablation": "weight", "precision": "fp32", "coar_version": __version__,
             "encoding": h5format.ENCODING, **extra}
 
@@ -77,7 +91,10 @@ def step_write(run: dict) -> dict:
     folder = Path(run["dir"])
     (folder / "shards").mkdir(parents=True, exist_ok=True)
     (folder / "heldout").mkdir(exist_ok=True)
-    (folder / "prepare.json").write_text(json.dumps({"n_components": run["N"], "n_examples": run["n"], **FINGERPRINTS}))
+    (folder / "prepare.json").write_text(json.dumps({"n_components": run["N"], "n_examples": run["n"],
+                                                     "output_fn": "synthetic", **fingerprints(run)}))
+    components(run).save(folder / "components.json")
+    (folder / "example_ids.json").write_text(json.dumps(example_ids(run)))
     A, B = planted(run["N"], run["n"])
     for shard, (start, stop) in enumerate(shard_ranges(run["m"], run["shards"])):
         X, Y = rows(1 + shard, stop - start, A, B)
@@ -102,11 +119,10 @@ def step_fit(run: dict) -> dict:
     from coar.run import PROVENANCE, Run
 
     folder = Path(run["dir"])
-    components = [("synthetic", i, "row") for i in range(run["N"])]
-    ids = [f"example/{i}" for i in range(run["n"])]
     expect = Run(folder).expect
     made = {k: v for k, v in meta(run).items() if k in PROVENANCE}
-    result = steps.fit_dataset(folder / "dataset.h5", folder / "attributions.h5", expect, components, ids,
+    result = steps.fit_dataset(folder / "dataset.h5", folder / "attributions.h5", expect, components(run).table(),
+                               example_ids(run),
                                method="ols", backend="numpy", chunk_rows=4096, memory_budget=run["budget_gb"],
                                provenance=made)
     return {**result, "fit_seconds": result.pop("seconds")}

@@ -1,15 +1,15 @@
 """The `coar` command line: one subcommand per workflow step, so every rule runs by hand too.
 
     coar prepare  --task coar.tasks.digits:task --run-dir results/digits
-    coar collect  --run-dir results/digits --shard 0 --shards 4 --masks 4000 --alpha 0.05 --out shard-0.h5
-    coar merge    --run-dir results/digits --masks 4000 --out dataset.h5 shard-*.h5
-    coar fit      --run-dir results/digits --data dataset.h5 --out attributions.h5
-    coar evaluate --run-dir results/digits --attributions attributions.h5 --alpha 0.05 --heldout 0.05=h.h5
+    coar collect  --run-dir results/digits --task coar.tasks.digits:task --shard 0 --shards 4 --masks 4000 --alpha 0.05 --out shard-0.h5
+    coar merge    --run-dir results/digits --masks 4000 --expect-alpha 0.05 --out dataset.h5 shard-*.h5
+    coar fit      --run-dir results/digits --data dataset.h5 --expect-alpha 0.05 --out attributions.h5
+    coar evaluate --run-dir results/digits --attributions attributions.h5 --train-alpha 0.05 --heldout 0.05=h.h5
     coar summarize --run-dir results/digits --evaluation evaluation.json --out summary.md --plot plots/correlation_histogram.png
     coar baseline --run-dir results/digits --method loo --out baselines/loo.h5
-    coar compare  --run-dir results/digits --alpha 0.05 --method coar=attributions.h5 --method loo=baselines/loo.h5 \
+    coar compare  --run-dir results/digits --train-alpha 0.05 --method coar=attributions.h5 --method loo=baselines/loo.h5 \
                   --heldout 0.05=h.h5 --out comparison.json --table comparison.md
-    coar figures  --run-dir results/digits --comparison comparison.json --method coar=attributions.h5 \
+    coar figures  --run-dir results/digits --train-alpha 0.05 --comparison comparison.json --method coar=attributions.h5 \
                   --heldout 0.05=h.h5 --correlation-table plots/correlation_table.png \
                   --correlation-distributions plots/correlation_distributions.png \
                   --predicted-vs-true plots/predicted_vs_true.png --layer-attributions plots/layer_attributions.png \
@@ -42,8 +42,20 @@ def _int_list(text: str) -> list[int]:
         raise argparse.ArgumentTypeError(f"expected comma-separated integers, got {text!r}") from None
 
 
+def _string_list(text: str) -> list[str]:
+    """A JSON list of strings (what the workflow passes), or one string as a list of one: never
+    split at commas, which glob patterns such as `blocks.[01].conv[1,2]` contain."""
+    try:
+        values = json.loads(text) if text.startswith("[") else [text]
+    except ValueError:  # a glob pattern starting with "[", not JSON
+        values = [text]
+    if not isinstance(values, list) or not all(isinstance(v, str) for v in values):
+        raise argparse.ArgumentTypeError(f"expected a JSON list of strings or one string, got {text!r}")
+    return [v for v in values if v]
+
+
 def _kinds(text: str) -> str | list[str]:
-    return text if text in KIND_PRESETS else _csv(text)
+    return text if text in KIND_PRESETS else _string_list(text)
 
 
 def _alpha_path(text: str) -> tuple[float, str]:
@@ -73,14 +85,25 @@ def _name_path(text: str) -> tuple[str, str]:
     return name, path
 
 
-def _provenance_options(s: argparse.ArgumentParser, alpha: bool) -> None:
-    """Options naming how the step's input data must have been made; a value not given is not checked."""
-    if alpha:
-        s.add_argument("--alpha", type=float, default=None, help="alpha the data must have been collected at")
+def _provenance_options(s: argparse.ArgumentParser, alpha: str) -> None:
+    """Options naming how the step's input data must have been made; a value not given is not
+    checked. `alpha` is the step's alpha option: merge and fit check the data's (--expect-alpha),
+    evaluate, compare and figures score attributions made at --train-alpha."""
+    if alpha == "expect":
+        s.add_argument("--expect-alpha", type=float, default=None, help="alpha the data must have been collected at")
+    else:
+        s.add_argument("--train-alpha", type=float, required=True,
+                       help="alpha the attributions were trained at (the headline numbers)")
     s.add_argument("--seed", type=int, default=None, help="seed the data must have been collected with")
     s.add_argument("--ablation", choices=ABLATION_MODES, default=None, help="ablation the data must use")
     s.add_argument("--output-fn", default=None, help="output function the data must use; default: the task's own")
     s.add_argument("--precision", choices=PRECISIONS, default=None, help="precision the data must have been collected in")
+
+
+def _task_options(s: argparse.ArgumentParser) -> None:
+    """The task a step reopens: the config's, refused when the run folder's prepare.json names another."""
+    s.add_argument("--task", required=True, help="the config's task function (prepare.json must name the same)")
+    s.add_argument("--task-params", default="{}", type=json.loads, help="the config's task params as a JSON object")
 
 
 def _max_batch(text: str) -> int | str:
@@ -115,9 +138,10 @@ def _parser() -> argparse.ArgumentParser:
     s = add("prepare", "Build the task (train the model if the task does), discover its components, save both.")
     s.add_argument("--task", required=True, help="task function, 'package.module:function' or 'package.module'")
     s.add_argument("--task-params", default="{}", type=json.loads, help="JSON object passed to the task function")
-    s.add_argument("--kinds", default="conv", type=_kinds, help=f"comma-separated unit kinds ({','.join(COMPONENT_KINDS)}) or one of {' / '.join(KIND_PRESETS)}")
-    s.add_argument("--include", default="*", type=_csv, help="comma-separated glob patterns of module names to keep")
-    s.add_argument("--exclude", default="", type=_csv, help="comma-separated glob patterns of module names to drop")
+    s.add_argument("--kinds", default="conv", type=_kinds,
+                   help=f"unit kinds ({','.join(COMPONENT_KINDS)}): one, a JSON list, or one of {' / '.join(KIND_PRESETS)}")
+    s.add_argument("--include", default="*", type=_string_list, help="glob patterns of module names to keep: one, or a JSON list")
+    s.add_argument("--exclude", default="[]", type=_string_list, help="glob patterns of module names to drop: one, or a JSON list")
     s.add_argument("--masks", type=int, default=None, help="training masks m of the run (with --method ols: refuse m <= components now)")
     s.add_argument("--method", choices=SOLVER_METHODS, default=None, help="the run's solver method")
     add_loader(s)
@@ -125,6 +149,7 @@ def _parser() -> argparse.ArgumentParser:
                    help="component groups that cannot be ablated exactly (dry pass): stop naming them, or drop them with a warning")
 
     s = add("collect", "Sample one shard of ablation masks and record the ablated model's outputs on every example.")
+    _task_options(s)
     s.add_argument("--out", required=True, help="shard HDF5 file to write (appears only when complete)")
     s.add_argument("--shard", type=int, default=0, help="shard index (its masks depend on seed and this alone)")
     s.add_argument("--shards", type=int, default=1, help="number of shards the masks are split into")
@@ -133,8 +158,6 @@ def _parser() -> argparse.ArgumentParser:
     s.add_argument("--seed", type=int, default=0)
     s.add_argument("--purpose", choices=["train", "heldout"], default="train", help="random stream: training or held-out masks")
     s.add_argument("--stream", type=int, default=None, help="random stream index (default: the shard index)")
-    s.add_argument("--count-coincidences-with", default=None,
-                   help="dataset file: record how many masks equal one of its masks (held-out masks; they are kept)")
     s.add_argument("--ablation", choices=ABLATION_MODES, default="weight")
     s.add_argument("--output-fn", default=None, help="output function; default: the task's own")
     s.add_argument("--masks-per-pass", type=int, default=8, help="masks evaluated in one batched forward pass")
@@ -155,7 +178,7 @@ def _parser() -> argparse.ArgumentParser:
     s.add_argument("--out", required=True)
     s.add_argument("--masks", type=int, required=True, help="total number of masks m the shards must cover")
     s.add_argument("shards", nargs="+", help="shard files")
-    _provenance_options(s, alpha=True)
+    _provenance_options(s, alpha="expect")
 
     s = add("fit", "Fit one linear model per example (attributions) on a dataset, streamed in row chunks.")
     s.add_argument("--data", required=True, help="merged dataset file")
@@ -163,7 +186,7 @@ def _parser() -> argparse.ArgumentParser:
     s.add_argument("--method", choices=SOLVER_METHODS, default="ols")
     s.add_argument("--backend", choices=SOLVER_BACKENDS, default="auto")
     s.add_argument("--chunk-rows", type=int, default=4096)
-    _provenance_options(s, alpha=True)
+    _provenance_options(s, alpha="expect")
     s.add_argument("--example-block", type=int, default=None,
                    help="examples solved together (default: as many as the memory budget allows)")
     s.add_argument("--memory-budget", type=_memory_budget, default=None,
@@ -171,19 +194,22 @@ def _parser() -> argparse.ArgumentParser:
 
     s = add("evaluate", "Correlate attribution predictions with true outputs on held-out masks.")
     s.add_argument("--attributions", required=True)
-    s.add_argument("--alpha", type=float, required=True, help="training alpha (the headline numbers)")
     s.add_argument("--heldout", type=_alpha_path, action="append", required=True, help="ALPHA=PATH of a held-out shard (repeat)")
     s.add_argument("--out", required=True, help="evaluation.json to write")
-    _provenance_options(s, alpha=False)
+    s.add_argument("--training-data", default=None,
+                   help="merged dataset the attributions were fitted on: count held-out masks equal to one of its masks")
+    _provenance_options(s, alpha="train")
 
     s = add("summarize", "Write summary.md and plots from a finished run.")
     s.add_argument("--evaluation", required=True)
     s.add_argument("--timings", nargs="*", default=[], help="Snakemake benchmark files of the steps")
     s.add_argument("--out", required=True, help="summary.md to write")
     s.add_argument("--plot", required=True, help="PNG of the per-example correlations to write (linked from summary.md)")
+    _provenance_options(s, alpha="train")
 
     s = add("baseline", "Attribute with a baseline method (leave-one-out, grad x param, conductance, internal influence).")
     s.add_argument("--method", required=True, choices=BASELINE_METHODS)
+    _task_options(s)
     s.add_argument("--out", required=True, help="attributions HDF5 file to write (same format as COAR's)")
     s.add_argument("--ablation", choices=ABLATION_MODES, default="weight", help="ablation that loo and grad_x_param model")
     s.add_argument("--output-fn", default=None, help="output function; default: the task's own")
@@ -196,11 +222,10 @@ def _parser() -> argparse.ArgumentParser:
 
     s = add("compare", "Score COAR and baselines on the same held-out masks: the methods x alphas table.")
     s.add_argument("--method", type=_name_path, action="append", required=True, help="NAME=PATH of an attributions file (repeat)")
-    s.add_argument("--alpha", type=float, required=True, help="training alpha")
     s.add_argument("--heldout", type=_alpha_path, action="append", required=True, help="ALPHA=PATH of a held-out shard (repeat)")
     s.add_argument("--out", required=True, help="comparison.json to write")
     s.add_argument("--table", required=True, help="Markdown table to write")
-    _provenance_options(s, alpha=False)
+    _provenance_options(s, alpha="train")
 
     s = add("figures", "Draw the report's figures from a comparison (one PNG file per option).")
     s.add_argument("--comparison", required=True, help="comparison.json")
@@ -210,6 +235,7 @@ def _parser() -> argparse.ArgumentParser:
     s.add_argument("--timings", nargs="*", default=[], help="Snakemake benchmark files of the steps")
     for field in REPORT_FIGURES:
         s.add_argument(f"--{field.replace('_', '-')}", required=True, metavar="PNG", help=f"{field.replace('_', ' ')} figure to write")
+    _provenance_options(s, alpha="train")
 
     s = add("edit", "COAR-Edit task on offline digits: train, attribute, edit, report in <run-dir>/edits/<task>/.")
     s.add_argument("--task", required=True, help="fix_errors, forget_class, subpopulation, backdoor or typographic (coar.edit.tasks.TASKS)")
@@ -252,10 +278,11 @@ def _run(args: argparse.Namespace) -> None:
                              masks=args.masks, method=args.method, loader=_loader(args), unreachable=args.unreachable)
         print(json.dumps({k: info[k] for k in ("n_examples", "n_components", "dropped_components", "task_info")}, indent=1))
     elif args.command == "collect":
-        steps.collect(args.run_dir, args.out, shard=args.shard, shards=args.shards, masks=args.masks, alpha=args.alpha,
+        steps.collect(args.run_dir, args.out, task_spec=args.task, task_params=args.task_params, shard=args.shard,
+                      shards=args.shards, masks=args.masks, alpha=args.alpha,
                       seed=args.seed, ablation=args.ablation, output_fn=args.output_fn, masks_per_pass=args.masks_per_pass,
                       max_batch=args.max_batch, device=args.device, purpose=args.purpose, stream=args.stream,
-                      count_coincidences_with=args.count_coincidences_with, threads=args.threads, precision=args.precision,
+                      threads=args.threads, precision=args.precision,
                       nonfinite=args.nonfinite, loader=_loader(args),
                       fast_path=FastPath(fold_bn=args.fold_bn, channels_last=args.channels_last, compile=args.compile))
     elif args.command == "merge":
@@ -265,27 +292,29 @@ def _run(args: argparse.Namespace) -> None:
                                    chunk_rows=args.chunk_rows, example_block=args.example_block,
                                    memory_budget=args.memory_budget, expected=_expected(args))))
     elif args.command == "evaluate":
-        result = steps.evaluate(args.run_dir, args.attributions, dict(args.heldout), args.alpha, args.out,
-                                _expected(args))
-        print(f"mean held-out correlation at alpha={args.alpha:g}: {result['mean_correlation']:.3f}")
+        result = steps.evaluate(args.run_dir, args.attributions, dict(args.heldout), args.train_alpha, args.out,
+                                _expected(args), args.training_data)
+        print(f"mean held-out correlation at alpha={args.train_alpha:g}: {result['mean_correlation']:.3f}")
     elif args.command == "summarize":
-        print(steps.summarize(args.run_dir, args.evaluation, args.timings, args.out, args.plot))
+        print(steps.summarize(args.run_dir, args.evaluation, args.timings, args.out, args.plot, args.train_alpha,
+                              _expected(args)))
     elif args.command == "baseline":
-        print(json.dumps(steps.baseline(args.run_dir, args.out, method=args.method, ablation=args.ablation,
+        print(json.dumps(steps.baseline(args.run_dir, args.out, task_spec=args.task, task_params=args.task_params,
+                                        method=args.method, ablation=args.ablation,
                                         output_fn=args.output_fn, masks_per_pass=args.masks_per_pass,
                                         max_batch=args.max_batch, n_steps=args.n_steps, device=args.device,
                                         threads=args.threads, loader=_loader(args))))
     elif args.command == "compare":
-        result = steps.compare(args.run_dir, dict(args.method), dict(args.heldout), args.alpha, args.out, args.table,
-                               _expected(args))
-        print(f"mean held-out correlation at alpha={args.alpha:g}: "
+        result = steps.compare(args.run_dir, dict(args.method), dict(args.heldout), args.train_alpha, args.out,
+                               args.table, _expected(args))
+        print(f"mean held-out correlation at alpha={args.train_alpha:g}: "
               + ", ".join(f"{m} {r[result['alpha']]:.3f}" for m, r in result["mean_correlation"].items()))
     elif args.command == "figures":
         from coar.report import FigurePaths
 
         paths = FigurePaths(*(Path(getattr(args, field)) for field in REPORT_FIGURES))
         for path in steps.figures(args.run_dir, args.comparison, dict(args.method), dict(args.heldout), args.timings,
-                                  paths):
+                                  paths, args.train_alpha, _expected(args)):
             print(path)
     elif args.command == "selfcheck":
         from coar.selfcheck import selfcheck
@@ -302,12 +331,11 @@ def _run(args: argparse.Namespace) -> None:
 
 
 def _expected(args: argparse.Namespace) -> dict:
-    """The provenance values given on the command line (evaluate and compare take --alpha separately)."""
+    """The provenance values given on the command line (--train-alpha is passed separately)."""
     from coar.run import Run
 
-    alpha = args.alpha if args.command in ("merge", "fit") else None
-    return Run(args.run_dir).provenance( alpha=alpha, seed=args.seed, ablation=args.ablation,
-                            output_fn=args.output_fn, precision=args.precision)
+    return Run(args.run_dir).provenance(alpha=getattr(args, "expect_alpha", None), seed=args.seed,
+                                        ablation=args.ablation, output_fn=args.output_fn, precision=args.precision)
 
 
 if __name__ == "__main__":

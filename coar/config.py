@@ -8,14 +8,16 @@ from __future__ import annotations
 
 import re
 from functools import lru_cache
-from pathlib import Path
+from importlib.resources import files
 
 import yaml
 
 from coar.constants import DEFAULT_TASK_FUNCTION, OUTPUT_FUNCTION_NAMES
 from coar.spec import import_object, module_exists, parse_spec
 
-SCHEMA = Path(__file__).resolve().parents[1] / "workflow" / "schemas" / "config.schema.yaml"
+SCHEMA = files("coar") / "config.schema.yaml"
+"""The config schema, shipped as package data (in the source tree, a link to the file Snakemake
+validates with, workflow/schemas/config.schema.yaml), so an installed coar finds it too."""
 
 # 'package.module' or 'package.module:function', identifiers only: nothing a shell interprets.
 SPEC_PATTERN = re.compile(r"[A-Za-z_][A-Za-z0-9_]*(\.[A-Za-z_][A-Za-z0-9_]*)*(:[A-Za-z_][A-Za-z0-9_]*)?")

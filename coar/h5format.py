@@ -6,7 +6,10 @@ removed. A killed job therefore never leaves a file that looks finished.
 
 Checksums: every numeric array is stored with HDF5's fletcher32 filter, so each chunk carries a
 checksum that HDF5 verifies on every read; a flipped bit is refused as FormatError naming the
-file, the dataset and the rows. Shards and attributions without checksums are refused.
+file, the dataset and the rows. Shards and attributions without checksums are refused. The
+string datasets of an attributions file (component modules and kinds, example ids), which
+fletcher32 cannot cover, carry a SHA-256 attribute each (`<dataset>_sha256`, "/" as "_") that
+every read recomputes.
 
 Reading: files are opened without HDF5 file locks (NFS and Lustre refuse them). A reader checks
 that the file exists and is whole, is `complete`, is the layout asked for, carries every
@@ -27,6 +30,7 @@ from __future__ import annotations
 
 import copy
 import hashlib
+import json
 import os
 from collections.abc import Callable, Iterable, Iterator, Mapping
 from contextlib import contextmanager
@@ -87,6 +91,21 @@ _ATTRIBUTION_ONLY: dict[str, type] = {
     "examples_fingerprint": str,
 }
 _SIZES: dict[str, type] = {"n_examples": Integral, "n_components": Integral}
+LABELS = ("components/module", "components/kind", "example_ids")
+"""The string datasets of an attributions file, each stored with its SHA-256 (`digest_attr`)."""
+
+
+def digest_attr(dataset: str) -> str:
+    """The attribute holding the SHA-256 of string dataset `dataset`."""
+    return f"{dataset.replace('/', '_')}_sha256"
+
+
+def strings_digest(values: Iterable[str]) -> str:
+    """SHA-256 of a list of strings (as JSON text): what `digest_attr` records."""
+    return hashlib.sha256(json.dumps([str(v) for v in values]).encode()).hexdigest()
+
+
+_LABEL_DIGESTS: dict[str, type] = {digest_attr(name): str for name in LABELS}
 
 # What callers must put in write_shard's meta and write_attributions' attrs.
 SHARD_ATTRS = tuple(_RUN_ATTRS | _SHARD_ONLY)
@@ -141,8 +160,8 @@ def _dataset_datasets(meta: Mapping) -> dict[str, tuple[tuple[int, ...], object]
 
 _DATASET = _Layout("coar.dataset.v2", _RUN_ATTRS | _DATASET_ONLY, _dataset_datasets)
 _ATTRIBUTIONS = _Layout(
-    "coar.attributions.v1",
-    _ATTRIBUTION_ONLY | _SIZES,
+    "coar.attributions.v2",
+    _ATTRIBUTION_ONLY | _SIZES | _LABEL_DIGESTS,
     _attribution_datasets,
     ("weight", "bias", "lambda", "components/unit"),
 )
@@ -232,17 +251,19 @@ def attributions_writer(
     The file appears at `path`, complete, only when the block ends with every example written;
     its memory is one block, whatever n. `components` lists (module, unit, kind) per weight
     column, `example_ids` names the rows; `attrs` needs ATTRIBUTION_ATTRS (extra scalar attrs
-    are kept), n_examples and n_components are taken from the two lists.
+    are kept); n_examples, n_components and the labels' digests are taken from the two lists.
     """
     components, example_ids = list(components), [str(e) for e in example_ids]
     n, n_components = len(example_ids), len(components)
     if min(n, n_components) < 1:
         raise ValueError(f"attributions need at least one example and component, got {n} and {n_components}")
-    computed = {"n_examples": n, "n_components": n_components}
+    modules, units, kinds = zip(*components)
+    labels = dict(zip(LABELS, (modules, kinds, example_ids)))
+    computed = {"n_examples": n, "n_components": n_components,
+                **{digest_attr(name): strings_digest(values) for name, values in labels.items()}}
     if clash := sorted(computed.keys() & attrs.keys()):
         raise ValueError(f"attrs must not contain {clash}: they are taken from the example and component lists")
     attrs = _checked_attrs(_ATTRIBUTIONS, {**attrs, **computed})
-    modules, units, kinds = zip(*components)
     strings = h5py.string_dtype()
     with atomic_h5(path, 4 * n * n_components + 20 * n + 64 * n_components) as f:
         _create_rows(f, "weight", (n, n_components), np.float32, _chunk_rows(n_components))
@@ -389,7 +410,7 @@ def read_shard_meta(path: PathLike) -> dict:
 def check_shard(path: PathLike, expect: Mapping) -> dict:
     """read_shard_meta, plus FormatError unless every key in `expect` has the expected value."""
     meta = read_shard_meta(path)
-    _check_expected(path, meta, expect)
+    check_expected(path, meta, expect)
     return meta
 
 
@@ -463,7 +484,7 @@ def read_dataset(path: PathLike, expect: Mapping | None = None) -> tuple[np.ndar
     """Load a merged dataset whole: masks (m x N bool), outputs (m x n float32), attrs."""
     with _reading(path) as f:
         attrs = _read_meta(f, path, _DATASET)
-    _check_expected(path, attrs, expect or {})
+    check_expected(path, attrs, expect or {})
     blocks = list(RowReader(path, attrs["m"])())
     return blocks[0][0], blocks[0][1], attrs
 
@@ -483,16 +504,31 @@ def read_attributions(path: PathLike, expect: Mapping | None = None) -> Attribut
     """Load and validate an attributions file."""
     with _reading(path) as f:
         attrs = _read_meta(f, path, _ATTRIBUTIONS)
-        _check_expected(path, attrs, expect or {})
-        modules, kinds = (f[f"components/{name}"].asstr()[()].tolist() for name in ("module", "kind"))
+        check_expected(path, attrs, expect or {})
+        modules, kinds, ids = (_verified_strings(f, path, name, attrs) for name in LABELS)
         return Attributions(
             weight=_verified(f, path, "weight"),
             bias=_verified(f, path, "bias"),
             lam=_verified(f, path, "lambda"),
             components=list(zip(modules, _verified(f, path, "components/unit").tolist(), kinds)),
-            example_ids=f["example_ids"].asstr()[()].tolist(),
-            attrs=attrs,
+            example_ids=ids,
+            attrs={k: v for k, v in attrs.items() if k not in _LABEL_DIGESTS},
         )
+
+
+def _verified_strings(f: h5py.File, path: PathLike, name: str, attrs: Mapping) -> list[str]:
+    """String dataset `name`, refused as FormatError naming file and dataset unless its SHA-256
+    equals the one recorded when it was written."""
+    try:
+        values = f[name].asstr()[()].tolist()
+        problem = None if strings_digest(values) == attrs[digest_attr(name)] else \
+            f"differs from its recorded SHA-256 ({digest_attr(name)})"
+    except (OSError, UnicodeDecodeError) as err:
+        problem = f"cannot be read ({err})"
+    if problem:
+        raise FormatError(f"{path}: dataset {name!r} {problem}; the file is corrupt: delete it and rerun the step "
+                          "that makes it")
+    return values
 
 
 @contextmanager
@@ -585,7 +621,8 @@ def _python(value: object) -> object:
     return value
 
 
-def _check_expected(path: PathLike, meta: Mapping, expect: Mapping) -> None:
+def check_expected(path: PathLike, meta: Mapping, expect: Mapping) -> None:
+    """FormatError naming `path`, each key and both values unless `meta` holds every value in `expect`."""
     differ = [
         f"{f'{key} {meta[key]!r}' if key in meta else f'no {key}'} but this run has {want!r}"
         for key, want in expect.items()
@@ -611,7 +648,7 @@ def _row_sources(
             fmt = _python(f.attrs.get(_FORMAT))
             layout = next((lay for lay in layouts if lay.name == fmt), layouts[0])
             meta = _read_meta(f, path, layout)
-            _check_expected(path, meta, expect)
+            check_expected(path, meta, expect)
             sources += _dataset_shards(f, path, meta) if layout is _DATASET else [(str(path), meta)]
     first_path, first = sources[0]
     for path, meta in sources[1:]:

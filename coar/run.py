@@ -4,7 +4,9 @@ step, the command line and the Python API check against it.
 A run folder holds the task as data (coar.saved_task), `components.json` and `prepare.json`
 (task spec, sizes and fingerprints), then the files of the later steps at the paths named here.
 Every row or attributions file must carry this run's sizes and fingerprints (`expect`) and say
-how it was made (`PROVENANCE`), which each step compares with the values it is given.
+how it was made (`PROVENANCE`), which each step compares with the values it is given; an
+attributions file's component table and example ids must be this run's (`read_attributions`).
+The task is always the config's: prepare.json's is only compared with it (`reopen`).
 """
 
 from __future__ import annotations
@@ -14,7 +16,9 @@ from functools import cached_property
 from pathlib import Path
 
 from coar.components import ComponentSet
-from coar.saved_task import LoaderOptions, PreparedTask, example_ids, reopen
+from coar.constants import BASELINE_METHODS
+from coar.h5format import Attributions, FormatError, check_expected, read_attributions
+from coar.saved_task import IDS, LoaderOptions, PreparedTask, example_ids, reopen
 
 PREPARE = "prepare.json"
 COMPONENTS = "components.json"
@@ -22,6 +26,9 @@ FINGERPRINTS = ("model_fingerprint", "components_fingerprint", "examples_fingerp
 """What ties a file to this run's model, component list and examples."""
 PROVENANCE = ("alpha", "seed", "ablation", "output_fn", "precision")
 """How a row or attributions file's data were made; every step compares these with the config's."""
+BASELINE_PROVENANCE = ("ablation", "output_fn")
+"""The PROVENANCE keys a baseline's attributions depend on: they sample no masks (no alpha or
+seed) and always run in fp32 (their file records precision fp32, whatever the config's)."""
 
 
 class Run:
@@ -118,6 +125,43 @@ class Run:
         """The example ids prepare saved (n_examples unique strings)."""
         return example_ids(self.dir, self.n_examples)
 
-    def reopen(self, loader: LoaderOptions = LoaderOptions()) -> PreparedTask:
-        """The prepared task (model with the saved weights, examples), checked against prepare.json."""
-        return reopen(self.dir, self.info, loader)
+    def read_attributions(self, path: str | Path, expected: dict) -> Attributions:
+        """An attributions file of this run, refused (FormatError naming the file, the key or
+        field and both values) unless its fingerprints, its component table and example ids
+        equal this run's (components.json, example_ids.json) and it was made as `expected`
+        (provenance values; for a baseline's file only BASELINE_PROVENANCE applies)."""
+        found = read_attributions(path, self.fingerprints)
+        baseline = found.attrs["method"] in BASELINE_METHODS
+        check_expected(path, found.attrs, {k: v for k, v in expected.items()
+                                           if not baseline or k in BASELINE_PROVENANCE})
+        for field, source, rows, wanted in (("components", COMPONENTS, found.components, self.components.table()),
+                                            ("example_ids", IDS, found.example_ids, self.example_ids)):
+            if rows != wanted:
+                i = next((i for i, (a, b) in enumerate(zip(rows, wanted)) if a != b), min(len(rows), len(wanted)))
+                have, want = (values[i] if i < len(values) else "nothing" for values in (rows, wanted))
+                raise FormatError(f"{path}: {field} row {i} is {have!r} but this run's {source} has {want!r}; the file "
+                                  "is corrupt or from another run: delete it and rerun the step that makes it")
+        return found
+
+    def check_task(self, spec: str, params: dict) -> None:
+        """Refuse, naming both, when prepare.json names another task (spec or params) than the
+        config's `spec` and `params`: a run folder never chooses the code a step runs."""
+        recorded = (self.info.get("task"), _canonical(self.info.get("task_params")))
+        if recorded != (spec, _canonical(params)):
+            raise RuntimeError(
+                f"{self.file(PREPARE)} names task {recorded[0]!r} with params {recorded[1]} but the config names "
+                f"{spec!r} with params {_canonical(params)}; nothing was run. Rerun the prepare step for this "
+                "config (delete the run folder), or set the config's task.spec and task.params to the run's")
+
+    def reopen(self, spec: str, params: dict, loader: LoaderOptions = LoaderOptions()) -> PreparedTask:
+        """The prepared task (model with the saved weights, examples), checked against prepare.json.
+
+        `spec` and `params` are the config's task: the task function called is the config's,
+        never one named by prepare.json alone (see check_task)."""
+        self.check_task(spec, params)
+        return reopen(self.dir, {**self.info, "task": spec, "task_params": params}, loader)
+
+
+def _canonical(params: object) -> str:
+    """Task params as canonical JSON text, so equal dicts compare equal whatever their key order."""
+    return json.dumps(params, sort_keys=True)

@@ -26,8 +26,8 @@ from coar.ablation import unit_fills
 from coar.atomic import atomic_path, write_json
 from coar.batching import resolve_max_batch
 from coar.components import discover
-from coar.constants import NONFINITE_POLICIES
-from coar.evaluate import predict, score
+from coar.constants import BASELINE_METHODS, NONFINITE_POLICIES
+from coar.evaluate import compare as compare_methods
 from coar.exactness import OnProblem, check_components
 from coar.examples import first_inputs, stack
 from coar.finite import nonfinite_problem
@@ -94,17 +94,18 @@ def prepare(spec: str, params: dict, kinds: str | Sequence[str], include: Sequen
     return info
 
 
-def collect(run_dir: str | Path, out: str | Path, *, shard: int, shards: int, masks: int, alpha: float, seed: int,
+def collect(run_dir: str | Path, out: str | Path, *, task_spec: str, task_params: dict, shard: int, shards: int,
+            masks: int, alpha: float, seed: int,
             ablation: str, output_fn: str | None, masks_per_pass: int, max_batch: int | str, device: str,
-            purpose: str = "train", stream: int | None = None, count_coincidences_with: str | Path | None = None,
-            threads: int | None = None, precision: str = "fp32", nonfinite: str = "error",
+            purpose: str = "train", stream: int | None = None, threads: int | None = None, precision: str = "fp32", nonfinite: str = "error",
             loader: LoaderOptions = LoaderOptions(), fast_path: FastPath = FastPath()) -> None:
     """Sample shard `shard` of the masks, run the ablated model on them, write the shard file.
 
+    The task is the config's (`task_spec`, `task_params`); a run folder whose prepare.json names
+    another is refused before any task code runs (Run.reopen).
     Masks come from the random stream (seed, purpose, stream), stream defaulting to the shard
-    index, so each shard is reproducible on its own. With `count_coincidences_with` (a dataset
-    file), the number of masks equal to one of its masks is recorded in the shard's
-    `coincident_with_training` attribute; they are kept, so held-out masks stay independent draws.
+    index, so each shard is reproducible on its own; held-out masks are independent draws, and
+    collecting them needs no training data (evaluate counts coincidences with training masks).
     Outputs that are NaN or infinite are refused, naming the masks and examples; with
     nonfinite="record" they are written and a warning is printed instead.
     `precision` runs the passes under autocast; `fast_path` (coar.fastpath) transforms the model
@@ -118,15 +119,9 @@ def collect(run_dir: str | Path, out: str | Path, *, shard: int, shards: int, ma
     check_precision(precision, dev)
     run = Run(run_dir)
     expect = run.expect
-    task, components = run.reopen(_loader_for(loader, dev)), run.components
+    task, components = run.reopen(task_spec, task_params, _loader_for(loader, dev)), run.components
     start, stop = shard_ranges(masks, shards)[shard]
     x = sample_masks(seed, shard if stream is None else stream, stop - start, len(components), alpha, purpose)
-    extra = {}
-    if count_coincidences_with is not None:
-        # Validated first: a virtual dataset would read a missing shard's masks as zeros.
-        h5format.RowReader(count_coincidences_with, 1, expect)
-        with h5py.File(count_coincidences_with, "r", locking=False) as f:
-            extra["coincident_with_training"] = count_rows_in(x, f["masks"])
     fn_name = output_fn or task.output_fn
     model = task.model.to(dev)
     fast = prepare_fast(model, components, unit_fills(model, components, ablation, task.reference_inputs), fast_path)
@@ -143,7 +138,7 @@ def collect(run_dir: str | Path, out: str | Path, *, shard: int, shards: int, ma
         print(f"warning: {out}: recording {problem} (nonfinite: record)", file=sys.stderr)
     meta = {**expect, "seed": seed, "alpha": alpha, "shard": shard, "row_start": start, "row_stop": stop,
             "output_fn": fn_name, "ablation": ablation, "precision": precision, "coar_version": coar.__version__,
-            "encoding": h5format.ENCODING, **extra}
+            "encoding": h5format.ENCODING}
     h5format.write_shard(out, x, y, meta)
 
 
@@ -214,28 +209,33 @@ def _heldout_expect(expect: dict, expected: dict | None, alpha: float) -> dict:
     return {**expect, **(expected or {}), "alpha": alpha}
 
 
-def _coincidences(path: str | Path) -> int | None:
-    """How many of a held-out file's masks equal a training mask (None when not counted)."""
-    with h5py.File(path, "r", locking=False) as f:
-        value = f.attrs.get("coincident_with_training")
-    return None if value is None else int(value)
+def _coincidences(rows: dict[str, tuple[np.ndarray, np.ndarray]], training_data: str | Path | None,
+                  expect: dict) -> dict[str, int | None]:
+    """Per alpha, how many held-out masks equal a mask of the merged training dataset (None
+    without one); they are kept, so held-out masks stay independent draws."""
+    if training_data is None:
+        return {alpha: None for alpha in rows}
+    # Validated first: a virtual dataset would read a missing shard's masks as zeros.
+    h5format.RowReader(training_data, 1, expect)
+    with h5py.File(training_data, "r", locking=False) as f:
+        return {alpha: count_rows_in(masks, f["masks"]) for alpha, (masks, _) in rows.items()}
 
 
 def evaluate(run_dir: str | Path, attributions: str | Path, heldout: dict[float, str | Path], train_alpha: float,
-             out: str | Path, expected: dict | None = None) -> dict:
+             out: str | Path, expected: dict | None = None, training_data: str | Path | None = None) -> dict:
     """Score the attributions on held-out masks at each alpha; write evaluation.json.
 
     The attributions must have been made at `train_alpha` and as `expected` (see `provenance`);
-    evaluation.json reports the values they recorded.
+    evaluation.json reports the values they recorded. Scored by `compare` (COAR alone), so
+    evaluate and compare share one scoring path. Given the merged `training_data`, the held-out
+    masks equal to a training mask are counted per alpha.
     """
     run = Run(run_dir)
-    expect = run.expect
-    attr = h5format.read_attributions(attributions, expect={**run.fingerprints, **(expected or {}), "alpha": train_alpha})
-    by_alpha = {}
-    for alpha, path in sorted(heldout.items()):
-        masks, outputs = _read_rows(path, _heldout_expect(expect, expected, alpha))
-        by_alpha[f"{alpha:g}"] = {**score(outputs, predict(attr.weight, attr.bias, masks), attr.example_ids),
-                                  "coincident_with_training": _coincidences(path)}
+    attr = run.read_attributions(attributions, {**(expected or {}), "alpha": train_alpha})
+    rows = _read_heldout(run, heldout, expected)
+    scores = compare_methods({"coar": (attr.weight, attr.bias)}, rows, run.example_ids)["coar"]
+    coincident = _coincidences(rows, training_data, {**run.expect, **(expected or {}), "alpha": train_alpha})
+    by_alpha = {alpha: {**scores[alpha], "coincident_with_training": coincident[alpha]} for alpha in rows}
     main = by_alpha[f"{train_alpha:g}"]
     result = {
         **{k: attr.attrs[k] for k in PROVENANCE},
@@ -253,12 +253,22 @@ def evaluate(run_dir: str | Path, attributions: str | Path, heldout: dict[float,
 
 
 def summarize(run_dir: str | Path, evaluation: str | Path, timings: Sequence[str | Path], out: str | Path,
-              plot: str | Path) -> str:
-    """A short Markdown summary of the run at `out` and a correlation histogram at `plot` (coar.report)."""
+              plot: str | Path, train_alpha: float | None = None, expected: dict | None = None) -> str:
+    """A short Markdown summary of the run at `out` and a correlation histogram at `plot` (coar.report).
+
+    evaluation.json must record the provenance the config gives (`expected`, alpha `train_alpha`):
+    a stale one is refused, naming key and both values, rather than presented as this config's."""
     from coar import report
 
     run = Run(run_dir)
-    return report.write_summary(run.name, run.info, json.loads(Path(evaluation).read_text()), timings, out, plot)
+    result = json.loads(Path(evaluation).read_text())
+    h5format.check_expected(evaluation, result, _made_with(expected, train_alpha))
+    return report.write_summary(run.name, run.info, result, timings, out, plot)
+
+
+def _made_with(expected: dict | None, train_alpha: float | None) -> dict:
+    """The provenance a report's inputs must record: `expected` and, given, the training alpha."""
+    return {**(expected or {}), **({} if train_alpha is None else {"alpha": train_alpha})}
 
 
 def _loader_for(loader: LoaderOptions, device: torch.device) -> LoaderOptions:
@@ -266,17 +276,19 @@ def _loader_for(loader: LoaderOptions, device: torch.device) -> LoaderOptions:
     return LoaderOptions(loader.workers, loader.pin_memory and device.type == "cuda", loader.cache_mb)
 
 
-def baseline(run_dir: str | Path, out: str | Path, *, method: str, ablation: str, output_fn: str | None,
+def baseline(run_dir: str | Path, out: str | Path, *, task_spec: str, task_params: dict, method: str, ablation: str,
+             output_fn: str | None,
              masks_per_pass: int, max_batch: int, n_steps: int, device: str, threads: int | None = None,
              loader: LoaderOptions = LoaderOptions()) -> dict:
-    """Attributions of one baseline method (coar.baselines), written like COAR's ("1 = ablated")."""
+    """Attributions of one baseline method (coar.baselines), written like COAR's ("1 = ablated"),
+    of the config's task (`task_spec`, `task_params`; see Run.reopen)."""
     from coar import baselines
 
     if threads:
         torch.set_num_threads(threads)
     run = Run(run_dir)
     dev = resolve_device(device)
-    task, components = run.reopen(_loader_for(loader, dev)), run.components
+    task, components = run.reopen(task_spec, task_params, _loader_for(loader, dev)), run.components
     ids = run.example_ids
     inputs, labels = stack(task.examples)  # the baselines take tensors: all examples in memory
     fn_name = output_fn or task.output_fn
@@ -299,37 +311,46 @@ def baseline(run_dir: str | Path, out: str | Path, *, method: str, ablation: str
     return {"method": method, "seconds": seconds}
 
 
-def _read_heldout(run_dir: str | Path, heldout: dict[float, str | Path],
+def _read_heldout(run: Run, heldout: dict[float, str | Path],
                   expected: dict | None = None) -> dict[str, tuple[np.ndarray, np.ndarray]]:
-    """(masks, outputs) of every held-out file, keyed by alpha as text, in alpha order."""
-    expect = Run(run_dir).expect
-    return {f"{alpha:g}": _read_rows(path, _heldout_expect(expect, expected, alpha))
+    """(masks, outputs) of every held-out file, keyed by alpha as text, in alpha order, each
+    checked to be made as `expected` at its own alpha."""
+    return {f"{alpha:g}": _read_rows(path, _heldout_expect(run.expect, expected, alpha))
             for alpha, path in sorted(heldout.items())}
 
 
-def _read_methods(run_dir: str | Path, attributions: dict[str, str | Path],
-                  expected: dict | None = None) -> dict[str, h5format.Attributions]:
-    """Every method's attributions file, checked to belong to this run and to model the same
-    ablation and output function as `expected` (every method records these two)."""
-    fingerprints = Run(run_dir).fingerprints
-    shared = {k: v for k, v in (expected or {}).items() if k in ("ablation", "output_fn")}
-    return {method: h5format.read_attributions(path, expect={**fingerprints, **shared})
-            for method, path in attributions.items()}
+def _read_methods(run: Run, attributions: dict[str, str | Path], expected: dict,
+                  train_alpha: float) -> dict[str, h5format.Attributions]:
+    """Every method's attributions file, checked by Run.read_attributions: this run's components
+    and example ids, and made as `expected` (COAR's at `train_alpha`; a baseline's by what
+    applies to it, run.BASELINE_PROVENANCE). A baseline's file must be of the method it is named."""
+    methods = {method: run.read_attributions(path, {**expected, "alpha": train_alpha})
+               for method, path in attributions.items()}
+    for method, found in methods.items():
+        if found.attrs["method"] in BASELINE_METHODS and found.attrs["method"] != method:
+            raise h5format.FormatError(f"{attributions[method]} holds attributions of {found.attrs['method']}, "
+                                       f"not of {method}; pass the right file")
+    return methods
 
 
 def compare(run_dir: str | Path, attributions: dict[str, str | Path], heldout: dict[float, str | Path],
             train_alpha: float, out: str | Path, table: str | Path, expected: dict | None = None) -> dict:
-    """Score COAR and the baselines on the same held-out masks: comparison.json and a Markdown table."""
+    """Score COAR and the baselines on the same held-out masks: comparison.json (recording, as
+    `made_with`, the provenance every file read was checked against, and COAR's method and
+    n_masks) and a Markdown table."""
     from coar import report
-    from coar.evaluate import compare as compare_methods
 
-    methods = _read_methods(run_dir, attributions, expected)
-    ids = next(iter(methods.values())).example_ids
+    run = Run(run_dir)
+    methods = _read_methods(run, attributions, expected or {}, train_alpha)
+    ids = run.example_ids
     by_method = compare_methods({m: (a.weight, a.bias) for m, a in methods.items()},
-                                _read_heldout(run_dir, heldout, expected), ids)
+                                _read_heldout(run, heldout, expected), ids)
     train = f"{train_alpha:g}"
     result = {
         "alpha": train,
+        "made_with": {**_made_with(expected, train_alpha),
+                      **{k: a.attrs[k] for a in methods.values() if a.attrs["method"] not in BASELINE_METHODS
+                         for k in ("method", "n_masks")}},
         "methods": list(by_method),
         "alphas": list(next(iter(by_method.values()))),
         "mean_correlation": {m: {a: r["mean_correlation"] for a, r in by_alpha.items()} for m, by_alpha in by_method.items()},
@@ -342,14 +363,18 @@ def compare(run_dir: str | Path, attributions: dict[str, str | Path], heldout: d
 
 def figures(run_dir: str | Path, comparison: str | Path, attributions: dict[str, str | Path],
             heldout: dict[float, str | Path], timings: Sequence[str | Path], paths: FigurePaths,
-            examples: int = 4) -> FigurePaths:
+            train_alpha: float, expected: dict | None = None, examples: int = 4) -> FigurePaths:
     """The report's figures (coar.report.draw_figures), each at its path in `paths`; the first
-    method in `attributions` (COAR) picks the scatter plots' examples and gives the per-layer sums."""
+    method in `attributions` (COAR) picks the scatter plots' examples and gives the per-layer sums.
+    Every file read is checked as compare checks it (made as `expected`, COAR's at `train_alpha`),
+    and the comparison must record the same (a stale one is refused, not drawn)."""
     from coar import report
 
+    run = Run(run_dir)
     result = json.loads(Path(comparison).read_text())
-    masks, outputs = _read_heldout(run_dir, heldout)[result["alpha"]]
-    return report.draw_figures(result, _read_methods(run_dir, attributions), masks, outputs,
+    h5format.check_expected(comparison, result.get("made_with", {}), _made_with(expected, train_alpha))
+    masks, outputs = _read_heldout(run, heldout, expected)[f"{train_alpha:g}"]
+    return report.draw_figures(result, _read_methods(run, attributions, expected or {}, train_alpha), masks, outputs,
                                report.step_seconds(timings), paths, examples)
 
 

@@ -221,7 +221,7 @@ def test_a_file_of_another_layout_is_refused(tmp_path):
     merge_shards(paths, merged, {}, m=10)
     with refusal(merged, "coar.dataset.v2", "coar.shard.v1"):
         read_shard_meta(merged)
-    with refusal(paths[0], "coar.attributions.v1"):
+    with refusal(paths[0], "coar.attributions.v2"):
         read_attributions(paths[0])
 
 

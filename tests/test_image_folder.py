@@ -25,7 +25,9 @@ def write_images(root, n: int = 60, classes: int = 3, size: int = 64) -> None:
 
 
 def collect(run, out, **options):
-    steps.collect(run, out, shard=0, shards=1, masks=12, alpha=0.1, seed=0, ablation="weight", output_fn=None,
+    info = Run(run).info
+    steps.collect(run, out, task_spec=info["task"], task_params=info["task_params"], shard=0, shards=1, masks=12,
+                  alpha=0.1, seed=0, ablation="weight", output_fn=None,
                   masks_per_pass=4, max_batch=64, device="cpu", **options)
     (masks, outputs), = h5format.iter_chunks(out, 100)
     return masks, outputs

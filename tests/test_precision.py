@@ -101,7 +101,7 @@ def test_collect_step_with_bf16_writes_float32_outputs_of_the_same_masks(tmp_pat
     from coar.fastpath import FastPath
 
     steps.prepare("tests.tasks_for_tests:task", {"n": 6}, ("linear",), ["*"], [], tmp_path)
-    common = dict(shard=0, shards=1, masks=20, alpha=0.2, seed=0, ablation="weight", output_fn=None, masks_per_pass=4,
+    common = dict(task_spec="tests.tasks_for_tests:task", task_params={"n": 6}, shard=0, shards=1, masks=20, alpha=0.2, seed=0, ablation="weight", output_fn=None, masks_per_pass=4,
                   max_batch="auto", device="cpu")
     steps.collect(tmp_path, tmp_path / "fp32.h5", precision="fp32", fast_path=FastPath.none(), **common)
     steps.collect(tmp_path, tmp_path / "bf16.h5", precision="bf16", **common)
@@ -117,5 +117,5 @@ def test_collect_refuses_an_unsupported_precision_before_loading_anything(tmp_pa
     from coar import steps
 
     with pytest.raises(ValueError, match="unknown precision"):
-        steps.collect(tmp_path, tmp_path / "x.h5", shard=0, shards=1, masks=2, alpha=0.2, seed=0, ablation="weight",
+        steps.collect(tmp_path, tmp_path / "x.h5", task_spec="tests.tasks_for_tests:task", task_params={}, shard=0, shards=1, masks=2, alpha=0.2, seed=0, ablation="weight",
                       output_fn=None, masks_per_pass=1, max_batch=8, device="cpu", precision="fp8")

@@ -42,9 +42,13 @@ def prepare(run: Path, **params) -> dict:
     return steps.prepare(SPEC, {"n": 6, **params}, "linear", ["*"], [], run)
 
 
+TASK_ARGS = ["--task", SPEC, "--task-params", json.dumps({"n": 6})]
+"""The config's task, as the workflow passes it to the steps that reopen the task (prepare's default)."""
+
+
 def collect_args(run: Path, out: Path, *extra: str) -> list[str]:
     return ["collect", "--run-dir", str(run), "--out", str(out), "--masks", "8", "--alpha", "0.2", "--device", "cpu",
-            *extra]
+            *TASK_ARGS, *extra]
 
 
 @pytest.fixture(scope="module")
@@ -77,16 +81,16 @@ def test_no_coar_command_runs_a_pickle_payload_from_the_run_folder(finished_run,
     commands = {
         "collect": collect_args(run, tmp_path / "new-shard.h5"),
         "baseline": ["baseline", "--run-dir", str(run), "--method", "loo", "--out", str(tmp_path / "loo.h5"),
-                     "--device", "cpu"],
+                     "--device", "cpu", *TASK_ARGS],
         "fit": ["fit", "--run-dir", str(run), "--data", str(run / "dataset.h5"), "--out", str(tmp_path / "a.h5"),
                 "--method", "ridge"],
         "merge": ["merge", "--run-dir", str(run), "--masks", "40", "--out", str(tmp_path / "d.h5"),
                   str(run / "shard-0.h5")],
-        "evaluate": ["evaluate", "--run-dir", str(run), "--attributions", str(run / "attributions.h5"), "--alpha", "0.2",
+        "evaluate": ["evaluate", "--run-dir", str(run), "--attributions", str(run / "attributions.h5"), "--train-alpha", "0.2",
                      "--heldout", f"0.2={run / 'heldout.h5'}", "--out", str(tmp_path / "e.json")],
     }
     reads = {"weights.safetensors": {"collect", "baseline"}, "examples.safetensors": {"collect", "baseline"},
-             "example_ids.json": {"collect", "fit", "baseline"}, "task.pt": set()}[poisoned]
+             "example_ids.json": {"collect", "fit", "baseline", "evaluate"}, "task.pt": set()}[poisoned]
     for name, args in commands.items():
         code = main(args)
         err = capsys.readouterr().err
@@ -111,7 +115,8 @@ def test_weights_of_another_model_are_refused_naming_both_fingerprints(tmp_path,
     assert ours["model_fingerprint"] != theirs["model_fingerprint"]
     shutil.copy(tmp_path / "theirs" / "weights.safetensors", tmp_path / "ours" / "weights.safetensors")
     for args in (collect_args(tmp_path / "ours", tmp_path / "s.h5"),
-                 ["baseline", "--run-dir", str(tmp_path / "ours"), "--method", "loo", "--out", str(tmp_path / "l.h5")]):
+                 ["baseline", "--run-dir", str(tmp_path / "ours"), "--method", "loo", "--out", str(tmp_path / "l.h5"),
+                  *TASK_ARGS]):
         assert main(args) == 1
         err = capsys.readouterr().err
         assert f"model fingerprint {theirs['model_fingerprint']} but prepare.json records {ours['model_fingerprint']}" in err
@@ -197,7 +202,7 @@ def test_collect_on_a_restored_task_equals_the_ablated_forward_on_the_original(t
     from coar.forward import run_masked
 
     prepare(tmp_path, n=6)
-    steps.collect(tmp_path, tmp_path / "s.h5", shard=0, shards=1, masks=8, alpha=0.2, seed=0, ablation="weight",
+    steps.collect(tmp_path, tmp_path / "s.h5", task_spec=SPEC, task_params={"n": 6}, shard=0, shards=1, masks=8, alpha=0.2, seed=0, ablation="weight",
                   output_fn=None, masks_per_pass=3, max_batch=6, device="cpu")
     (masks, outputs), = h5format.iter_chunks(tmp_path / "s.h5", 100)
     task = load_task(SPEC, {"n": 6})

@@ -6,6 +6,7 @@ import fcntl
 import json
 import os
 import shutil
+import sys
 import uuid
 
 import h5py
@@ -186,11 +187,13 @@ from coar.task import load_task  # noqa: E402
 TASK = "tests.tasks_for_tests:task"
 RUN = {"alpha": 0.1, "seed": 3, "ablation": "weight", "output_fn": "margin", "precision": "fp32"}
 COLLECT = {"masks_per_pass": 4, "max_batch": 64, "device": "cpu"}
+TASK_OF_RUN = {"task_spec": TASK, "task_params": {"n": 6}}
+"""The config's task, as the workflow passes it to the steps that reopen it (the run_dir fixture's)."""
 
 
 def collect(run_dir, out, *, masks=40, shard=0, shards=1, **changes):
     settings = {k: v for k, v in RUN.items() if k != "precision"} | changes
-    steps.collect(run_dir, out, shard=shard, shards=shards, masks=masks, **settings, **COLLECT)
+    steps.collect(run_dir, out, **TASK_OF_RUN, shard=shard, shards=shards, masks=masks, **settings, **COLLECT)
 
 
 @pytest.fixture
@@ -324,7 +327,7 @@ def test_undefined_correlations_are_null_and_counted_never_nan(collected):
 
 def test_baseline_refuses_non_finite_attributions(run_dir):
     with pytest.raises(ValueError, match="baseline loo gave .* non-finite values"):
-        steps.baseline(run_dir, run_dir / "loo.h5", method="loo", ablation="weight", output_fn=INF_FN,
+        steps.baseline(run_dir, run_dir / "loo.h5", **TASK_OF_RUN, method="loo", ablation="weight", output_fn=INF_FN,
                        masks_per_pass=4, max_batch=64, n_steps=4, device="cpu")
     assert not (run_dir / "loo.h5").exists()
 
@@ -438,3 +441,247 @@ def test_a_command_substitution_in_free_text_reaches_the_step_verbatim_and_never
     assert not any(m.exists() for m in markers)
     info = json.loads((tmp_path / "results" / "inj" / "prepare.json").read_text())
     assert info["task_params"]["note"] == f"$(touch {markers[0]})"
+
+
+# ----------------------------------------------------------------------------- the task comes from the config
+
+from coar.cli import main  # noqa: E402
+from coar.report import FigurePaths  # noqa: E402
+
+
+def plant_task_payload(run_dir, marker):
+    """What a hostile results folder would hold: prepare.json naming a function that runs a command."""
+    info = json.loads((run_dir / "prepare.json").read_text())
+    info |= {"task": "subprocess:run", "task_params": {"touch": 0, str(marker): 0}}
+    (run_dir / "prepare.json").write_text(json.dumps(info))
+
+
+def test_the_planted_payload_runs_when_its_task_is_loaded_so_the_refusals_below_can_fail(tmp_path):
+    marker = tmp_path / "marker"
+    with pytest.raises(TypeError, match="not a coar.task.Task"):
+        load_task("subprocess:run", {"touch": 0, str(marker): 0})
+    assert marker.exists()
+
+
+@pytest.mark.parametrize("command", [
+    ["collect", "--masks", "8", "--alpha", "0.1", "--device", "cpu"],
+    ["baseline", "--method", "loo", "--device", "cpu"],
+])
+def test_steps_that_reopen_the_task_refuse_a_run_folder_naming_another_task_and_never_run_it(
+        run_dir, tmp_path, capsys, command):
+    marker = tmp_path / "marker"
+    plant_task_payload(run_dir, marker)
+    out = tmp_path / "out.h5"
+    code = main([*command, "--run-dir", str(run_dir), "--out", str(out), "--task", TASK, "--task-params", '{"n": 6}'])
+    err = capsys.readouterr().err
+    assert code == 1
+    assert "names task 'subprocess:run'" in err and f"the config names '{TASK}'" in err
+    assert not marker.exists() and not out.exists()
+
+
+def test_other_task_params_than_the_configs_are_refused_naming_both(run_dir):
+    with pytest.raises(RuntimeError, match=r'params \{"n": 6\} but the config names .* with params \{"n": 7\}'):
+        Run(run_dir).reopen(TASK, {"n": 7})
+
+
+def test_steps_that_only_read_results_never_run_the_task_named_by_the_run_folder(collected, tmp_path):
+    run_dir, shards = collected
+    heldout = tmp_path / "heldout.h5"
+    collect(run_dir, heldout, masks=20, purpose="heldout")
+    marker = tmp_path / "marker"
+    plant_task_payload(run_dir, marker)
+    expected = Run(run_dir).provenance(**RUN)
+    steps.merge(run_dir, shards, tmp_path / "d.h5", 40, expected)
+    steps.fit(run_dir, tmp_path / "d.h5", tmp_path / "a.h5", method="ridge", backend="numpy", chunk_rows=16,
+              expected=expected)
+    steps.evaluate(run_dir, tmp_path / "a.h5", {0.1: heldout}, 0.1, tmp_path / "e.json", expected)
+    steps.compare(run_dir, {"coar": tmp_path / "a.h5"}, {0.1: heldout}, 0.1, tmp_path / "c.json", tmp_path / "c.md",
+                  expected)
+    steps.summarize(run_dir, tmp_path / "e.json", [], tmp_path / "s.md", tmp_path / "s.png", 0.1, expected)
+    steps.figures(run_dir, tmp_path / "c.json", {"coar": tmp_path / "a.h5"}, {0.1: heldout}, [],
+                  FigurePaths(*(tmp_path / f"{i}.png" for i in range(5))), 0.1, expected)
+    assert not marker.exists()
+
+
+# ----------------------------------------------------------------------------- list-valued options
+
+
+def test_a_pattern_with_a_comma_reaches_prepare_whole_and_selects_its_modules(tmp_path):
+    config = TINY | {"components": {"kinds": ["linear"], "include": ["layers.[0,3]"], "exclude": []}}
+    result = snakemake(tmp_path, config, "results/inj/prepare.json")
+    assert result.returncode == 0, result.stderr[-2000:]
+    info = json.loads((tmp_path / "results" / "inj" / "prepare.json").read_text())
+    assert info["n_components"] == 8 + 3  # layers.0 (Linear 4->8) and layers.3 (Linear 8->3)
+
+
+# ----------------------------------------------------------------------------- names, ids and provenance of every file read
+
+
+def flip_a_byte_of(path, text: bytes, replacement: bytes):
+    """Overwrite the first occurrence of `text` in the raw file (a string no checksum of HDF5 covers)."""
+    raw = path.read_bytes()
+    assert raw.count(text) >= 1
+    i = raw.index(text)
+    path.write_bytes(raw[:i] + replacement + raw[i + len(text):])
+
+
+@pytest.fixture
+def evaluated(collected, tmp_path):
+    run_dir, _ = collected
+    heldout = tmp_path / "heldout.h5"
+    collect(run_dir, heldout, masks=20, purpose="heldout")
+    return run_dir, heldout, Run(run_dir).provenance(**{k: v for k, v in RUN.items() if k != "alpha"})
+
+
+def read_by_every_reader(run_dir, attributions, heldout, expected, tmp_path):
+    """evaluate, then compare, on the given files (raising what the first refusal raises)."""
+    steps.evaluate(run_dir, attributions, {0.1: heldout}, 0.1, tmp_path / "e.json", expected)
+    steps.compare(run_dir, {"coar": attributions}, {0.1: heldout}, 0.1, tmp_path / "c.json", tmp_path / "c.md", expected)
+
+
+def test_a_flipped_byte_in_a_component_name_is_refused_naming_file_and_field(evaluated, tmp_path):
+    run_dir, heldout, expected = evaluated
+    flip_a_byte_of(run_dir / "attributions.h5", b"layers.3", b"layers.2")
+    with pytest.raises(FormatError, match=r"attributions.h5: dataset 'components/module' differs from its recorded SHA"):
+        steps.evaluate(run_dir, run_dir / "attributions.h5", {0.1: heldout}, 0.1, tmp_path / "e.json", expected)
+    with pytest.raises(FormatError, match=r"dataset 'components/module'"):
+        steps.compare(run_dir, {"coar": run_dir / "attributions.h5"}, {0.1: heldout}, 0.1, tmp_path / "c.json",
+                      tmp_path / "c.md", expected)
+    assert not (tmp_path / "e.json").exists() and not (tmp_path / "c.json").exists()
+
+
+@pytest.mark.parametrize("field, change, message", [
+    ("components", lambda table, ids: ([("layers.9", *table[0][1:]), *table[1:]], ids),
+     r"components row 0 is \('layers.9', 0, 'linear'\) but this run's components.json has \('layers.0', 0, 'linear'\)"),
+    ("example_ids", lambda table, ids: (table, [*ids[:-1], "someone else"]),
+     r"example_ids row 5 is 'someone else' but this run's example_ids.json has"),
+])
+def test_names_and_ids_that_differ_from_the_runs_are_refused_even_with_a_valid_checksum(evaluated, tmp_path, field,
+                                                                                          change, message):
+    run_dir, heldout, expected = evaluated
+    found = h5format.read_attributions(run_dir / "attributions.h5")
+    table, ids = change(found.components, found.example_ids)
+    other = tmp_path / "other.h5"
+    h5format.write_attributions(other, found.weight, found.bias, found.lam, table, ids,
+                                {k: v for k, v in found.attrs.items() if k not in ("n_examples", "n_components")})
+    with pytest.raises(FormatError, match=message):
+        read_by_every_reader(run_dir, other, heldout, expected, tmp_path)
+
+
+@pytest.mark.parametrize("key, value, recorded", [
+    ("alpha", 0.05, "0.1"), ("seed", 9, "3"), ("precision", "bf16", "'fp32'"), ("ablation", "zero", "'weight'"),
+])
+def test_compare_checks_the_full_provenance_of_coars_attributions_naming_key_and_both_values(evaluated, tmp_path, key,
+                                                                                               value, recorded):
+    run_dir, heldout, expected = evaluated
+    train_alpha = value if key == "alpha" else 0.1
+    expected = expected | ({} if key == "alpha" else {key: value})
+    with pytest.raises(FormatError, match=rf"attributions.h5 was made with {key} {recorded} but this run has {value!r}"):
+        steps.compare(run_dir, {"coar": run_dir / "attributions.h5"}, {train_alpha: heldout}, train_alpha,
+                      tmp_path / "c.json", tmp_path / "c.md", expected)
+
+
+def test_a_baselines_file_is_checked_by_what_applies_to_it_and_must_be_of_its_method(evaluated, tmp_path):
+    run_dir, heldout, expected = evaluated
+    loo = tmp_path / "loo.h5"
+    steps.baseline(run_dir, loo, **TASK_OF_RUN, method="loo", ablation="weight", output_fn=None, masks_per_pass=4,
+                   max_batch=64, n_steps=4, device="cpu")
+    files = {"coar": run_dir / "attributions.h5", "loo": loo}
+    steps.compare(run_dir, files, {0.1: heldout}, 0.1, tmp_path / "c.json", tmp_path / "c.md", expected)  # fp32, no alpha
+    with pytest.raises(FormatError, match=r"loo.h5 was made with ablation 'weight' but this run has 'zero'"):
+        steps.compare(run_dir, {"loo": loo}, {0.1: heldout}, 0.1, tmp_path / "c.json", tmp_path / "c.md",
+                      expected | {"ablation": "zero"})
+    with pytest.raises(FormatError, match=r"loo.h5 holds attributions of loo, not of grad_x_param"):
+        steps.compare(run_dir, {"coar": run_dir / "attributions.h5", "grad_x_param": loo}, {0.1: heldout}, 0.1,
+                      tmp_path / "c.json", tmp_path / "c.md", expected)
+
+
+def test_figures_check_the_provenance_of_the_heldout_files_they_read(evaluated, tmp_path):
+    run_dir, heldout, expected = evaluated
+    steps.compare(run_dir, {"coar": run_dir / "attributions.h5"}, {0.1: heldout}, 0.1, tmp_path / "c.json",
+                  tmp_path / "c.md", expected)
+    paths = FigurePaths(*(tmp_path / f"{i}.png" for i in range(5)))
+    other_seed = tmp_path / "other-seed.h5"
+    collect(run_dir, other_seed, masks=20, purpose="heldout", seed=4)
+    with pytest.raises(FormatError, match=r"other-seed.h5 was made with seed 4 but this run has 3"):
+        steps.figures(run_dir, tmp_path / "c.json", {"coar": run_dir / "attributions.h5"}, {0.1: other_seed}, [],
+                      paths, 0.1, expected)
+    assert not any(p.exists() for p in paths)
+
+
+# ----------------------------------------------------------------------------- results present only their own config
+
+
+def test_summarize_refuses_an_evaluation_made_with_another_config_naming_key_and_both_values(evaluated, tmp_path):
+    run_dir, heldout, expected = evaluated
+    steps.evaluate(run_dir, run_dir / "attributions.h5", {0.1: heldout}, 0.1, tmp_path / "e.json", expected)
+    with pytest.raises(FormatError, match=r"e.json was made with alpha 0.1 but this run has 0.2"):
+        steps.summarize(run_dir, tmp_path / "e.json", [], tmp_path / "summary.md", tmp_path / "c.png", 0.2, expected)
+    with pytest.raises(FormatError, match=r"e.json was made with seed 3 but this run has 5"):
+        steps.summarize(run_dir, tmp_path / "e.json", [], tmp_path / "summary.md", tmp_path / "c.png", 0.1,
+                        expected | {"seed": 5})
+    assert not (tmp_path / "summary.md").exists()
+
+
+def test_figures_refuse_a_comparison_made_with_another_config(evaluated, tmp_path):
+    run_dir, heldout, expected = evaluated
+    steps.compare(run_dir, {"coar": run_dir / "attributions.h5"}, {0.1: heldout}, 0.1, tmp_path / "c.json",
+                  tmp_path / "c.md", expected)
+    result = json.loads((tmp_path / "c.json").read_text())
+    assert result["made_with"] == expected | {"alpha": 0.1, "method": "ridge", "n_masks": 40}
+    (tmp_path / "c.json").write_text(json.dumps(result | {"made_with": expected | {"alpha": 0.1, "seed": 4}}))
+    paths = FigurePaths(*(tmp_path / f"{i}.png" for i in range(5)))
+    with pytest.raises(FormatError, match=r"c.json was made with seed 4 but this run has 3"):
+        steps.figures(run_dir, tmp_path / "c.json", {"coar": run_dir / "attributions.h5"}, {0.1: heldout}, [], paths,
+                      0.1, expected)
+    assert not any(p.exists() for p in paths)
+
+
+def test_a_results_folder_copied_under_a_changed_alpha_is_redone_even_with_mtime_triggers(tmp_path):
+    first, fresh = tmp_path / "first", tmp_path / "fresh"
+    first.mkdir()
+    target = "results/inj/summary.md"
+    result = snakemake(first, TINY, target)
+    assert result.returncode == 0, result.stderr[-3000:]
+    fresh.mkdir()
+    shutil.copytree(first / "results", fresh / "results")  # no .snakemake: a fresh checkout knows no params
+    result = snakemake(fresh, TINY | {"alpha": 0.2}, target, "--rerun-triggers", "mtime")
+    assert result.returncode == 0, result.stderr[-3000:]
+    evaluation = json.loads((fresh / "results" / "inj" / "evaluation.json").read_text())
+    assert evaluation["alpha"] == 0.2
+    assert "at alpha = 0.2" in (fresh / target).read_text()
+    again = snakemake(fresh, TINY | {"alpha": 0.1}, target, "--rerun-triggers", "mtime")  # back to the first config
+    assert again.returncode == 0, again.stderr[-3000:]
+    assert json.loads((fresh / "results" / "inj" / "evaluation.json").read_text())["alpha"] == 0.1
+
+
+# ----------------------------------------------------------------------------- seams
+
+
+def test_an_installed_package_finds_the_config_schema_without_the_source_tree(tmp_path):
+    import tomllib
+
+    site = tmp_path / "site"
+    shutil.copytree(REPO / "coar", site / "coar", symlinks=False)  # as a built package: links become their content
+    check = ("import yaml; from coar.config import SCHEMA, check_config; "
+             "config = yaml.safe_load(open({!r})); check_config(config); print(SCHEMA)").format(
+                 str(REPO / "config" / "config.yaml"))
+    result = subprocess.run([sys.executable, "-c", check], capture_output=True, text=True, cwd=tmp_path,
+                            env={**os.environ, "PYTHONPATH": str(site)})
+    assert result.returncode == 0, result.stderr[-2000:]
+    assert result.stdout.strip() == str(site / "coar" / "config.schema.yaml")
+    package_data = tomllib.loads((REPO / "pyproject.toml").read_text())["tool"]["setuptools"]["package-data"]
+    assert "config.schema.yaml" in package_data["coar"]
+    assert (REPO / "coar" / "config.schema.yaml").read_text() == (REPO / "workflow/schemas/config.schema.yaml").read_text()
+
+
+def test_evaluate_compare_and_figures_name_the_training_alpha_and_merge_and_fit_the_expected_one(evaluated, tmp_path):
+    run_dir, heldout, _ = evaluated
+    assert main(["evaluate", "--run-dir", str(run_dir), "--attributions", str(run_dir / "attributions.h5"),
+                 "--train-alpha", "0.1", "--heldout", f"0.1={heldout}", "--seed", "3",
+                 "--out", str(tmp_path / "e.json")]) == 0
+    assert main(["fit", "--run-dir", str(run_dir), "--data", str(run_dir / "dataset.h5"), "--expect-alpha", "0.2",
+                 "--method", "ridge", "--out", str(tmp_path / "a.h5")]) == 1
+    with pytest.raises(SystemExit):  # --alpha is collect's alone: the alpha masks are drawn at
+        main(["evaluate", "--run-dir", str(run_dir), "--attributions", "a.h5", "--alpha", "0.1",
+              "--heldout", f"0.1={heldout}", "--out", "e.json"])

@@ -118,3 +118,29 @@ def test_killed_run_resumes_recomputing_only_missing_shards_with_identical_resul
         assert (shards / name).stat().st_mtime_ns == mtime, f"{name} was recomputed"
     with h5py.File(reference, "r") as a, h5py.File(tmp_path / "results" / "tiny" / "attributions.h5", "r") as b:
         assert np.array_equal(a["weight"][:], b["weight"][:]) and np.array_equal(a["bias"][:], b["bias"][:])
+
+
+def test_heldout_collection_needs_no_training_shards(tmp_path):
+    result = snakemake(tmp_path, "-n", f"results/{TINY['run']}/heldout/alpha-0.05.h5", config=TEST_CONFIG)
+    assert result.returncode == 0, result.stderr[-3000:]
+    assert "rule collect_heldout:" in result.stdout
+    assert "rule merge:" not in result.stdout and "rule collect:" not in result.stdout
+
+
+def test_every_step_that_reads_results_is_given_every_provenance_value_of_the_config(tmp_path):
+    from coar.run import PROVENANCE
+
+    result = snakemake(tmp_path, "-n", "-p", config=TEST_CONFIG)
+    assert result.returncode == 0, result.stderr[-3000:]
+    alpha_option = {"merge": "--expect-alpha", "fit": "--expect-alpha", "evaluate": "--train-alpha",
+                    "compare": "--train-alpha", "figures": "--train-alpha", "summarize": "--train-alpha"}
+    seen = set()
+    for line in result.stdout.splitlines():
+        step = re.search(r"\bcoar (\w+) --run-dir ", line)
+        if step and step[1] in alpha_option:
+            seen.add(step[1])
+            # output_fn is null in the config: the steps then expect the task's own (not passed).
+            wanted = [alpha_option[step[1]], *(f"--{k.replace('_', '-')} " for k in PROVENANCE
+                                               if k not in ("alpha", "output_fn"))]
+            assert all(option in line for option in wanted), (step[1], line)
+    assert seen == set(alpha_option)

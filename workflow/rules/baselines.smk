@@ -7,6 +7,7 @@ rule baseline:
     """Attributions by one baseline method, in COAR's format and sign convention: baselines/<method>.h5."""
     input:
         run=rules.prepare.output,
+        stamp=config_stamp("baseline"),
     output:
         f"{RUN}/baselines/{{method}}.h5",
     wildcard_constraints:

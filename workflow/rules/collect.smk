@@ -37,6 +37,7 @@ rule collect:
     """Shard i of the training masks: batched ablated forward passes -> shard-i.h5."""
     input:
         run=rules.prepare.output,
+        stamp=config_stamp("data"),
     output:
         f"{RUN}/shards/shard-{{shard}}.h5",
     wildcard_constraints:
@@ -52,6 +53,8 @@ rule collect:
     benchmark:
         f"{RUN}/benchmarks/collect-{{shard}}.tsv"
     threads: 1
+    # Above held-out collection and the baselines: when cores are scarce, the fit's data comes first.
+    priority: 1
     resources:
         mem_mb=lambda wildcards, attempt: collect_mem_mb(SHARD_ROWS[int(wildcards.shard)], attempt, run_sizes()),
         runtime=lambda wildcards, attempt, threads: collect_runtime(
@@ -73,7 +76,7 @@ rule merge:
     params:
         run_dir=run_dir_of_input,
         masks=config["masks"],
-        provenance=provenance_options(),
+        provenance=provenance_options("expect"),
     log:
         f"{RUN}/logs/merge.log",
     benchmark:
@@ -86,10 +89,11 @@ rule merge:
 rule collect_heldout:
     """Fresh held-out masks at one alpha and their outputs: independent draws from the training
     distribution (seeded apart), so a few may equal a training mask for small N; they are kept
-    and counted (evaluation.json, summary.md), since dropping them would bias the held-out set."""
+    and counted at evaluate (evaluation.json, summary.md), since dropping them would bias the
+    held-out set. Needs no training data: it may run beside the training shards."""
     input:
         run=rules.prepare.output,
-        data=rules.merge.output,
+        stamp=config_stamp("heldout"),
     output:
         f"{RUN}/heldout/alpha-{{alpha}}.h5",
     wildcard_constraints:
@@ -110,5 +114,5 @@ rule collect_heldout:
         **COLLECT_GPU,
     shell:
         "coar collect --run-dir {params.run_dir:q} --out {output:q} --masks {params.masks:q}"
-        " --alpha {wildcards.alpha:q} --stream {params.stream:q} --count-coincidences-with {input.data:q} {params.options}"
+        " --alpha {wildcards.alpha:q} --stream {params.stream:q} {params.options}"
         " --threads {threads} 2>&1 | tee {log:q}"

@@ -1,7 +1,13 @@
 # Helpers shared by the rules. Every value that reaches a shell command is quoted (shlex.quote
 # here, `:q` in the rules), so no config string is ever interpreted by the shell.
 
+import glob
+import hashlib
+import json
 import shlex
+
+from coar.atomic import write_json
+from coar.run import PROVENANCE
 
 
 def run_dir_of_input(wildcards, input):
@@ -14,16 +20,18 @@ def shell_options(options):
     return " ".join(f"--{key} {shlex.quote(str(value))}" for key, value in options.items() if value is not None)
 
 
-def provenance_options(alpha=True):
-    """How the data a step reads must have been made, from the config (coar/steps.py provenance)."""
-    c = config
-    return shell_options({
-        "alpha": c["alpha"] if alpha else None,
-        "seed": c["seed"],
-        "ablation": c["ablation"],
-        "output-fn": c["output_fn"],
-        "precision": c["precision"],
-    })
+def provenance_options(alpha):
+    """How the data a step reads must have been made (coar.run.PROVENANCE), from the config.
+    `alpha` names the step's alpha option: "expect" (merge, fit: the data's) or "train"
+    (evaluate, compare, figures: the attributions')."""
+    values = {key.replace("_", "-"): config[key] for key in PROVENANCE}
+    values[f"{alpha}-alpha"] = values.pop("alpha")
+    return shell_options(values)
+
+
+def task_options():
+    """The config's task for the steps that reopen it (they refuse a run folder naming another)."""
+    return shell_options({"task": config["task"]["spec"], "task-params": json.dumps(config["task"]["params"])})
 
 
 def loader_options():
@@ -47,7 +55,7 @@ def collect_options(purpose):
         "precision": c["precision"],
         "nonfinite": c["nonfinite"],
     })
-    return f"{options} {loader_options()}{fast_path_options(c['fast_path'])}"
+    return f"{options} {task_options()} {loader_options()}{fast_path_options(c['fast_path'])}"
 
 
 def baseline_options():
@@ -60,9 +68,47 @@ def baseline_options():
         "device": c["device"],
         "output-fn": c["output_fn"],
     })
-    return f"{options} {loader_options()}"
+    return f"{options} {task_options()} {loader_options()}"
 
 
 def fast_path_options(fast):
     """--fold-bn / --no-fold-bn etc. from the config's fast_path block."""
     return "".join(f" --{'' if fast[k] else 'no-'}{k.replace('_', '-')}" for k in ("fold_bn", "channels_last", "compile"))
+
+
+# Config stamps: the config values each group of steps depends on, in a file named by their
+# digest ({RUN}/config/<group>-<digest>.json) that the group's rules take as an input. The file
+# of the current digest is written when the workflow is read, unless present (the group's older
+# stamps are removed then), so after a change it is newer than every output of the group and
+# they are redone whatever Snakemake's rerun triggers (`--rerun-triggers mtime`, a results
+# folder copied into a fresh checkout, a config changed back and forth): results never present
+# a config they were not made with. The steps also check the provenance of what they read.
+STAMPED = {
+    "prepare": {"task": config["task"], "components": config["components"]},
+    "data": {"task": config["task"], **{k: config[k] for k in PROVENANCE}, "masks": config["masks"],
+             "shards": config["shards"]},
+    "heldout": {"task": config["task"], **{k: config[k] for k in PROVENANCE if k != "alpha"}, "alphas": ALPHAS,
+                "heldout_masks": config["evaluation"]["heldout_masks"]},
+    "baseline": {"task": config["task"], "ablation": config["ablation"], "output_fn": config["output_fn"]},
+    "fit": {"method": config["solver"]["method"]},
+    "evaluate": {"alphas": ALPHAS, "baselines": config["evaluation"]["baselines"]},
+}
+
+
+def config_stamp(group):
+    """The stamp file of the current config's values for `group` (see STAMPED)."""
+    digest = hashlib.sha256(json.dumps(STAMPED[group], sort_keys=True).encode()).hexdigest()[:16]
+    return f"{RUN}/config/{group}-{digest}.json"
+
+
+def write_config_stamps():
+    """Write every group's current stamp that is missing, after removing the group's others."""
+    for group, values in STAMPED.items():
+        path = config_stamp(group)
+        if not os.path.exists(path):
+            for stale in glob.glob(f"{RUN}/config/{group}-*.json"):
+                os.remove(stale)
+            write_json(path, values)
+
+
+write_config_stamps()

@@ -10,21 +10,22 @@ rule evaluate:
     """Held-out correlation of the attributions' predictions, at every evaluation alpha."""
     input:
         run=rules.prepare.output,
+        stamp=config_stamp("evaluate"),
         attributions=rules.fit.output,
+        data=rules.merge.output,
         heldout=expand(f"{RUN}/heldout/alpha-{{alpha}}.h5", alpha=ALPHAS),
     output:
         f"{RUN}/evaluation.json",
     params:
         run_dir=run_dir_of_input,
-        alpha=config["alpha"],
         heldout=HELDOUT_OPTIONS,
-        provenance=provenance_options(alpha=False),
+        provenance=provenance_options("train"),
     log:
         f"{RUN}/logs/evaluate.log",
     benchmark:
         f"{RUN}/benchmarks/evaluate.tsv"
     shell:
-        "coar evaluate --run-dir {params.run_dir:q} --attributions {input.attributions:q} --alpha {params.alpha:q}"
+        "coar evaluate --run-dir {params.run_dir:q} --attributions {input.attributions:q} --training-data {input.data:q}"
         " {params.heldout} {params.provenance} --out {output:q} 2>&1 | tee {log:q}"
 
 
@@ -52,11 +53,12 @@ rule summarize:
         ),
     params:
         run_dir=run_dir_of_input,
+        provenance=provenance_options("train"),
     log:
         f"{RUN}/logs/summarize.log",
     shell:
         "coar summarize --run-dir {params.run_dir:q} --evaluation {input.evaluation:q} --timings {input.timings:q}"
-        " --out {output.summary:q} --plot {output.plot:q} 2>&1 | tee {log:q}"
+        " {params.provenance} --out {output.summary:q} --plot {output.plot:q} 2>&1 | tee {log:q}"
 
 
 METHOD_FILES = {"coar": f"{RUN}/attributions.h5", **{m: f"{RUN}/baselines/{m}.h5" for m in BASELINES}}
@@ -67,6 +69,7 @@ rule compare:
     """COAR and every baseline scored on the same held-out masks: the methods x alphas table."""
     input:
         run=rules.prepare.output,
+        stamp=config_stamp("evaluate"),
         attributions=list(METHOD_FILES.values()),
         heldout=expand(f"{RUN}/heldout/alpha-{{alpha}}.h5", alpha=ALPHAS),
     output:
@@ -74,16 +77,15 @@ rule compare:
         table=report(f"{RUN}/comparison.md", caption="../report/comparison.rst", category="2. Evaluation"),
     params:
         run_dir=run_dir_of_input,
-        alpha=config["alpha"],
         methods=METHOD_OPTIONS,
         heldout=HELDOUT_OPTIONS,
-        provenance=provenance_options(alpha=False),
+        provenance=provenance_options("train"),
     log:
         f"{RUN}/logs/compare.log",
     benchmark:
         f"{RUN}/benchmarks/compare.tsv"
     shell:
-        "coar compare --run-dir {params.run_dir:q} --alpha {params.alpha:q} {params.methods} {params.heldout}"
+        "coar compare --run-dir {params.run_dir:q} {params.methods} {params.heldout}"
         " {params.provenance} --out {output.json:q} --table {output.table:q} 2>&1 | tee {log:q}"
 
 
@@ -122,10 +124,12 @@ rule figures:
         run_dir=run_dir_of_input,
         methods=METHOD_OPTIONS,
         heldout=HELDOUT_OPTIONS,
+        provenance=provenance_options("train"),
     log:
         f"{RUN}/logs/figures.log",
     shell:
         "coar figures --run-dir {params.run_dir:q} --comparison {input.comparison:q} {params.methods} {params.heldout}"
+        " {params.provenance}"
         " --timings {input.timings:q} --correlation-table {output.table:q}"
         " --correlation-distributions {output.distributions:q} --predicted-vs-true {output.scatter:q}"
         " --layer-attributions {output.layers:q} --step-timings {output.timings:q} 2>&1 | tee {log:q}"

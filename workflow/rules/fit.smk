@@ -26,13 +26,14 @@ rule fit:
     """One linear model per example on the merged dataset: attributions.h5."""
     input:
         run=rules.prepare.output,
+        stamp=config_stamp("fit"),
         data=rules.merge.output,
     output:
         f"{RUN}/attributions.h5",
     params:
         run_dir=run_dir_of_input,
         solver=config["solver"],
-        provenance=provenance_options(),
+        provenance=provenance_options("expect"),
         example_block=shell_options({"example-block": config["solver"]["example_block"]}),
     log:
         f"{RUN}/logs/fit.log",

@@ -5,6 +5,8 @@ import shlex
 rule prepare:
     """Build the task (the default trains its CNN), discover its components, check on two examples
     that each can be ablated exactly (refusing or dropping those that cannot), save both."""
+    input:
+        stamp=config_stamp("prepare"),
     output:
         weights=f"{RUN}/weights.safetensors",
         arrays=f"{RUN}/examples.safetensors",
@@ -16,13 +18,14 @@ rule prepare:
         spec=shlex.quote(config["task"]["spec"]),
         checks=shell_options({"masks": config["masks"], "method": config["solver"]["method"]}),
         task_params=shlex.quote(json.dumps(config["task"]["params"])),
+        # Lists travel as JSON, never joined: a glob pattern may contain a comma.
         kinds=shlex.quote(
             config["components"]["kinds"]
             if isinstance(config["components"]["kinds"], str)
-            else ",".join(config["components"]["kinds"])
+            else json.dumps(config["components"]["kinds"])
         ),
-        include=shlex.quote(",".join(config["components"]["include"])),
-        exclude=shlex.quote(",".join(config["components"]["exclude"])),
+        include=shlex.quote(json.dumps(config["components"]["include"])),
+        exclude=shlex.quote(json.dumps(config["components"]["exclude"])),
         loader=loader_options(),
         unreachable=config["components"]["unreachable"],
     log:
