@@ -17,6 +17,7 @@ from torch import nn
 from coar.components import discover
 from coar.exactness import check_components
 from coar.lm_components import ExpertsAdapter
+from coar.presets import PRESETS, preset
 from tests.test_exactness import ALPHAS, batched
 
 pytestmark = pytest.mark.filterwarnings("ignore::UserWarning")
@@ -211,3 +212,38 @@ def test_experts_outside_the_fused_layout_are_refused_by_name():
     adapter = ExpertsAdapter()
     with pytest.raises(NotImplementedError, match="not transformers' fused expert layout"):
         adapter.install(block, {adapter.sites(block)[0]: lambda x, dim, units: None})
+
+
+CHECKPOINTS = {  # published shapes (config.json of each checkpoint); built on the meta device, no weights
+    "Llama-3.2-1B": ("llama_heads_neurons", lambda: hf.LlamaForCausalLM(hf.LlamaConfig(
+        vocab_size=128256, hidden_size=2048, intermediate_size=8192, num_hidden_layers=16, num_attention_heads=32,
+        num_key_value_heads=8, head_dim=64, tie_word_embeddings=True))),
+    "Llama-3.1-8B": ("llama_heads_neurons", lambda: hf.LlamaForCausalLM(hf.LlamaConfig(
+        vocab_size=128256, hidden_size=4096, intermediate_size=14336, num_hidden_layers=32, num_attention_heads=32,
+        num_key_value_heads=8))),
+    "Mixtral-8x7B": ("mixtral_heads_experts", lambda: hf.MixtralForCausalLM(hf.MixtralConfig(
+        vocab_size=32000, hidden_size=4096, intermediate_size=14336, num_hidden_layers=32, num_attention_heads=32,
+        num_key_value_heads=8, num_local_experts=8, num_experts_per_tok=2))),
+}
+
+
+@pytest.mark.parametrize("name", CHECKPOINTS)
+def test_published_checkpoints_have_one_component_per_head_neuron_and_expert_of_their_config(name):
+    preset_name, factory = CHECKPOINTS[name]
+    with torch.device("meta"):
+        model = factory()
+    c = model.config
+    per_layer = {"head": c.num_attention_heads, "neuron": c.intermediate_size,
+                 "expert": getattr(c, "num_local_experts", 0)}
+    components = preset(preset_name).discover(model)
+    for kind in preset(preset_name).kinds:
+        assert sum(g.size for g in components.groups if g.kind == kind) == c.num_hidden_layers * per_layer[kind]
+    kv_groups = discover(model, ["kv_group"])
+    assert len(kv_groups) == c.num_hidden_layers * c.num_key_value_heads
+
+
+@pytest.mark.parametrize("family", [f for f in FAMILIES if f != "gpt2"])
+def test_each_family_preset_finds_its_kinds_on_that_family(family):
+    name = max((n for n in PRESETS if n.startswith(f"{family}_") and not n.startswith(f"{family}_moe")), key=len)
+    components = preset(name).discover(build(family))
+    assert {g.kind for g in components.groups} == set(preset(name).kinds) == set(EXPECTED[family]) - {"kv_group"}
