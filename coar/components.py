@@ -183,9 +183,9 @@ def discover(
     "*downsample*"); a group is kept when its module matches some include pattern and no
     exclude pattern. The order is the model's module order, so the index is stable.
 
-    Groups whose weights are tied to another module (e.g. an `lm_head` sharing the embedding)
-    cannot be ablated exactly; they are left out with a logged note unless an include pattern
-    other than "*" names them, in which case the checks downstream refuse them.
+    Output layers whose weights are tied to an embedding (an `lm_head` sharing it) cannot be
+    ablated exactly; they are left out with a logged note unless an include pattern other than
+    "*" names them, in which case the checks downstream refuse them, as any other tied weights.
     """
     kinds = KIND_PRESETS[kinds] if isinstance(kinds, str) and kinds in KIND_PRESETS else kinds
     kinds = (kinds,) if isinstance(kinds, str) else tuple(kinds)
@@ -200,10 +200,10 @@ def discover(
         module_name = site_module_name(name, site.child)
         if site.kind not in kinds or not _matches(module_name, include) or _matches(module_name, exclude):
             continue
-        tied = sharers(module)
-        if tied and not _matches(module_name, explicit):
-            log.info("components: left out %s (%s): its weights are tied to %s; include it by name to have it "
-                     "refused instead", module_name, site.kind, tied)
+        embeddings = [n for n in sharers(module) if isinstance(model.get_submodule(n), nn.Embedding)]
+        if embeddings and not _matches(module_name, explicit):
+            log.info("components: left out %s (%s): its weights are tied to the embedding %s; include it by name "
+                     "to have it refused instead", module_name, site.kind, embeddings)
             continue
         groups.append(ComponentGroup(module_name, site.kind, site.size, start))
         start += site.size

@@ -7,17 +7,22 @@ independently of coar's adapters. Models are built from tiny configs with random
 """
 
 import copy
+import json
 import logging
+from pathlib import Path
 
 import pytest
 import torch
 import transformers as hf
+import yaml
 from torch import nn
 
+from coar import cli
 from coar.components import discover
 from coar.exactness import check_components
 from coar.lm_components import ExpertsAdapter
 from coar.presets import PRESETS, preset
+from coar.tasks import tinyllama
 from tests.test_exactness import ALPHAS, batched
 
 pytestmark = pytest.mark.filterwarnings("ignore::UserWarning")
@@ -177,7 +182,7 @@ def test_a_tied_lm_head_is_left_out_of_default_discovery_with_a_note(family, cap
     model = build(family)
     with caplog.at_level(logging.INFO, logger="coar"):
         components = discover(model, ["linear"])
-    assert "left out lm.lm_head (linear): its weights are tied" in caplog.text
+    assert "left out lm.lm_head (linear): its weights are tied to the embedding" in caplog.text
     assert all(g.module != "lm.lm_head" for g in components.groups)
     assert check_components(model, components, TOKENS)[1] == {}
 
@@ -247,3 +252,21 @@ def test_each_family_preset_finds_its_kinds_on_that_family(family):
     name = max((n for n in PRESETS if n.startswith(f"{family}_") and not n.startswith(f"{family}_moe")), key=len)
     components = preset(name).discover(build(family))
     assert {g.kind for g in components.groups} == set(preset(name).kinds) == set(EXPECTED[family]) - {"kv_group"}
+
+
+def test_prepare_takes_its_components_from_a_named_preset(tmp_path):
+    params = {"steps": 60, "n_examples": 4, "layers": 1, "n_reference": 4}
+    assert cli.main(["prepare", "--run-dir", str(tmp_path), "--task", "coar.tasks.tinyllama:task",
+                     "--task-params", json.dumps(params), "--kinds", "conv", "--preset", "llama_heads_neurons"]) == 0
+    assert json.loads((tmp_path / "prepare.json").read_text())["components_by_kind"] == {"head": 4, "neuron": 128}
+
+
+def test_the_tinyllama_config_names_the_llama_heads_neurons_preset():
+    config = yaml.safe_load((Path(__file__).resolve().parents[1] / "config/presets/tinyllama.yaml").read_text())
+    assert config["components"] == {"preset": "llama_heads_neurons"}
+    assert config["masks"] > len(preset("llama_heads_neurons").discover(build_tinyllama())), "OLS needs m > N"
+
+
+def build_tinyllama() -> nn.Module:
+    with torch.device("meta"):
+        return tinyllama.build_model(104, tinyllama.DEFAULT_PARAMS)
