@@ -24,7 +24,7 @@ import torch
 from torch import nn
 
 from coar.adapters import Adapter, Handle, Masker, Site, adapter_for
-from coar.components import ComponentGroup, ComponentSet, iter_sites, site_module_name
+from coar.components import ComponentGroup, ComponentSet, iter_sites, site_module_name, weight_sharers
 from coar.ops import apply_masks_
 from coar.constants import ABLATION_MODES as MODES, AblationMode as Mode
 
@@ -71,18 +71,13 @@ def tied_weights(model: nn.Module, bound: list[BoundGroup]) -> dict[int, str]:
     The value is a message naming both modules. A module object used twice is not tied: its
     hook and its weights cover every use alike.
     """
-    names = {id(m): n for n, m in model.named_modules()}
-    users: dict[int, set[int]] = {}
-    for m in model.modules():
-        for p in m.parameters(recurse=False):
-            users.setdefault(id(p), set()).add(id(m))
+    sharers = weight_sharers(model)
     found = {}
     for i, b in enumerate(bound):
-        inside = {id(m) for m in b.owner.modules()}
-        others = {u for p in b.owner.parameters() for u in users[id(p)]} - inside
+        others = sharers(b.owner)
         if others:
             found[i] = (
-                f"{b.group.module!r} shares a weight Parameter with {sorted(names[u] for u in others)} (tied weights): "
+                f"{b.group.module!r} shares a weight Parameter with {others} (tied weights): "
                 "zeroing its rows would change those modules too, which batched ablation cannot reproduce; "
                 "exclude it from the components or untie the weights"
             )
@@ -309,7 +304,8 @@ def unreached_cause(model: nn.Module, module: str) -> str:
                 "ablates (torch.backends.mha.set_fastpath_enabled(False)), so another fused kernel skipped it")
     return (f"its parent {parent_name or '<model>'!r} ({kind}) likely uses its weight directly (e.g. "
             "F.linear(x, module.weight)) or a fused fast path, so the module's own forward never runs; "
-            "exclude it from the components (or let prepare drop it: components.unreachable: drop)")
+            f"exclude it from the components (e.g. components.exclude: ['*.{module.rpartition('.')[2]}']) "
+            "or let prepare drop it (components.unreachable: drop)")
 
 
 def ablate(model: nn.Module, components: ComponentSet, masks: torch.Tensor, **kwargs) -> Ablation:

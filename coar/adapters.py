@@ -248,7 +248,7 @@ def _attention_bias(attn_mask, key_padding_mask, bsz, heads, tgt, src, dtype) ->
     return bias
 
 
-_REGISTRY: list[tuple[type, Adapter]] = [
+_REGISTRY: list[tuple[type | Callable[[nn.Module], bool], Adapter]] = [
     (nn.MultiheadAttention, MultiheadAttentionAdapter()),
     (nn.Conv1d, OutputChannelsAdapter("conv", 1)),
     (nn.Conv2d, OutputChannelsAdapter("conv", 1)),
@@ -260,14 +260,17 @@ _REGISTRY: list[tuple[type, Adapter]] = [
 ]
 
 
-def register_adapter(module_type: type, adapter: Adapter) -> None:
-    """Make units of `module_type` ablatable; later registrations take precedence."""
+def register_adapter(module_type: type | Callable[[nn.Module], bool], adapter: Adapter) -> None:
+    """Make units of `module_type` ablatable; later registrations take precedence.
+
+    `module_type` is a class, or a predicate on modules for adapters that recognise modules by
+    their structure rather than their class (coar.lm_components)."""
     _REGISTRY.insert(0, (module_type, adapter))
 
 
 def adapter_for(module: nn.Module) -> Adapter | None:
-    """The adapter of the most recently registered type `module` is an instance of, if any."""
+    """The adapter of the most recently registered type (or predicate) `module` matches, if any."""
     for module_type, adapter in _REGISTRY:
-        if isinstance(module, module_type):
+        if isinstance(module, module_type) if isinstance(module_type, type) else module_type(module):
             return adapter
     return None

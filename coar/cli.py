@@ -142,6 +142,7 @@ def _parser() -> argparse.ArgumentParser:
                    help=f"unit kinds ({','.join(COMPONENT_KINDS)}): one, a JSON list, or one of {' / '.join(KIND_PRESETS)}")
     s.add_argument("--include", default="*", type=_string_list, help="glob patterns of module names to keep: one, or a JSON list")
     s.add_argument("--exclude", default="[]", type=_string_list, help="glob patterns of module names to drop: one, or a JSON list")
+    s.add_argument("--preset", default=None, help="a named component set (coar/presets.py); replaces --kinds, --include and --exclude")
     s.add_argument("--masks", type=int, default=None, help="training masks m of the run (with --method ols: refuse m <= components now)")
     s.add_argument("--method", choices=SOLVER_METHODS, default=None, help="the run's solver method")
     add_loader(s)
@@ -274,6 +275,11 @@ def _run(args: argparse.Namespace) -> None:
     from coar.fastpath import FastPath
 
     if args.command == "prepare":
+        if args.preset is not None:
+            from coar.presets import preset
+
+            chosen = preset(args.preset)
+            args.kinds, args.include, args.exclude = list(chosen.kinds), list(chosen.include), list(chosen.exclude)
         info = steps.prepare(args.task, args.task_params, args.kinds, args.include, args.exclude, args.run_dir,
                              masks=args.masks, method=args.method, loader=_loader(args), unreachable=args.unreachable)
         print(json.dumps({k: info[k] for k in ("n_examples", "n_components", "dropped_components", "task_info")}, indent=1))

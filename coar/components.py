@@ -10,15 +10,18 @@ from __future__ import annotations
 import fnmatch
 import hashlib
 import json
+import logging
 from dataclasses import asdict, dataclass
 from pathlib import Path
-from typing import Iterable, Sequence
+from typing import Callable, Iterable, Sequence
 
 import numpy as np
 from torch import nn
 
 from coar.adapters import Site, adapter_for
 from coar.constants import COMPONENT_KINDS as KINDS, KIND_PRESETS
+
+log = logging.getLogger("coar")
 
 
 @dataclass(frozen=True)
@@ -125,6 +128,24 @@ def site_module_name(name: str, child: str) -> str:
     return f"{name}.{child}" if name and child else (name or child)
 
 
+def weight_sharers(model: nn.Module) -> Callable[[nn.Module], list[str]]:
+    """For modules of `model`: the names of the modules outside it that use one of its Parameters.
+
+    A module object used twice is not tied to itself: its hook and its weights cover every use.
+    """
+    names = {id(m): n for n, m in model.named_modules()}
+    users: dict[int, set[int]] = {}
+    for m in model.modules():
+        for p in m.parameters(recurse=False):
+            users.setdefault(id(p), set()).add(id(m))
+
+    def sharers(owner: nn.Module) -> list[str]:
+        inside = {id(m) for m in owner.modules()}
+        return sorted(names[u] for u in {u for p in owner.parameters() for u in users[id(p)]} - inside)
+
+    return sharers
+
+
 def _register_library_adapters(model: nn.Module) -> None:
     """Register the Hugging Face adapters when `model` holds transformers modules.
 
@@ -161,6 +182,10 @@ def discover(
     `include` and `exclude` are glob patterns on module names (e.g. "layer*.conv*",
     "*downsample*"); a group is kept when its module matches some include pattern and no
     exclude pattern. The order is the model's module order, so the index is stable.
+
+    Output layers whose weights are tied to an embedding (an `lm_head` sharing it) cannot be
+    ablated exactly; they are left out with a logged note unless an include pattern other than
+    "*" names them, in which case the checks downstream refuse them, as any other tied weights.
     """
     kinds = KIND_PRESETS[kinds] if isinstance(kinds, str) and kinds in KIND_PRESETS else kinds
     kinds = (kinds,) if isinstance(kinds, str) else tuple(kinds)
@@ -169,9 +194,16 @@ def discover(
         raise ValueError(f"unknown component kind(s) {unknown}; choose from {list(KINDS)} or a preset {list(KIND_PRESETS)}")
     groups: list[ComponentGroup] = []
     start = 0
-    for name, _module, site in iter_sites(model):
+    sharers = weight_sharers(model)
+    explicit = [p for p in include if p != "*"]
+    for name, module, site in iter_sites(model):
         module_name = site_module_name(name, site.child)
         if site.kind not in kinds or not _matches(module_name, include) or _matches(module_name, exclude):
+            continue
+        embeddings = [n for n in sharers(module) if isinstance(model.get_submodule(n), nn.Embedding)]
+        if embeddings and not _matches(module_name, explicit):
+            log.info("components: left out %s (%s): its weights are tied to the embedding %s; include it by name "
+                     "to have it refused instead", module_name, site.kind, embeddings)
             continue
         groups.append(ComponentGroup(module_name, site.kind, site.size, start))
         start += site.size

@@ -33,6 +33,8 @@ def check_config(config: dict) -> None:
     _check_integers(config, _schema(), "")
     _check_run_name(config["run"])
     _check_task(config["task"]["spec"])
+    if config["components"].get("preset") is not None:
+        _check_component_preset(config["components"]["preset"])
     if config.get("output_fn") is not None:
         _check_output_fn(config["output_fn"])
     if config["shards"] > config["masks"]:
@@ -102,6 +104,14 @@ def _check_task(spec: str) -> None:
     except (ImportError, TypeError, ValueError) as error:
         raise ConfigError(f"config key 'task.spec': {error}; install the module, put it on PYTHONPATH "
                           "or fix the name") from None
+
+
+def _check_component_preset(name: str) -> None:
+    from coar.presets import PRESETS  # imports torch: only for configs that name a preset
+
+    if name not in PRESETS:
+        raise ConfigError(f"config key 'components.preset': unknown component preset {name!r}; "
+                          f"choose from {sorted(PRESETS)}")
 
 
 def _check_output_fn(spec: str) -> None:

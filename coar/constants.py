@@ -37,9 +37,11 @@ UNREACHABLE_POLICIES = ("error", "drop")
 DEVICES = ("auto", "cpu", "cuda")
 """Where forward passes run; "auto" is CUDA when torch sees a GPU."""
 
-COMPONENT_KINDS = ("conv", "linear", "head", "qkv")
+COMPONENT_KINDS = ("conv", "linear", "head", "qkv", "kv_group", "neuron", "expert")
 """conv: Conv output channels (filters); linear: Linear output neurons; head: attention heads;
-qkv: rows of nn.MultiheadAttention's packed q/k/v in-projection."""
+qkv: rows of nn.MultiheadAttention's packed q/k/v in-projection; kv_group: key/value heads shared
+by several query heads (grouped or multi-query attention); neuron: MLP hidden units (input
+columns of the down projection); expert: mixture-of-experts experts (coar/lm_components.py)."""
 
 KIND_PRESETS = {
     "weight_rows": ("conv", "linear", "qkv"),  # the paper's "one row of every weight matrix"

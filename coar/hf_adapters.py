@@ -1,4 +1,5 @@
-"""Adapters for Hugging Face transformers modules: GPT-2's Conv1D, and GPT-2, BERT and ViT heads.
+"""Adapters for Hugging Face transformers modules: GPT-2's Conv1D, BERT and ViT heads, and (from
+coar.lm_components) the heads, KV groups, MLP neurons and experts of any decoder.
 
 Importing this module registers them with `coar.adapters.register_adapter` (once; `register()`
 is idempotent), after which `coar.components.discover` and the ablation machinery handle these
@@ -11,7 +12,7 @@ Units:
   published 64,512 rows). Zeroing row i equals setting input feature i to 0 for that layer
   alone, which is where the batched path masks it (a forward pre-hook on a copy of the input).
   On `mlp.c_proj` a unit is an MLP neuron: its post-activation output is removed.
-- attention heads ("head"): each head's slice of the output projection's input, masked by a
+- attention heads ("head") of BERT and ViT (decoders: coar.lm_components): each head's slice of the output projection's input, masked by a
   forward pre-hook on the projection, which works whatever attention implementation (eager,
   sdpa, ...) computes the heads. Zeroing a head equals zeroing that slice of the projection's
   input weights.
@@ -24,22 +25,11 @@ from typing import Callable
 import torch
 from torch import nn
 from transformers.models.bert.modeling_bert import BertAttention
-from transformers.models.gpt2.modeling_gpt2 import GPT2Attention
 from transformers.models.vit.modeling_vit import ViTAttention
 from transformers.pytorch_utils import Conv1D
 
 from coar.adapters import Handle, Masker, Site, register_adapter
-
-_ALL = slice(None)
-
-
-def _input_dim(projection: nn.Module) -> int:
-    """The weight dimension that indexes a projection's inputs: 0 for Conv1D (in, out), 1 for Linear."""
-    if isinstance(projection, Conv1D):
-        return 0
-    if isinstance(projection, nn.Linear):
-        return 1
-    raise TypeError(f"coar: unsupported output projection {type(projection).__name__} (expected Conv1D or Linear)")
+from coar.lm_components import STRUCTURAL_ADAPTERS, input_dim, mask_input_columns, zero_input_columns_
 
 
 class Conv1DRowsAdapter:
@@ -53,13 +43,7 @@ class Conv1DRowsAdapter:
 
     def install(self, module: Conv1D, maskers: dict[Site, Masker]) -> Handle:
         (masker,) = maskers.values()
-
-        def pre_hook(_module: nn.Module, args: tuple) -> tuple:
-            x = args[0].clone()  # the input may feed other modules: mask a copy
-            masker(x, -1, _ALL)
-            return (x, *args[1:])
-
-        return module.register_forward_pre_hook(pre_hook)
+        return mask_input_columns(module, masker)
 
     def weight_fill(self, module: Conv1D, site: Site) -> torch.Tensor:
         return torch.zeros(site.size, dtype=module.weight.dtype, device=module.weight.device)
@@ -87,15 +71,7 @@ class HeadsBeforeProjectionAdapter:
 
     def install(self, module: nn.Module, maskers: dict[Site, Masker]) -> Handle:
         (masker,) = maskers.values()
-        n_heads = self.heads(module)
-
-        def pre_hook(_module: nn.Module, args: tuple) -> tuple:
-            x = args[0]
-            per_head = x.reshape(*x.shape[:-1], n_heads, x.shape[-1] // n_heads).clone()  # (..., H, Dh)
-            masker(per_head, -2, _ALL)
-            return (per_head.reshape(x.shape), *args[1:])
-
-        return module.get_submodule(self.projection).register_forward_pre_hook(pre_hook)
+        return mask_input_columns(module.get_submodule(self.projection), masker, self.heads(module))
 
     def weight_fill(self, module: nn.Module, site: Site) -> torch.Tensor:
         w = module.get_submodule(self.projection).weight
@@ -103,19 +79,16 @@ class HeadsBeforeProjectionAdapter:
 
     def zero_weights_(self, module: nn.Module, site: Site, units: torch.Tensor) -> None:
         projection = module.get_submodule(self.projection)
-        dim = _input_dim(projection)
-        size = projection.weight.shape[dim] // site.size
-        with torch.no_grad():
-            for h in units.tolist():
-                projection.weight.narrow(dim, h * size, size).zero_()
+        zero_input_columns_(projection, units, projection.weight.shape[input_dim(projection)] // site.size)
 
 
 HEAD_ADAPTERS: dict[type, HeadsBeforeProjectionAdapter] = {
-    GPT2Attention: HeadsBeforeProjectionAdapter("c_proj", lambda m: m.num_heads),
     BertAttention: HeadsBeforeProjectionAdapter("output.dense", lambda m: m.self.num_attention_heads),
     ViTAttention: HeadsBeforeProjectionAdapter("o_proj", lambda m: m.num_attention_heads),
 }
-"""Attention module type -> its head adapter (BERT's covers MiniLM and other BertModel checkpoints)."""
+"""Attention module type -> its head adapter, for encoders whose attention module the structural
+adapters do not recognise (BERT's covers MiniLM and other BertModel checkpoints). Decoders (GPT-2
+included) get theirs from coar.lm_components."""
 
 _registered = False
 
@@ -125,6 +98,8 @@ def register() -> None:
     global _registered
     if _registered:
         return
+    for matches, adapter in STRUCTURAL_ADAPTERS:
+        register_adapter(matches, adapter)
     register_adapter(Conv1D, Conv1DRowsAdapter())
     for module_type, adapter in HEAD_ADAPTERS.items():
         register_adapter(module_type, adapter)

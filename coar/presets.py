@@ -18,6 +18,13 @@ neuron is, for GPT-2, a row of mlp.c_proj's (in, out) weight, so ablating it rem
 neuron's output; for BERT (and MiniLM) and ViT (torchvision's or Hugging Face's), a row of the
 MLP's first Linear, so "weight" ablation sets the neuron's pre-activation to its bias and "zero"
 ablation to 0 (GELU(0) = 0, i.e. the neuron's output is removed).
+
+Hugging Face decoders (`llama_*`, `mistral_*`, `qwen2_*`, `gemma2_*`, `phi3_*`, `gpt_neox_*`,
+`opt_*`: `heads`, `neurons`, `heads_neurons`; MoE families `mixtral_*`, `qwen2_moe_*` also
+`experts`, `heads_experts`, and `heads_neurons_experts` where the model has dense MLPs too): the
+structural kinds of coar.lm_components (`head`, `neuron`, `expert`), which every decoder family
+names alike, so these presets differ only in which kinds a family has. A config selects one
+with `components: {preset: NAME}`.
 """
 
 from __future__ import annotations
@@ -62,11 +69,27 @@ def _family_presets(family: str, attention: str, *mlp: str) -> dict[str, Preset]
     }
 
 
+DECODER_KINDS = {
+    "llama": ("head", "neuron"), "mistral": ("head", "neuron"), "qwen2": ("head", "neuron"),
+    "gemma2": ("head", "neuron"), "phi3": ("head", "neuron"), "gpt_neox": ("head", "neuron"), "opt": ("head", "neuron"),
+    "mixtral": ("head", "expert"), "qwen2_moe": ("head", "neuron", "expert"),  # Qwen2-MoE: its shared expert's neurons
+}
+"""Per Hugging Face decoder family: the structural kinds it has (KV groups are offered by kind, not preset)."""
+
+
+def _decoder_presets(family: str, kinds: tuple[str, ...]) -> dict[str, Preset]:
+    """Every non-empty combination of `kinds` in order, named e.g. "llama_heads_neurons"."""
+    plural = {"head": "heads", "neuron": "neurons", "expert": "experts"}
+    combos = [tuple(k for i, k in enumerate(kinds) if bits >> i & 1) for bits in range(1, 2 ** len(kinds))]
+    return {f"{family}_{'_'.join(plural[k] for k in combo)}": Preset(combo) for combo in combos}
+
+
 PRESETS: dict[str, Preset] = {
     "resnet50_filters": Preset(("conv",), exclude=("*downsample*",)),
     "vit_weight_rows": Preset(("linear", "qkv"), ("*encoder.layers.*",)),
     "gpt2_weight_rows": Preset(("linear",), ("*attn.c_attn", "*attn.c_proj", "*mlp.c_fc", "*mlp.c_proj")),
     **{name: p for family, patterns in ATTENTION_AND_MLP.items() for name, p in _family_presets(family, *patterns).items()},
+    **{name: p for family, kinds in DECODER_KINDS.items() for name, p in _decoder_presets(family, kinds).items()},
 }
 
 

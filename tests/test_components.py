@@ -78,3 +78,16 @@ def test_unknown_kind_and_empty_selection_raise_clear_errors():
         discover(ConvAttentionNet(), kinds=["filters"])
     with pytest.raises(ValueError, match="no components"):
         discover(nn.Sequential(nn.ReLU()))
+
+
+def test_an_adapter_registered_for_a_predicate_applies_to_the_modules_it_matches():
+    from coar.adapters import OutputChannelsAdapter, _REGISTRY, adapter_for, register_adapter
+
+    model = nn.Sequential(nn.Linear(3, 4), nn.Linear(4, 2))
+    wide = OutputChannelsAdapter("conv", -1)  # any adapter: the test is which modules get it
+    register_adapter(lambda m: isinstance(m, nn.Linear) and m.out_features == 4, wide)
+    try:
+        assert adapter_for(model[0]) is wide and adapter_for(model[1]) is not wide
+        assert [(g.module, g.kind) for g in discover(model, ["conv", "linear"]).groups] == [("0", "conv"), ("1", "linear")]
+    finally:
+        _REGISTRY.pop(0)

@@ -81,6 +81,8 @@ def config(**changes) -> dict:
     ({"output_fn": "no_such_module_xyz:f"}, "'output_fn': no module 'no_such_module_xyz'"),
     ({"output_fn": "coar.outputs:"}, "'output_fn': 'coar.outputs:' is not 'package.module'"),
     ({"shards": 5, "masks": 4}, "'shards': 5 shards for 4 masks"),
+    ({"components": {**DEFAULT_CONFIG["components"], "preset": "llama3_heads"}},
+     r"'components.preset': unknown component preset 'llama3_heads'; choose from \[.*'llama_heads'"),
 ])
 def test_check_config_refuses_naming_the_key(changes, message):
     with pytest.raises(ConfigError, match=message):

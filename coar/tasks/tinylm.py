@@ -13,7 +13,7 @@ next-token margin over each sequence's real tokens.
 from __future__ import annotations
 
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 
 import numpy as np
 import torch
@@ -147,10 +147,17 @@ def task(params: dict) -> Task:
     While coar restores a prepared run (coar.task.restoring()), the model is returned untrained.
     Params (all optional): see DEFAULT_PARAMS.
     """
-    p = with_defaults(params, DEFAULT_PARAMS, "tinylm task")
+    return language_task(params, DEFAULT_PARAMS, "tinylm task", lambda vocab_size, p: build_model(
+        vocab_size, int(p["seq_len"]), *(int(p[k]) for k in ("layers", "heads", "width", "neurons"))))
+
+
+def language_task(params: dict, defaults: dict, name: str, build: Callable[[int, dict], nn.Module]) -> Task:
+    """The help()-text task for any causal LM: `build(vocab_size, params)` makes the untrained
+    Hugging Face model, trained here as `task` describes (used by tinylm and tinyllama)."""
+    p = with_defaults(params, defaults, name)
     seq_len, min_len = int(p["seq_len"]), int(p["min_len"])
     if not 2 <= min_len <= seq_len:
-        raise ValueError(f"tinylm needs 2 <= min_len <= seq_len, got min_len={min_len}, seq_len={seq_len}")
+        raise ValueError(f"{name} needs 2 <= min_len <= seq_len, got min_len={min_len}, seq_len={seq_len}")
     paragraphs = corpus_paragraphs()
     tokenizer = CharTokenizer("\n".join(paragraphs))
     order = np.random.default_rng(int(p["split_seed"])).permutation(len(paragraphs))
@@ -163,7 +170,7 @@ def task(params: dict) -> Task:
 
     with torch.random.fork_rng(devices=[]):  # seed the initialisation without touching global RNG state
         torch.manual_seed(int(p["seed"]))
-        model = CausalLM(build_model(len(tokenizer), seq_len, *(int(p[k]) for k in ("layers", "heads", "width", "neurons"))))
+        model = CausalLM(build(len(tokenizer), p))
     start = time.perf_counter()
     final_loss = None
     if not restoring():  # a later step loads the prepared weights: no need to train again

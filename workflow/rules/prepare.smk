@@ -28,6 +28,7 @@ rule prepare:
         exclude=shlex.quote(json.dumps(config["components"]["exclude"])),
         loader=loader_options(),
         unreachable=config["components"]["unreachable"],
+        preset=shell_options({"preset": config["components"].get("preset")}),
     log:
         f"{RUN}/logs/prepare.log",
     benchmark:
@@ -35,5 +36,5 @@ rule prepare:
     shell:
         "coar prepare --run-dir {params.run_dir:q} --task {params.spec} --task-params {params.task_params}"
         " --kinds {params.kinds} --include {params.include} --exclude {params.exclude} {params.checks} {params.loader}"
-        " --unreachable {params.unreachable:q}"
+        " --unreachable {params.unreachable:q} {params.preset}"
         " 2>&1 | tee {log:q}"
