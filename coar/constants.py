@@ -54,6 +54,12 @@ is named by a 'package.module:function' spec."""
 EDIT_TASKS = ("fix_errors", "forget_class", "subpopulation", "backdoor", "typographic")
 """The COAR-Edit tasks, in the order the `edits` target runs them by default."""
 
+EDIT_DIRECTIONS = ("lower", "raise")
+"""What an edit (config `edits`) does to its target examples' output: lower it or raise it."""
+
+EDIT_SELECTOR_KEYS = ("label", "ids", "misclassified", "group", "rest")
+"""How an edit's `target` and `reference` pick examples (coar/edit/selectors.py); `rest`: reference only."""
+
 DEFAULT_TASK_FUNCTION = "task"
 """The function a task spec without ':function' names."""
 
