@@ -52,7 +52,7 @@ OUTPUT_FUNCTION_NAMES = ("margin", "lm_margin")
 is named by a 'package.module:function' spec."""
 
 EDIT_TASKS = ("fix_errors", "forget_class", "subpopulation", "backdoor", "typographic")
-"""The COAR-Edit tasks, in the order the `edits` target runs them by default."""
+"""The COAR-Edit demos, in the order the `edit_demos` target runs them by default."""
 
 EDIT_DIRECTIONS = ("lower", "raise")
 """What an edit (config `edits`) does to its target examples' output: lower it or raise it."""

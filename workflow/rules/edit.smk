@@ -20,11 +20,10 @@ EDITS = {edit["name"]: edit for edit in config["edits"]}
 EDIT_NAMES = "|".join(re.escape(name) for name in EDITS) or "(?!)"  # (?!): no edit, no match
 
 
-def edit_options(wildcards):
-    """The edit's config entry as JSON, and how the passes run, quoted for the shell."""
-    batch = config["max_batch"] if isinstance(config["max_batch"], int) else None  # None: the command's default
-    options = shell_options({"device": config["device"], "max-batch": batch})
-    return f"--edit {shlex.quote(json.dumps(EDITS[wildcards.name]))} {options}"
+# How the passes run (a max_batch of 'auto' leaves the command's default), and the edit's config entry as JSON.
+EDIT_PASS_OPTIONS = shell_options({"device": config["device"],
+                                   "max-batch": config["max_batch"] if isinstance(config["max_batch"], int) else None})
+edit_json = lambda wildcards: shlex.quote(json.dumps(EDITS[wildcards.name]))
 
 
 rule edit_plan:
@@ -38,7 +37,8 @@ rule edit_plan:
         name=EDIT_NAMES,
     params:
         run_dir=run_dir_of_input,
-        options=edit_options,
+        edit=edit_json,
+        options=EDIT_PASS_OPTIONS,
         provenance=provenance_options(),
     log:
         f"{RUN}/logs/edit_plan-{{name}}.log",
@@ -47,7 +47,7 @@ rule edit_plan:
     threads: 1
     shell:
         "coar edit-plan --run-dir {params.run_dir:q} --attributions {input.attributions:q} --out {output:q}"
-        " {params.options} {params.provenance} --threads {threads} 2>&1 | tee {log:q}"
+        " --edit {params.edit} {params.options} {params.provenance} --threads {threads} 2>&1 | tee {log:q}"
 
 
 rule edit_apply:
@@ -65,7 +65,8 @@ rule edit_apply:
         name=EDIT_NAMES,
     params:
         run_dir=run_dir_of_input,
-        options=edit_options,
+        edit=edit_json,
+        options=EDIT_PASS_OPTIONS,
         provenance=provenance_options(),
         masks_per_pass=config["masks_per_pass"],
     log:
@@ -75,7 +76,7 @@ rule edit_apply:
     threads: 1
     shell:
         "coar edit-apply --run-dir {params.run_dir:q} --attributions {input.attributions:q} --plan {input.plan:q}"
-        " --out-dir $(dirname {output.report:q}) --masks-per-pass {params.masks_per_pass} {params.options}"
+        " --out-dir $(dirname {output.report:q}) --masks-per-pass {params.masks_per_pass} --edit {params.edit} {params.options}"
         " {params.provenance} --threads {threads} 2>&1 | tee {log:q}"
 
 
