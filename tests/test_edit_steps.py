@@ -148,3 +148,10 @@ def test_the_command_line_runs_both_steps(run, tmp_path, capsys):
     assert main(["edit-apply", "--run-dir", str(run), "--edit", edit, "--attributions", str(run / "attributions.h5"),
                  "--plan", str(tmp_path / "plan.json"), "--out-dir", str(tmp_path), "--device", "cpu"]) == 0
     assert json.loads((tmp_path / "report.json").read_text())["format"] == edit_steps.REPORT_FORMAT
+
+
+def test_the_edit_library_does_not_depend_on_demo_or_project_tasks():
+    library = Path(__file__).resolve().parents[1] / "coar" / "edit"
+    for module in ("spec.py", "selectors.py", "steps.py", "planning.py", "plots.py", "__init__.py"):
+        text = (library / module).read_text()
+        assert "coar.tasks" not in text and "coar.edit.tasks" not in text, module
