@@ -156,3 +156,17 @@ def test_the_edit_library_does_not_depend_on_demo_or_project_tasks():
     for module in ("spec.py", "selectors.py", "steps.py", "planning.py", "plots.py", "__init__.py"):
         imports = re.findall(r"^\s*(?:from|import) (coar\.[\w.]+)", (library / module).read_text(), re.M)
         assert not [name for name in imports if name.startswith(("coar.tasks", "coar.edit.tasks"))], module
+
+
+def test_selectors_combine_ids_groups_and_misclassified_as_an_intersection(tmp_path):
+    from coar.edit.selectors import Pool, select
+
+    (tmp_path / "ids.txt").write_text("a\nc\n\nd\n")
+    pool = Pool("the examples", ["a", "b", "c", "d"], np.array([0, 0, 1, 0]), {"g": [0, 3]},
+                outputs=np.array([-1.0, 2.0, -0.5, 3.0]))
+    spec = EditSpec.from_config({**EDIT, "target": {"ids": str(tmp_path / "ids.txt"), "misclassified": True},
+                                 "reference": {"misclassified": False, "group": "g"}})
+    target, reference = select(spec, pool)
+    assert target.tolist() == [0, 2] and reference.tolist() == [3]
+    spec = EditSpec.from_config({**EDIT, "target": {"ids": str(tmp_path / "ids.txt"), "label": 0}})
+    assert [p.tolist() for p in select(spec, pool)] == [[0, 3], [1, 2]]
