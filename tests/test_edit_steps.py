@@ -86,18 +86,19 @@ def test_apply_writes_weights_that_equal_ablating_the_listed_components_by_hand(
 
 
 def test_apply_reports_predicted_and_realised_changes_of_every_example(run, tmp_path):
-    spec = EditSpec.from_config(EDIT)
+    spec = EditSpec.from_config({**EDIT, "k": 3})
     edit_steps.plan(run, spec, run / "attributions.h5", tmp_path / "plan.json")
     report = edit_steps.apply(run, spec, tmp_path / "plan.json", run / "attributions.h5", tmp_path)
     examples = report["predicted_vs_realised"]["examples"]
     assert len(examples) == 30 and {e["role"] for e in examples} == {"target", "reference"}
     sweep = report["sweep"]
-    assert len(sweep["validation_target_success"]) == len(sweep["ks"]) == 7
+    assert len(sweep["validation_target_success"]) == len(sweep["ks"]) == 4
     assert report["metrics"]["validation_target"]["n"] == 8 and report["metrics"]["target"]["n"] == 10
-    if report["k"]:
-        realised = np.array([e["realised"] for e in examples])
-        before, after = (np.array(report["metrics"]["reported"]["mean_output"]))
-        np.testing.assert_allclose(after - before, realised.mean(), atol=1e-5)
+    realised = np.array([e["realised"] for e in examples])
+    before, after = report["metrics"]["reported"]["mean_output"]
+    np.testing.assert_allclose(after - before, realised.mean(), atol=1e-5)
+    predicted = np.array([e["predicted"] for e in examples])
+    np.testing.assert_allclose(report["predicted_vs_realised"]["correlation"], np.corrcoef(predicted, realised)[0, 1])
 
 
 def test_strict_refuses_to_write_the_model_when_the_prediction_is_missed(run, tmp_path):
