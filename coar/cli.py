@@ -14,6 +14,10 @@
                   --correlation-distributions plots/correlation_distributions.png \
                   --predicted-vs-true plots/predicted_vs_true.png --layer-attributions plots/layer_attributions.png \
                   --step-timings plots/step_timings.png
+    coar edit-plan  --run-dir results/digits --edit '{"name": "forget_3", ...}' --attributions attributions.h5 \
+                    --out edits/forget_3/plan.json
+    coar edit-apply --run-dir results/digits --edit '{"name": "forget_3", ...}' --plan edits/forget_3/plan.json \
+                    --attributions attributions.h5 --out-dir edits/forget_3
     coar selfcheck --device cuda   # the op, run_masked, the cupy solver and a throughput table on one device
 """
 
@@ -244,6 +248,22 @@ def _parser() -> argparse.ArgumentParser:
     s.add_argument("--seeds", type=_int_list, default=None,
                    help="comma-separated seeds, e.g. 0,1,2,3,4: one run each (seed-<s>/), then seeds.json with mean and spread")
     s.add_argument("--threads", type=int, default=None, help="torch CPU threads")
+    for name, help in (("edit-plan", "Rank the components for one edit (config `edits`) from the run's attributions: plan.json."),
+                       ("edit-apply", "Choose k on validation examples, check it, write the edited weights and report.json.")):
+        s = add(name, help)
+        s.add_argument("--edit", required=True, type=json.loads, help="JSON object: one entry of config `edits`")
+        s.add_argument("--attributions", required=True, help="the run's attributions.h5")
+        if name == "edit-plan":
+            s.add_argument("--out", required=True, help="plan.json to write")
+        else:
+            s.add_argument("--plan", required=True, help="plan.json of this edit (coar edit-plan)")
+            s.add_argument("--out-dir", required=True, help="folder for weights.safetensors, ablated.json, report.json")
+            s.add_argument("--masks-per-pass", type=int, default=8, help="values of k evaluated in one forward pass")
+        s.add_argument("--max-batch", type=int, default=512, help="most rows (masks x examples) per forward pass")
+        s.add_argument("--device", choices=DEVICES, default="auto")
+        s.add_argument("--threads", type=int, default=None, help="torch CPU threads")
+        _task_options(s)
+        _provenance_options(s, alpha="expect")
     s = add("selfcheck", "Check the mask op, run_masked and the solver on a device, then print a throughput table.",
             run_dir=False)
     s.add_argument("--device", choices=DEVICES, default="auto", help="auto: cuda when a GPU is visible")
@@ -322,6 +342,8 @@ def _run(args: argparse.Namespace) -> None:
         for path in steps.figures(args.run_dir, args.comparison, dict(args.method), dict(args.heldout), args.timings,
                                   paths, args.train_alpha, _expected(args)):
             print(path)
+    elif args.command in ("edit-plan", "edit-apply"):
+        _edit(args)
     elif args.command == "selfcheck":
         from coar.selfcheck import selfcheck
 
@@ -334,6 +356,26 @@ def _run(args: argparse.Namespace) -> None:
         else:
             print(json.dumps({"targets": report["targets"], "all_targets_met_on_mean": report["all_targets_met_on_mean"]},
                              indent=1))
+
+
+def _edit(args: argparse.Namespace) -> None:
+    """The editing steps (coar.edit.steps), one edit of config `edits` each."""
+    import torch
+
+    from coar.edit import steps as edit_steps
+    from coar.edit.spec import EditSpec
+
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    spec = EditSpec.from_config(args.edit)
+    if args.command == "edit-plan":
+        edit_steps.plan(args.run_dir, spec, args.attributions, args.out, task=(args.task, args.task_params),
+                        expected=_expected(args), device=args.device, max_batch=args.max_batch)
+    else:
+        report = edit_steps.apply(args.run_dir, spec, args.plan, args.attributions, args.out_dir,
+                                  task=(args.task, args.task_params), expected=_expected(args), device=args.device, masks_per_pass=args.masks_per_pass,
+                                  max_batch=args.max_batch)
+        print(json.dumps({k: report[k] for k in ("k", "rule", "checks", "problems")}, indent=1))
 
 
 def _expected(args: argparse.Namespace) -> dict:

@@ -13,6 +13,7 @@ from importlib.resources import files
 import yaml
 
 from coar.constants import DEFAULT_TASK_FUNCTION, OUTPUT_FUNCTION_NAMES
+from coar.edit.spec import check_edits
 from coar.spec import import_object, module_exists, parse_spec
 
 SCHEMA = files("coar") / "config.schema.yaml"
@@ -37,6 +38,7 @@ def check_config(config: dict) -> None:
         _check_component_preset(config["components"]["preset"])
     if config.get("output_fn") is not None:
         _check_output_fn(config["output_fn"])
+    check_edits(config.get("edits", []))
     if config["shards"] > config["masks"]:
         raise ConfigError(f"config key 'shards': {config['shards']} shards for {config['masks']} masks; "
                           "use at most one shard per mask")

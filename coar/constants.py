@@ -54,7 +54,13 @@ OUTPUT_FUNCTION_NAMES = ("margin", "lm_margin")
 is named by a 'package.module:function' spec."""
 
 EDIT_TASKS = ("fix_errors", "forget_class", "subpopulation", "backdoor", "typographic")
-"""The COAR-Edit tasks, in the order the `edits` target runs them by default."""
+"""The COAR-Edit demos, in the order the `edit_demos` target runs them by default."""
+
+EDIT_DIRECTIONS = ("lower", "raise")
+"""What an edit (config `edits`) does to its target examples' output: lower it or raise it."""
+
+EDIT_SELECTOR_KEYS = ("label", "ids", "misclassified", "group", "rest")
+"""How an edit's `target` and `reference` pick examples (coar/edit/selectors.py); `rest`: reference only."""
 
 DEFAULT_TASK_FUNCTION = "task"
 """The function a task spec without ':function' names."""

@@ -3,8 +3,10 @@
 ``save`` (the prepare step) writes
 
 - ``weights.safetensors``: the model's state dict (a JSON header and raw tensor bytes);
-- ``examples.safetensors``: ``inputs`` and ``labels`` of a tensor task, and ``reference_inputs``;
+- ``examples.safetensors``: ``inputs`` and ``labels`` of a tensor task, ``reference_inputs``, and
+  ``validation_inputs`` and ``validation_labels`` when the task gives validation examples;
 - ``example_ids.json``;
+- ``groups.json``: the task's named groups of examples and of validation examples;
 
 and returns the fingerprints that prepare.json records. ``reopen`` (every later step) calls the
 task function named in prepare.json again, with :func:`coar.task.restoring` true so it can skip
@@ -16,8 +18,9 @@ checked on the first pass (coar.examples.FingerprintChecked). See docs/tasks.md.
 
 from __future__ import annotations
 
+import hashlib
 import json
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import torch
@@ -33,7 +36,8 @@ from coar.task import Task, load_task
 WEIGHTS = "weights.safetensors"
 ARRAYS = "examples.safetensors"
 IDS = "example_ids.json"
-FILES = (WEIGHTS, ARRAYS, IDS)
+GROUPS = "groups.json"
+FILES = (WEIGHTS, ARRAYS, IDS, GROUPS)
 HASH_BATCH = 256  # examples per batch while prepare hashes a Dataset
 
 
@@ -62,10 +66,21 @@ class PreparedTask:
     examples: Examples
     reference_inputs: torch.Tensor | None
     output_fn: str
+    validation: tuple[torch.Tensor, torch.Tensor] | None = None
+    groups: dict[str, list[int]] = field(default_factory=dict)
+    validation_groups: dict[str, list[int]] = field(default_factory=dict)
 
 
 def _reference_fingerprint(reference: torch.Tensor | None) -> str | None:
     return None if reference is None else tensors_fingerprint(reference)
+
+
+def _validation_fingerprint(validation: tuple[torch.Tensor, torch.Tensor] | None) -> str | None:
+    return None if validation is None else tensors_fingerprint(*validation)
+
+
+def _groups_fingerprint(groups: dict) -> str:
+    return hashlib.sha256(json.dumps(groups, sort_keys=True).encode()).hexdigest()
 
 
 def save(task: Task, run_dir: str | Path, loader: LoaderOptions = LoaderOptions()) -> dict:
@@ -77,16 +92,25 @@ def save(task: Task, run_dir: str | Path, loader: LoaderOptions = LoaderOptions(
     arrays = {} if task.examples is not None else {"inputs": task.inputs, "labels": task.labels}
     if task.reference_inputs is not None:
         arrays["reference_inputs"] = task.reference_inputs
+    validation = None
+    if task.validation_inputs is not None:
+        validation = (task.validation_inputs, task.validation_labels)
+        arrays["validation_inputs"], arrays["validation_labels"] = validation
+    groups = {"examples": task.groups, "validation": task.validation_groups}
     with atomic_path(run_dir / WEIGHTS) as tmp:
         save_model(task.model, str(tmp), force_contiguous=True)
     with atomic_path(run_dir / ARRAYS) as tmp:
         save_file({k: v.detach().cpu().contiguous() for k, v in arrays.items()}, str(tmp))
     write_json(run_dir / IDS, task.example_ids)
+    write_json(run_dir / GROUPS, groups)
     return {
         "examples_kind": "tensors" if task.examples is None else "dataset",
         "model_fingerprint": model_fingerprint(task.model),
         "examples_fingerprint": hasher.hexdigest(),
         "reference_fingerprint": _reference_fingerprint(task.reference_inputs),
+        "n_validation": task.n_validation,
+        "validation_fingerprint": _validation_fingerprint(validation),
+        "groups_fingerprint": _groups_fingerprint(groups),
     }
 
 
@@ -143,6 +167,12 @@ def reopen(run_dir: str | Path, info: dict, loader: LoaderOptions = LoaderOption
     reference = arrays.get("reference_inputs")
     _refuse(run_dir, ARRAYS, "reference inputs fingerprint", _reference_fingerprint(reference),
             info["reference_fingerprint"])
+    validation = None
+    if "validation_inputs" in arrays:
+        validation = (arrays.pop("validation_inputs"), arrays.pop("validation_labels"))
+    _refuse(run_dir, ARRAYS, "validation examples fingerprint", _validation_fingerprint(validation),
+            info.get("validation_fingerprint"))
+    groups = _load_groups(run_dir, info.get("groups_fingerprint"))
     kind = "tensors" if task.examples is None else "dataset"
     if kind != info["examples_kind"] or task.n_examples != info["n_examples"]:
         raise RuntimeError(f"{run_dir}: task {info['task']!r} now gives {task.n_examples} examples as {kind}, "
@@ -156,7 +186,22 @@ def reopen(run_dir: str | Path, info: dict, loader: LoaderOptions = LoaderOption
         examples: Examples = TensorExamples(arrays["inputs"], arrays["labels"])
     else:
         examples = FingerprintChecked(loader.source(task), info["examples_fingerprint"], str(run_dir))
-    return PreparedTask(task.model, examples, reference, info["output_fn"])
+    return PreparedTask(task.model, examples, reference, info["output_fn"], validation, groups["examples"],
+                        groups["validation"])
+
+
+def _load_groups(run_dir: Path, recorded: str | None) -> dict:
+    """groups.json checked against prepare.json; a run prepared before groups existed has none."""
+    path = run_dir / GROUPS
+    if recorded is None and not path.exists():
+        return {"examples": {}, "validation": {}}
+    path = _file(run_dir, GROUPS)
+    try:
+        groups = json.loads(path.read_text(encoding="utf-8"))
+    except ValueError as error:
+        raise ValueError(f"{path} is not a JSON object of groups ({error}); rerun the prepare step") from None
+    _refuse(run_dir, GROUPS, "groups fingerprint", _groups_fingerprint(groups), recorded)
+    return groups
 
 
 def example_ids(run_dir: str | Path, n_examples: int) -> list[str]:

@@ -62,6 +62,10 @@ class Task:
     reference_inputs: torch.Tensor | None = None
     info: dict = field(default_factory=dict)
     examples: Dataset | None = None
+    groups: dict[str, list[int]] | list[str] | None = None
+    validation_inputs: torch.Tensor | None = None
+    validation_labels: torch.Tensor | None = None
+    validation_groups: dict[str, list[int]] | list[str] | None = None
 
     def __post_init__(self) -> None:
         if not isinstance(self.model, torch.nn.Module):
@@ -90,6 +94,8 @@ class Task:
             not isinstance(self.reference_inputs, torch.Tensor) or len(self.reference_inputs) < 1
         ):
             raise TypeError("reference_inputs must be None or a non-empty Tensor")
+        self.groups = normalise_groups(self.groups, n, "groups")
+        self._check_validation()
         if not isinstance(self.output_fn, str):
             raise TypeError("output_fn must be a string (a registry name or 'package.module:function')")
         resolve_output_fn(self.output_fn)  # fail now on a typo, not after hours of ablations
@@ -98,6 +104,25 @@ class Task:
         except TypeError as error:
             raise TypeError(f"task info must be JSON-serialisable: {error}") from None
         self.model.eval()
+
+    def _check_validation(self) -> None:
+        x, y = self.validation_inputs, self.validation_labels
+        if x is None and y is None:
+            if self.validation_groups is not None:
+                raise ValueError("validation_groups needs validation_inputs and validation_labels")
+            self.validation_groups = {}
+            return
+        if not isinstance(x, torch.Tensor) or not isinstance(y, torch.Tensor) or x.dim() == 0 or y.dim() == 0:
+            raise TypeError("validation_inputs and validation_labels must both be Tensors with a leading example dimension")
+        if len(x) != len(y) or len(x) < 1:
+            raise ValueError(f"validation_inputs has {len(x)} examples but validation_labels has {len(y)}; "
+                             "give the same number, at least one")
+        self.validation_groups = normalise_groups(self.validation_groups, len(x), "validation_groups")
+
+    @property
+    def n_validation(self) -> int:
+        """Number of validation examples (0 when the task gives none)."""
+        return 0 if self.validation_inputs is None else len(self.validation_inputs)
 
     @property
     def n_examples(self) -> int:
@@ -114,6 +139,28 @@ class Task:
     def output(self) -> OutputFn:
         """The output function named by ``output_fn``, as a callable."""
         return resolve_output_fn(self.output_fn)
+
+
+def normalise_groups(groups: dict | list | None, n: int, what: str) -> dict[str, list[int]]:
+    """{name: sorted unique positions < n} from a name per example, or a map name -> positions; refused otherwise."""
+    if groups is None:
+        return {}
+    if isinstance(groups, (list, tuple)):
+        if len(groups) != n:
+            raise ValueError(f"{what}: a name per example needs {n} names, got {len(groups)}")
+        named: dict[str, list[int]] = {}
+        for position, name in enumerate(groups):
+            named.setdefault(str(name), []).append(position)
+        return named
+    if not isinstance(groups, dict):
+        raise TypeError(f"{what} must be a list of names (one per example) or a dict name -> positions")
+    normalised = {}
+    for name, positions in groups.items():
+        rows = sorted({int(i) for i in positions})
+        if not rows or rows[0] < 0 or rows[-1] >= n:
+            raise ValueError(f"{what}[{name!r}] must list positions 0..{n - 1} of the examples, at least one")
+        normalised[str(name)] = rows
+    return normalised
 
 
 def load_task(spec: str, params: dict | None = None, *, restore: bool = False) -> Task:

@@ -15,15 +15,16 @@ TINY = yaml.safe_load(TEST_CONFIG.read_text())
 
 def snakemake(workdir: Path, *args: str, config: dict | Path | None = None, cores: int = 2,
               **kwargs) -> subprocess.CompletedProcess:
-    """Run snakemake on the workflow in `workdir`; `config` is a config file or a dict written to one."""
-    cmd = ["snakemake", "--snakefile", str(SNAKEFILE), "--directory", str(workdir), "--cores", str(cores)]
+    """Run snakemake on the workflow in `workdir`; `config` is a config file or a dict written to one.
+    `args` (options and targets) come before --configfile, which would take a target for a file."""
+    cmd = ["snakemake", "--snakefile", str(SNAKEFILE), "--directory", str(workdir), "--cores", str(cores), *args]
     if isinstance(config, dict):
         path = workdir / "config.yaml"
         path.write_text(yaml.safe_dump(config))
         config = path
     if config is not None:
         cmd += ["--configfile", str(config)]
-    return subprocess.run(cmd + list(args), capture_output=True, text=True, **kwargs)
+    return subprocess.run(cmd, capture_output=True, text=True, **kwargs)
 
 
 def run_tiny(workdir: Path) -> None:

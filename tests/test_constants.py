@@ -48,6 +48,8 @@ SCHEMA_ENUM_SOURCES = {
     "$defs/edit_task/properties/method": constants.SOLVER_METHODS,
     f"{EDIT_KINDS_PATH}/oneOf/0": tuple(constants.KIND_PRESETS),
     f"{EDIT_KINDS_PATH}/oneOf/1/items": constants.COMPONENT_KINDS,
+    "$defs/edit_spec/properties/direction": constants.EDIT_DIRECTIONS,
+    "$defs/edit_spec/properties/k/oneOf/1": ("auto",),  # or a number of components
 }
 
 

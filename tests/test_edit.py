@@ -267,10 +267,10 @@ def test_each_task_runs_end_to_end_on_a_tiny_config(task, tmp_path):
         plain.load_state_dict(torch.load(tmp_path / edit["weights"], weights_only=True))
 
 
-def test_the_edits_target_runs_a_task_through_snakemake_and_the_cli(tmp_path):
+def test_the_edit_demos_target_runs_a_task_through_snakemake_and_the_cli(tmp_path):
     config = {"run": "tiny", "edit": {"tasks": ["forget_class"], "forget_class": _tiny("forget_class")}}
     (tmp_path / "config.yaml").write_text(yaml.safe_dump(config))
-    cmd = ["snakemake", "edits", "--snakefile", str(REPO / "workflow" / "Snakefile"), "--directory", str(tmp_path),
+    cmd = ["snakemake", "edit_demos", "--snakefile", str(REPO / "workflow" / "Snakefile"), "--directory", str(tmp_path),
            "--cores", "2", "--configfile", str(tmp_path / "config.yaml")]
     result = subprocess.run(cmd, capture_output=True, text=True)
     assert result.returncode == 0, result.stderr[-3000:]
@@ -312,10 +312,10 @@ def test_a_task_over_seeds_writes_each_seeds_report_and_their_summary(tmp_path):
         run_seeds("forget_class", {**_tiny("forget_class"), "seed": 3}, [0, 1], tmp_path)
 
 
-def test_the_edits_target_runs_the_seeds_of_config_edit_seeds(tmp_path):
+def test_the_edit_demos_target_runs_the_seeds_of_config_edit_seeds(tmp_path):
     config = {"run": "tiny", "edit": {"tasks": ["forget_class"], "seeds": [2, 3], "forget_class": _tiny("forget_class")}}
     (tmp_path / "config.yaml").write_text(yaml.safe_dump(config))
-    cmd = ["snakemake", "edits", "--snakefile", str(REPO / "workflow" / "Snakefile"), "--directory", str(tmp_path),
+    cmd = ["snakemake", "edit_demos", "--snakefile", str(REPO / "workflow" / "Snakefile"), "--directory", str(tmp_path),
            "--cores", "2", "--configfile", str(tmp_path / "config.yaml")]
     result = subprocess.run(cmd, capture_output=True, text=True)
     assert result.returncode == 0, result.stderr[-3000:]

@@ -2,7 +2,9 @@
 
 The 1,797 8x8 digit images ship with scikit-learn, so the task needs no download. A stratified,
 seeded split holds out ``test_fraction`` of them; the held-out examples are the ones the
-workflow attributes. The task function trains the model itself in seconds, on one CPU thread,
+workflow attributes. A second stratified split takes ``validation_fraction`` of all images out of
+the training pool: the model never trains on them and they are not attributed; editing chooses
+its number of ablated components on them (Task ``validation_inputs``). The task function trains the model itself in seconds, on one CPU thread,
 deterministically given ``seed`` whatever the machine. The network is deliberately cheap per
 example: COAR runs it millions of times under ablation.
 """
@@ -26,6 +28,7 @@ DEFAULT_PARAMS = {
     "seed": 0,  # model initialisation, shuffling and augmentation
     "split_seed": 0,  # the train/test split, kept apart so every model seed attributes the same examples
     "test_fraction": 0.2,
+    "validation_fraction": 0.1,  # of all images, taken from the training pool (0: no validation examples)
     "epochs": 30,
     "width": 1.0,  # channel multiplier; small values give a fast model for tests
     "n_reference": 256,  # training images kept as reference_inputs (for mean ablation)
@@ -90,24 +93,37 @@ class DigitsSplit:
     test_x: torch.Tensor
     test_y: torch.Tensor
     test_ids: np.ndarray
+    validation_x: torch.Tensor
+    validation_y: torch.Tensor
     background: float  # a blank pixel after normalisation, the padding value for shifts
 
 
-def load_digits_split(test_fraction: float, split_seed: int) -> DigitsSplit:
-    """Stratified seeded split, standardised with the training pixels' mean and std."""
+def load_digits_split(test_fraction: float, split_seed: int, validation_fraction: float = 0.0) -> DigitsSplit:
+    """Stratified seeded splits, standardised with the mean and std of the pixels outside the test split.
+
+    The test images depend on ``test_fraction`` and ``split_seed`` alone; the validation images
+    (``validation_fraction`` of all, 0 for none) are then taken out of the training pool.
+    """
     digits = load_digits()
     images = digits.images.astype(np.float32) / PIXEL_MAX
     train_ids, test_ids = train_test_split(
         np.arange(len(images)), test_size=test_fraction, stratify=digits.target, random_state=split_seed
     )
-    mean, std = images[train_ids].mean(), images[train_ids].std()
+    mean, std = images[train_ids].mean(), images[train_ids].std()  # before the validation split: test inputs keep their values
+    validation_ids = np.arange(0)
+    if validation_fraction > 0:
+        train_ids, validation_ids = train_test_split(
+            train_ids, test_size=round(validation_fraction * len(images)), stratify=digits.target[train_ids],
+            random_state=split_seed,
+        )
 
     def tensors(ids: np.ndarray) -> tuple[torch.Tensor, torch.Tensor]:
         x = torch.from_numpy((images[ids] - mean) / std).unsqueeze(1)
         return x, torch.from_numpy(digits.target[ids]).long()
 
     (train_x, train_y), (test_x, test_y) = tensors(train_ids), tensors(test_ids)
-    return DigitsSplit(train_x, train_y, test_x, test_y, test_ids, float(-mean / std))
+    validation_x, validation_y = tensors(validation_ids)
+    return DigitsSplit(train_x, train_y, test_x, test_y, test_ids, validation_x, validation_y, float(-mean / std))
 
 
 def random_shift(images: torch.Tensor, background: float, generator: torch.Generator) -> torch.Tensor:
@@ -152,10 +168,10 @@ def task(params: dict) -> Task:
 
     While coar restores a prepared run (coar.task.restoring()), the model is returned untrained.
 
-    Params (all optional): seed, split_seed, test_fraction, epochs, width, n_reference.
+    Params (all optional): seed, split_seed, test_fraction, validation_fraction, epochs, width, n_reference.
     """
     p = with_defaults(params, DEFAULT_PARAMS, "digits task")
-    split = load_digits_split(float(p["test_fraction"]), int(p["split_seed"]))
+    split = load_digits_split(float(p["test_fraction"]), int(p["split_seed"]), float(p["validation_fraction"]))
     with torch.random.fork_rng(devices=[]):  # seed the initialisation without touching global RNG state
         torch.manual_seed(int(p["seed"]))
         model = DigitsResNet(width=float(p["width"]))
@@ -173,11 +189,14 @@ def task(params: dict) -> Task:
         output_fn="margin",
         example_ids=[str(i) for i in split.test_ids],
         reference_inputs=split.train_x[reference[: int(p["n_reference"])]],
+        validation_inputs=split.validation_x if len(split.validation_x) else None,
+        validation_labels=split.validation_y if len(split.validation_y) else None,
         info={
             "dataset": "sklearn load_digits",
             "params": p,
             "n_train": len(split.train_x),
             "n_test": len(split.test_x),
+            "n_validation": len(split.validation_x),
             "train_accuracy": accuracy(model, split.train_x, split.train_y),
             "test_accuracy": accuracy(model, split.test_x, split.test_y),
             "train_seconds": train_seconds,

@@ -92,6 +92,7 @@ STAMPED = {
     "baseline": {"task": config["task"], "ablation": config["ablation"], "output_fn": config["output_fn"]},
     "fit": {"method": config["solver"]["method"]},
     "evaluate": {"alphas": ALPHAS, "baselines": config["evaluation"]["baselines"]},
+    "edits": {"edits": config["edits"]},
 }
 
 

@@ -112,7 +112,8 @@ def train_model(inputs: torch.Tensor, labels: torch.Tensor, background: float, *
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(seed)
         model = DigitsResNet(width=width, num_classes=num_classes)
-    split = DigitsSplit(inputs, labels, inputs[:0], labels[:0], np.zeros(0, dtype=np.int64), background)
+    split = DigitsSplit(inputs, labels, inputs[:0], labels[:0], np.zeros(0, dtype=np.int64), inputs[:0], labels[:0],
+                        background)
     with single_threaded():
         train(model, split, epochs, seed)
     return model.eval()
