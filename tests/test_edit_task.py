@@ -53,7 +53,7 @@ def test_prepare_saves_validation_and_groups_and_reopen_reads_them_back(tmp_path
     info = steps.prepare(SPEC, {}, "linear", ["*"], [], tmp_path)
     assert info["n_validation"] == 4 and info["validation_fingerprint"] and info["groups_fingerprint"]
     original = with_validation({})
-    prepared = Run(tmp_path).reopen()
+    prepared = Run(tmp_path).reopen(SPEC, {})
     assert torch.equal(prepared.validation[0], original.validation_inputs)
     assert torch.equal(prepared.validation[1], original.validation_labels)
     assert prepared.groups == original.groups and prepared.validation_groups == original.validation_groups
@@ -65,13 +65,13 @@ def test_changed_validation_examples_or_groups_are_refused_on_reopen(tmp_path):
     saved = groups.read_text()
     groups.write_text(json.dumps({"examples": {"a": [0]}, "validation": {}}))
     with pytest.raises(RuntimeError, match="groups fingerprint"):
-        Run(tmp_path).reopen()
+        Run(tmp_path).reopen(SPEC, {})
     groups.write_text(saved)
     arrays = load_file(tmp_path / "examples.safetensors")
     arrays["validation_inputs"] += 1
     save_file(arrays, tmp_path / "examples.safetensors")
     with pytest.raises(RuntimeError, match="validation examples fingerprint"):
-        Run(tmp_path).reopen()
+        Run(tmp_path).reopen(SPEC, {})
 
 
 def test_the_digits_validation_split_leaves_the_attributed_examples_unchanged():
