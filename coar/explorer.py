@@ -48,11 +48,11 @@ THUMBS = "explorer_thumbs"
 TOP_COMPONENTS = 10  # per example, by |effect|
 TOP_EXAMPLES = 10  # per component and direction
 HISTOGRAM_BINS = 20  # of one component's effects over the examples
-HEATMAP_BYTES = 16 << 20  # all examples' heatmap cells together (one byte each)
+HEATMAP_BYTES = 8 << 20  # all examples' heatmap cells together (one byte each)
 HEATMAP_MIN_CELLS = 64  # per example, however many examples
-HELDOUT_BYTES = 8 << 20  # all examples' held-out (true, predicted) pairs together (float32)
-HELDOUT_MIN_POINTS = 16  # per example, however many examples
-INLINE_THUMB_BYTES = 8 << 20
+HELDOUT_BYTES = 4 << 20  # all examples' held-out (true, predicted) pairs together (float32)
+HELDOUT_MIN_POINTS = 8  # per example, however many examples
+INLINE_THUMB_BYTES = 4 << 20
 THUMB_PIXELS = 64  # longest side of a thumbnail
 MAX_TOKENS = 128  # token ids shown per example
 EDIT_FILES = ("plan.json", "report.json")
@@ -80,6 +80,8 @@ def read_run(run_dir: str | Path, heldout_rows: int) -> RunData:
     The one place the explorer reads results, so another reader can replace it."""
     run = Run(run_dir)
     attr = h5format.read_attributions(run.attributions, expect=run.expect)
+    if "alpha" not in attr.attrs:
+        raise ValueError(f"{run.attributions} records no alpha; it was not written by coar's fit step: rerun it")
     alpha = f"{float(attr.attrs['alpha']):g}"
     heldout = None
     if run.heldout(alpha).exists():
@@ -171,10 +173,11 @@ def heatmaps(weight: np.ndarray, groups: list[tuple[int, int]], bins: list[int])
     """Per example, its layer-by-unit heatmap: each cell the effect of largest |effect| among its
     bin's units, as int8 of effect / scale, with scale the example's largest |effect|."""
     n = weight.shape[0]
-    scale = np.abs(weight).max(axis=1).astype(np.float32) if weight.size else np.zeros(n, np.float32)
-    scale[scale == 0] = 1
+    scale = np.ones(n, np.float32)
     cells = np.empty((n, sum(bins)), np.int8)
     for a, b in _row_blocks(n, weight.shape[1]):
+        largest = np.abs(weight[a:b]).max(axis=1)
+        scale[a:b] = np.where(largest > 0, largest, 1)
         column = 0
         for (start, size), count in zip(groups, bins):
             edges = (np.arange(count) * size) // count

@@ -198,8 +198,11 @@ function viewExample(root, id) {
   root.append(el("div", {class: "row"}, thumb(i, "large"), facts));
   if (D.tokens) root.append(tokens(i));
 
-  root.append(el("h3", {text: `Top ${strongest.k} components by |effect|`}));
-  root.append(el("p", {class: "note", text: "effect = predicted change of the output when the component alone is ablated"}));
+  const plots = el("div", {class: "row"});
+  root.append(plots);
+  const ranked = el("div", {}, el("h3", {text: `Top ${strongest.k} components by |effect|`}),
+    el("p", {class: "note", text: "effect = predicted change of the output when the component alone is ablated"}));
+  plots.append(ranked);
   const table = el("table", {id: "top-components"}, el("tr", {}, ...["rank", "component", "kind", "effect", ""].map(t => el("th", {text: t}))));
   const largest = Math.abs(strongest.value[i * strongest.k]) || 1;
   for (let r = 0; r < strongest.k; r++) {
@@ -208,10 +211,7 @@ function viewExample(root, id) {
       el("td", {text: D.groups[group(c)].kind}), el("td", {class: "num"}, signed(v)),
       el("td", {}, el("span", {class: "bar " + (v < 0 ? "neg" : "pos"), style: `width:${Math.round(120 * Math.abs(v) / largest)}px`}))));
   }
-  root.append(table);
-
-  const plots = el("div", {class: "row"});
-  root.append(plots);
+  ranked.append(table);
   const heatmap = plot("plot");
   plots.append(heatmap);
   const width = Math.max(...heat.bins);
