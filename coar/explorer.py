@@ -85,7 +85,8 @@ def read_run(run_dir: str | Path, heldout_rows: int) -> RunData:
     alpha = f"{float(attr.attrs['alpha']):g}"
     heldout = None
     if run.heldout(alpha).exists():
-        expect = {**run.expect, "alpha": float(alpha)}
+        made = {key: attr.attrs[key] for key in ("ablation", "output_fn") if key in attr.attrs}
+        expect = {**run.expect, **made, "alpha": float(alpha)}  # the same ablation and output as the attributions
         heldout = next(h5format.iter_chunks(run.heldout(alpha), heldout_rows, expect))
     return RunData(run=run, weight=attr.weight, bias=attr.bias, alpha=alpha,
                    comparison=_json_or_none(run.comparison), evaluation=_json_or_none(run.evaluation),

@@ -141,6 +141,17 @@ def test_attributions_of_another_model_are_refused_naming_the_file(tiny_run, tmp
     assert not (run / explorer.PAGE).exists()
 
 
+def test_held_out_outputs_of_another_output_function_are_refused_naming_the_file(tiny_run, tmp_path):
+    import h5py
+
+    run = copy_run(tiny_run, tmp_path)
+    heldout = Run(run).heldout(TINY["alpha"])
+    with h5py.File(heldout, "r+") as f:
+        f.attrs["output_fn"] = "logit"
+    with pytest.raises(FormatError, match=heldout.name):
+        explorer.build(run)
+
+
 def test_coar_explore_builds_a_missing_page_and_says_where_it_is_without_a_display(tiny_run, tmp_path, monkeypatch, capsys):
     from coar.cli import main
 
