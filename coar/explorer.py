@@ -343,8 +343,11 @@ def page_data(data: RunData, page: Path) -> dict:
         masks, outputs = data.heldout
         points = heldout_points(n, len(masks))
         masks, outputs = masks[:points], outputs[:points]
-        heldout = {"alpha": data.alpha, "points": int(points),
-                   "true": _b64(outputs.T, "f4"), "predicted": _b64(predict(weight, data.bias, masks).T, "f4")}
+        predicted = np.empty((n, points), np.float32)
+        for a, b in _row_blocks(n, N):  # predict computes in float64: a block at a time, not the matrix
+            predicted[a:b] = predict(weight[a:b], data.bias[a:b], masks).T
+        heldout = {"alpha": data.alpha, "points": int(points), "true": _b64(outputs.T, "f4"),
+                   "predicted": _b64(predicted, "f4")}
     token_ids = None
     if tokens:
         token_ids = _input_rows(run, 0, n)[:, :tokens].tolist()

@@ -11,7 +11,8 @@ import numpy as np
 import pytest
 
 from coar import explorer
-from coar.h5format import FormatError, read_attributions
+from coar.evaluate import predict
+from coar.h5format import FormatError, iter_chunks, read_attributions
 from coar.run import Run
 from tests.browser import browser_problem, headless_chromium, open_page, requested_urls, severe_console_entries, wait_for
 from tests.snakemake_runs import TINY
@@ -111,6 +112,11 @@ def test_the_page_holds_every_examples_top_components_and_each_methods_correlati
         for alpha in comparison["alphas"]:
             expected = [np.nan if v is None else v for v in comparison["by_method"][method][alpha]["correlations"]]
             np.testing.assert_allclose(decoded(data["correlations"]["per_example"][method][alpha], "f4"), expected, rtol=1e-6)
+    points = data["heldout"]["points"]
+    masks, outputs = next(iter_chunks(run.heldout(data["alpha"]), points))
+    np.testing.assert_allclose(decoded(data["heldout"]["true"], "f4").reshape(-1, points), outputs.T)
+    np.testing.assert_allclose(decoded(data["heldout"]["predicted"], "f4").reshape(-1, points),
+                               predict(attributions.weight, attributions.bias, masks).T, rtol=1e-5, atol=1e-5)
     assert len(data["thumbs"]["inline"]) == run.n_examples and data["labels"] is not None
     assert data["edits"] == {}
 
