@@ -268,6 +268,13 @@ def _parser() -> argparse.ArgumentParser:
             run_dir=False)
     s.add_argument("--device", choices=DEVICES, default="auto", help="auto: cuda when a GPU is visible")
     s.add_argument("--quick", action="store_true", help="small sizes, no resnet50 (CI)")
+
+    s = add("explore", "Build a run's attribution explorer (explorer.html) if missing, then open it in a web browser "
+            "(on a machine without a display, print where it is).", run_dir=False)
+    s.add_argument("run", help="run folder (results/<run>) of a finished run")
+    s.add_argument("--out", default=None, help="page to write (default: <run>/explorer.html)")
+    s.add_argument("--rebuild", action="store_true", help="build the page even if it exists")
+    s.add_argument("--no-open", action="store_true", help="build if needed and print the page's path, without opening it")
     return p
 
 
@@ -349,6 +356,10 @@ def _run(args: argparse.Namespace) -> None:
 
         if not selfcheck(args.device, quick=args.quick):
             raise RuntimeError("selfcheck found mismatches (see FAIL lines above)")
+    elif args.command == "explore":
+        from coar.explorer import explore
+
+        print(explore(args.run, args.out, rebuild=args.rebuild, open_browser=not args.no_open))
     elif args.command == "edit":
         report = steps.edit(args.run_dir, args.task, args.params, threads=args.threads, seeds=args.seeds)
         if args.seeds is None:

@@ -1,0 +1,18 @@
+rule explorer:
+    """explorer.html: the run's interactive attribution explorer, one self-contained page (coar/explorer.py)."""
+    input:
+        run=rules.prepare.output,
+        attributions=rules.fit.output,
+        evaluation=rules.evaluate.output,
+        comparison=rules.compare.output.json,
+        heldout=expand(f"{RUN}/heldout/alpha-{{alpha}}.h5", alpha=ALPHAS),
+    output:
+        f"{RUN}/explorer.html",
+    params:
+        run_dir=run_dir_of_input,
+    log:
+        f"{RUN}/logs/explorer.log",
+    benchmark:
+        f"{RUN}/benchmarks/explorer.tsv"
+    shell:
+        "coar explore {params.run_dir:q} --out {output:q} --rebuild --no-open 2>&1 | tee {log:q}"
