@@ -9,6 +9,17 @@ import pytest
 os.environ.setdefault("COAR_REQUIRE_EXT", "1")
 
 
+@pytest.fixture(scope="module")
+def one_thread():
+    """Tiny models run fastest on one thread, and far faster than two on a loaded machine."""
+    import torch
+
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
+
+
 @pytest.fixture(scope="session")
 def tiny_run(tmp_path_factory) -> Path:
     """The folder of one complete run of the tiny CI config, shared by every test that reads it."""

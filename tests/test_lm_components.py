@@ -25,7 +25,7 @@ from coar.presets import PRESETS, preset
 from coar.tasks import tinyllama
 from tests.test_exactness import ALPHAS, batched
 
-pytestmark = pytest.mark.filterwarnings("ignore::UserWarning")
+pytestmark = [pytest.mark.filterwarnings("ignore::UserWarning"), pytest.mark.usefixtures("one_thread")]
 COMMON = dict(vocab_size=64, hidden_size=32, intermediate_size=48, num_hidden_layers=2, num_attention_heads=4,
               max_position_embeddings=32, bos_token_id=1, eos_token_id=2, pad_token_id=0)
 FAMILIES = {
@@ -58,12 +58,6 @@ EXPECTED = {  # components per layer: query heads, KV groups, MLP neurons, exper
 TOKENS = torch.tensor([[5, 9, 3, 7, 7, 3], [6, 4, 8, 11, 10, 12]])
 
 
-@pytest.fixture(autouse=True, scope="module")
-def one_thread():
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
 
 
 class Logits(nn.Module):
