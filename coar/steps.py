@@ -308,7 +308,7 @@ def _read_heldout(run_dir: str | Path, heldout: dict[float, str | Path],
 
 
 def _read_methods(run_dir: str | Path, attributions: dict[str, str | Path],
-                  expected: dict | None = None) -> dict[str, h5format.Attributions]:
+                  expected: dict | None = None) -> dict[str, h5format.AttributionsFile]:
     """Every method's attributions file, checked to belong to this run and to model the same
     ablation and output function as `expected` (every method records these two)."""
     fingerprints = Run(run_dir).fingerprints
