@@ -15,6 +15,9 @@
                   --predicted-vs-true plots/predicted_vs_true.png --layer-attributions plots/layer_attributions.png \
                   --step-timings plots/step_timings.png
     coar selfcheck --device cuda   # the op, run_masked, the cupy solver and a throughput table on one device
+    coar show results/digits --example 1610 --top 10 --verify   # largest predicted effects (and realised ones)
+    coar show results/digits --component 'blocks.0.conv1[3]'     # the examples it moves most, both signs
+    coar export results/digits --format csv                      # results/digits/attributions.csv
 """
 
 from __future__ import annotations
@@ -27,8 +30,9 @@ import sys
 from pathlib import Path
 from typing import Sequence
 
-from coar.constants import (ABLATION_MODES, BASELINE_METHODS, COMPONENT_KINDS, DEVICES, KIND_PRESETS, NONFINITE_POLICIES,
-                            PRECISIONS, REPORT_FIGURES, SOLVER_BACKENDS, SOLVER_METHODS, UNREACHABLE_POLICIES)
+from coar.constants import (ABLATION_MODES, BASELINE_METHODS, COMPONENT_KINDS, DEVICES, EXPORT_FORMATS, KIND_PRESETS,
+                            NONFINITE_POLICIES, PRECISIONS, REPORT_FIGURES, SOLVER_BACKENDS, SOLVER_METHODS,
+                            UNREACHABLE_POLICIES)
 
 
 def _csv(text: str) -> list[str]:
@@ -221,6 +225,21 @@ def _parser() -> argparse.ArgumentParser:
             run_dir=False)
     s.add_argument("--device", choices=DEVICES, default="auto", help="auto: cuda when a GPU is visible")
     s.add_argument("--quick", action="store_true", help="small sizes, no resnet50 (CI)")
+
+    s = add("show", "Print the components with the largest predicted effects on one example, or the examples one "
+            "component moves most (from a finished run's attributions).", run_dir=False)
+    s.add_argument("run", metavar="RUN", help="run folder (results/<run>)")
+    what = s.add_mutually_exclusive_group(required=True)
+    what.add_argument("--example", help="example id (example_ids.json), or #N for the example at position N")
+    what.add_argument("--component", help="component name, module[unit] (see coar.open(RUN).components)")
+    s.add_argument("--top", type=int, default=10, help="rows to print (per sign with --component)")
+    s.add_argument("--verify", action="store_true",
+                   help="with --example: ablate each listed component for real and print the realised change beside it")
+
+    s = add("export", "Write a finished run's attributions as CSV, Parquet or npz (coar.export).", run_dir=False)
+    s.add_argument("run", metavar="RUN", help="run folder (results/<run>)")
+    s.add_argument("--format", choices=EXPORT_FORMATS, default="csv", help="parquet needs pyarrow")
+    s.add_argument("--out", default=None, help="file to write; default: RUN/attributions.<format>")
     return p
 
 
@@ -244,6 +263,12 @@ def _loader(args: argparse.Namespace):  # -> coar.saved_task.LoaderOptions, impo
 
 
 def _run(args: argparse.Namespace) -> None:
+    if args.command in ("show", "export"):
+        from coar import show
+
+        print(show.show(args.run, args.example, args.component, args.top, args.verify) if args.command == "show"
+              else show.export_run(args.run, args.format, args.out))
+        return
     from coar import steps  # imported late so `coar --help` is instant
     from coar.fastpath import FastPath
 

@@ -9,7 +9,7 @@ defined once, here.
     weight[z, i]  predicted change of example z's output when component i is ablated
     bias[z]       predicted output of example z with nothing ablated
 
-Tables (`components`, `top`, `effects`) are lists of named rows (`Table`): they print aligned,
+Tables (`components`, `top`, `moved_most`) are lists of named rows (`Table`): they print aligned,
 and `pandas.DataFrame(table)` or `table.to_pandas()` makes a data frame. Only numpy is needed to
 read a result; torch is imported by `ablate` alone.
 """
@@ -55,7 +55,7 @@ class Effect(NamedTuple):
     layer: int
     unit: int
     kind: str
-    effect: float
+    predicted: float
 
 
 class Table(list):
@@ -165,21 +165,21 @@ class Attributions(LinearModels):
 
     def to_pandas(self, form: str = "long") -> Any:
         """A pandas DataFrame: "long" has one row per (example, component) with the component's
-        module, layer, unit and kind; "wide" one row per example (index: example ids), one column
-        per component name, plus the bias."""
+        module, layer, unit and kind and the predicted change; "wide" one row per example (index: example ids): the bias,
+        then one column per component name."""
         if form not in FORMS:
             raise ValueError(f"form must be one of {FORMS}, got {form!r}")
         pd = _pandas()
         if form == "wide":
             frame = pd.DataFrame(self.weight, index=pd.Index(self.example_ids, name="example"), columns=self._names)
-            frame["bias"] = self.bias
+            frame.insert(0, "bias", self.bias)
             return frame
         n, n_components = self.weight.shape
         components = self.components
         columns = {f: np.tile(np.asarray([getattr(c, f) for c in components]), n)
                    for f in ("name", "module", "layer", "unit", "kind")}
         return pd.DataFrame({"example": np.repeat(np.asarray(self.example_ids, dtype=object), n_components),
-                             "component": columns.pop("name"), **columns, "effect": self.weight.reshape(-1)})
+                             "component": columns.pop("name"), **columns, "predicted": self.weight.reshape(-1)})
 
     # ------------------------------------------------------------------ acting
     def ablate(self, model: nn.Module, components: Sequence[int | str], mode: str | None = None,
@@ -222,7 +222,7 @@ def _lookup(key: int | str, names: list[str], what: str) -> int:
     except ValueError:
         close = difflib.get_close_matches(str(key), names, n=5, cutoff=0.5)
         hint = f"; closest: {', '.join(close)}" if close else f"; e.g. {', '.join(names[:3])}"
-        raise KeyError(f"no {what} named {key!r} among {len(names)}{hint}") from None
+        raise ValueError(f"no {what} named {key!r} among {len(names)}{hint}") from None
 
 
 def _numeric(text: str) -> bool:
