@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+import re
 import subprocess
 import sys
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -14,6 +16,8 @@ from torch.utils.data import DataLoader, TensorDataset
 import coar
 from coar.api import resolve_components
 from tests.models import ConvAttentionNet, randomize_batchnorm_
+
+REPO = Path(__file__).resolve().parents[1]
 
 
 def linear_classifier() -> tuple[nn.Module, torch.Tensor, torch.Tensor]:
@@ -75,3 +79,18 @@ def test_examples_of_an_unknown_type_are_refused_naming_the_accepted_ones():
     model, x, _ = linear_classifier()
     with pytest.raises(TypeError, match="tuple .* Dataset or a DataLoader"):
         coar.attribute(model, x, components="linear", device="cpu", progress=False)
+
+
+def python_blocks(path: Path) -> list[str]:
+    """The ```python code blocks of a Markdown file, in order."""
+    return re.findall(r"```python\n(.*?)```", path.read_text(), flags=re.S)
+
+
+def test_the_python_api_page_runs_as_written(tiny_run, monkeypatch, capsys):
+    monkeypatch.chdir(tiny_run)  # the page's run folder, results/tiny, is the tiny test run's
+    namespace: dict = {}
+    for block in python_blocks(REPO / "docs" / "python-api.md"):
+        exec(compile(block, "docs/python-api.md", "exec"), namespace)
+    out = capsys.readouterr().out
+    assert "held-out correlation:" in out and "layer4.1.conv2[" in out
+    assert namespace["run"].info["run"] == "tiny" and len(namespace["frame"]) == namespace["run"].weight.size
