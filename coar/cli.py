@@ -27,6 +27,7 @@ import json
 import logging
 import os
 import sys
+import traceback
 from pathlib import Path
 from typing import Sequence
 
@@ -251,9 +252,37 @@ def main(argv: Sequence[str] | None = None) -> int:
     except Exception as exc:  # one clear line for users; COAR_DEBUG=1 shows the traceback
         if os.environ.get("COAR_DEBUG") == "1":
             raise
-        print(f"coar {args.command}: error: {exc}", file=sys.stderr)
+        foreign = _raised_outside_coar(exc)
+        print(f"coar {args.command}: error: {type(exc).__name__ + ': ' if foreign is exc else ''}{exc}"
+              f"{_last_frames(foreign)}", file=sys.stderr)
         return 1
     return 0
+
+
+PACKAGE_DIR = Path(__file__).resolve().parent
+SHOWN_FRAMES = 4
+
+
+def _raised_outside_coar(exc: BaseException | None) -> BaseException | None:
+    """`exc`, or the exception that caused it, when its innermost frame is not coar's own code
+    (the user's task function, or a library it calls); None when coar raised it. coar's own
+    errors are written to be read alone; others need their frames."""
+    while exc is not None:
+        tb = exc.__traceback__
+        while tb is not None and tb.tb_next is not None:
+            tb = tb.tb_next
+        if tb is not None and PACKAGE_DIR not in Path(tb.tb_frame.f_code.co_filename).resolve().parents:
+            return exc
+        exc = exc.__cause__
+    return None
+
+
+def _last_frames(exc: BaseException | None) -> str:
+    """The last SHOWN_FRAMES frames of an exception raised outside coar, and how to see them all."""
+    if exc is None:
+        return ""
+    shown = "".join(traceback.format_list(traceback.extract_tb(exc.__traceback__)[-SHOWN_FRAMES:])).rstrip()
+    return f"\nlast frames (COAR_DEBUG=1 shows the whole traceback):\n{shown}"
 
 
 def _loader(args: argparse.Namespace):  # -> coar.saved_task.LoaderOptions, imported late like steps

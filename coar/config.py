@@ -6,6 +6,7 @@ second with a message naming the key and the fix, not after hours of collection.
 
 from __future__ import annotations
 
+import difflib
 import re
 from functools import lru_cache
 from pathlib import Path
@@ -40,6 +41,29 @@ def check_config(config: dict) -> None:
         _check_gpu()
     if config["solver"]["backend"] == "cupy":
         _check_cupy()
+
+
+def check_keys(config: dict) -> None:
+    """Refuse a key the schema does not know, in one line naming the closest known keys (the
+    schema validator would print the whole schema). Run before the schema validation."""
+    _check_keys(config, _schema(), "")
+
+
+def _check_keys(value: object, schema: dict, key: str) -> None:
+    if "$ref" in schema:
+        schema = _schema()["$defs"][schema["$ref"].rsplit("/", 1)[-1]]
+    if not isinstance(value, dict) or "properties" not in schema:
+        return
+    known = schema["properties"]
+    for name, sub in value.items():
+        where = f"{key}.{name}" if key else str(name)
+        if name in known:
+            _check_keys(sub, known[name], where)
+        elif schema.get("additionalProperties") is False:
+            close = difflib.get_close_matches(str(name), list(known), n=3, cutoff=0.6)
+            hint = f"did you mean {' or '.join(repr(f'{key}.{c}' if key else c) for c in close)}?" if close else (
+                f"known keys{f' of {key!r}' if key else ''}: {', '.join(known)}")
+            raise ConfigError(f"unknown config key {where!r}: {hint} (every key: config/README.md)")
 
 
 def check_spec(key: str, spec: object) -> None:
