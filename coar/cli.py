@@ -51,6 +51,14 @@ def _kinds(text: str) -> str | list[str]:
     return text if text in KIND_PRESETS else _csv(text)
 
 
+def _row_range(text: str) -> tuple[int, int]:
+    start, sep, stop = text.partition(":")
+    try:
+        return int(start), int(stop)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected START:STOP (integers), got {text!r}") from None
+
+
 def _alpha_path(text: str) -> tuple[float, str]:
     alpha, sep, path = text.partition("=")
     if not sep:
@@ -133,7 +141,9 @@ def _parser() -> argparse.ArgumentParser:
     s.add_argument("--out", required=True, help="shard HDF5 file to write (appears only when complete)")
     s.add_argument("--shard", type=int, default=0, help="shard index (its masks depend on seed and this alone)")
     s.add_argument("--shards", type=int, default=1, help="number of shards the masks are split into")
-    s.add_argument("--masks", type=int, required=True, help="total number of masks m over all shards")
+    s.add_argument("--masks", type=int, default=None, help="total number of masks m over all shards (or --rows)")
+    s.add_argument("--rows", type=_row_range, default=None,
+                   help="START:STOP, this shard's mask rows (instead of --masks and --shards)")
     s.add_argument("--alpha", type=float, required=True, help="probability that a component is ablated")
     s.add_argument("--seed", type=int, default=0)
     s.add_argument("--purpose", choices=["train", "heldout"], default="train", help="random stream: training or held-out masks")
@@ -306,7 +316,8 @@ def _run(args: argparse.Namespace) -> None:
                              masks=args.masks, method=args.method, loader=_loader(args), unreachable=args.unreachable)
         print(json.dumps({k: info[k] for k in ("n_examples", "n_components", "dropped_components", "task_info")}, indent=1))
     elif args.command == "collect":
-        steps.collect(args.run_dir, args.out, shard=args.shard, shards=args.shards, masks=args.masks, alpha=args.alpha,
+        steps.collect(args.run_dir, args.out, shard=args.shard, shards=args.shards, masks=args.masks, rows=args.rows,
+                      alpha=args.alpha,
                       seed=args.seed, ablation=args.ablation, output_fn=args.output_fn, masks_per_pass=args.masks_per_pass,
                       max_batch=args.max_batch, device=args.device, purpose=args.purpose, stream=args.stream,
                       count_coincidences_with=args.count_coincidences_with, threads=args.threads, precision=args.precision,

@@ -14,6 +14,7 @@ from pathlib import Path
 import yaml
 
 from coar.constants import DEFAULT_TASK_FUNCTION, OUTPUT_FUNCTION_NAMES
+from coar.masks import shard_ranges
 from coar.spec import import_object, module_exists, parse_spec
 
 SCHEMA = Path(__file__).resolve().parents[1] / "workflow" / "schemas" / "config.schema.yaml"
@@ -34,13 +35,29 @@ def check_config(config: dict) -> None:
     _check_task(config["task"]["spec"])
     if config.get("output_fn") is not None:
         _check_output_fn(config["output_fn"])
-    if config["shards"] > config["masks"]:
+    if config["shards"] is None and config["shard_masks"] is None:
+        raise ConfigError("config keys 'shards' and 'shard_masks' are both null; set shard_masks (masks per "
+                          "collection job) or shards (number of jobs)")
+    if config["shards"] is not None and config["shards"] > config["masks"]:
         raise ConfigError(f"config key 'shards': {config['shards']} shards for {config['masks']} masks; "
                           "use at most one shard per mask")
     if config["device"] == "cuda":
         _check_gpu()
     if config["solver"]["backend"] == "cupy":
         _check_cupy()
+
+
+def fill_defaults(config: dict, defaults_path: str | Path) -> None:
+    """Give `config` (in place) every key of the defaults file it lacks, nested blocks key by key."""
+    _fill(config, yaml.safe_load(Path(defaults_path).read_text()))
+
+
+def _fill(config: dict, defaults: dict) -> None:
+    for key, value in defaults.items():
+        if key not in config:
+            config[key] = value
+        elif isinstance(value, dict) and isinstance(config[key], dict):
+            _fill(config[key], value)
 
 
 def check_keys(config: dict) -> None:
@@ -83,6 +100,22 @@ def _check_spec(key: str, spec: str, default_attr: str | None, kind: str) -> Non
     if not module_exists(module):
         raise ConfigError(f"config key {key!r}: no module {module!r} can be imported (from {spec!r}); "
                           "install it or put it on PYTHONPATH")
+
+
+def shard_rows(config: dict) -> list[tuple[int, int]]:
+    """Each collection job's [start, stop) mask rows: `shards` equal shards when set, else shards
+    of `shard_masks` rows (coar.masks.shard_ranges)."""
+    if config["shards"] is not None:
+        return shard_ranges(config["masks"], config["shards"])
+    return shard_ranges(config["masks"], shard_masks=config["shard_masks"])
+
+
+def check_masks_for_method(masks: int, method: str, n_components: int) -> None:
+    """OLS needs more masks than components; refused naming the key and the fix."""
+    if method == "ols" and masks <= n_components:
+        raise ConfigError(f"config key 'masks': {masks} masks for {n_components} components, but solver.method "
+                          f"ols needs more masks than components; use masks >= {n_components + 1}, "
+                          "or solver.method: ridge or lasso")
 
 
 def evaluation_alphas(config: dict) -> list[float]:

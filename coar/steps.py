@@ -26,6 +26,7 @@ from coar.ablation import unit_fills
 from coar.atomic import atomic_path, write_json
 from coar.batching import resolve_max_batch
 from coar.components import discover
+from coar.config import check_masks_for_method
 from coar.constants import NONFINITE_POLICIES
 from coar.evaluate import predict, score
 from coar.exactness import OnProblem, check_components
@@ -68,10 +69,8 @@ def prepare(spec: str, params: dict, kinds: str | Sequence[str], include: Sequen
     task = load_task(spec, params)
     components = discover(task.model, kinds, include, exclude)
     components, problems = check_components(task.model, components, first_inputs(task.example_source(), 2), unreachable)
-    if method == "ols" and masks is not None and masks <= len(components):
-        raise ValueError(f"config key 'masks': {masks} masks for {len(components)} components, but solver.method "
-                         f"ols needs more masks than components; use masks >= {len(components) + 1}, "
-                         "or solver.method: ridge or lasso")
+    if method is not None and masks is not None:
+        check_masks_for_method(masks, method, len(components))
     run_dir = Path(run_dir)
     saved = saved_task.save(task, run_dir, LoaderOptions(loader.workers, pin_memory=False))  # one pass on the CPU: no pinning, no cache
     with atomic_path(run_dir / COMPONENTS) as tmp:
@@ -94,13 +93,16 @@ def prepare(spec: str, params: dict, kinds: str | Sequence[str], include: Sequen
     return info
 
 
-def collect(run_dir: str | Path, out: str | Path, *, shard: int, shards: int, masks: int, alpha: float, seed: int,
+def collect(run_dir: str | Path, out: str | Path, *, shard: int, shards: int = 1, masks: int | None = None,
+            rows: tuple[int, int] | None = None, alpha: float, seed: int,
             ablation: str, output_fn: str | None, masks_per_pass: int, max_batch: int | str, device: str,
             purpose: str = "train", stream: int | None = None, count_coincidences_with: str | Path | None = None,
             threads: int | None = None, precision: str = "fp32", nonfinite: str = "error",
             loader: LoaderOptions = LoaderOptions(), fast_path: FastPath = FastPath()) -> None:
     """Sample shard `shard` of the masks, run the ablated model on them, write the shard file.
 
+    The shard holds mask rows `rows` ([start, stop)), or, without `rows`, its part of `masks`
+    split into `shards` equal shards (coar.masks.shard_ranges).
     Masks come from the random stream (seed, purpose, stream), stream defaulting to the shard
     index, so each shard is reproducible on its own. With `count_coincidences_with` (a dataset
     file), the number of masks equal to one of its masks is recorded in the shard's
@@ -116,10 +118,14 @@ def collect(run_dir: str | Path, out: str | Path, *, shard: int, shards: int, ma
         torch.set_num_threads(threads)
     dev = resolve_device(device)
     check_precision(precision, dev)
+    if (rows is None) == (masks is None):
+        raise ValueError("give a shard's rows, or the total masks (and shards) to split")
+    start, stop = rows if rows is not None else shard_ranges(masks, shards)[shard]
+    if not 0 <= start < stop:
+        raise ValueError(f"a shard's rows must be START:STOP with 0 <= START < STOP, got {start}:{stop}")
     run = Run(run_dir)
     expect = run.expect
     task, components = run.reopen(_loader_for(loader, dev)), run.components
-    start, stop = shard_ranges(masks, shards)[shard]
     x = sample_masks(seed, shard if stream is None else stream, stop - start, len(components), alpha, purpose)
     extra = {}
     if count_coincidences_with is not None:

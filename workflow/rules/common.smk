@@ -2,6 +2,7 @@
 # here, `:q` in the rules), so no config string is ever interpreted by the shell.
 
 import shlex
+from pathlib import Path
 
 
 def run_dir_of_input(wildcards, input):
@@ -66,3 +67,11 @@ def baseline_options():
 def fast_path_options(fast):
     """--fold-bn / --no-fold-bn etc. from the config's fast_path block."""
     return "".join(f" --{'' if fast[k] else 'no-'}{k.replace('_', '-')}" for k in ("fold_bn", "channels_last", "compile"))
+
+
+def check_run_masks(run_dir, masks, method, log):
+    """coar.config.check_masks_for_method with the prepared run's component count; logged."""
+    n_components = Run(run_dir).n_components
+    check_masks_for_method(masks, method, n_components)
+    Path(log).write_text(f"{masks} masks for {n_components} components: enough for solver.method {method}\n")
+
