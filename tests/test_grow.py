@@ -64,7 +64,14 @@ def test_a_grown_run_equals_a_fresh_run_at_the_larger_size_bit_for_bit(grown, tm
         np.testing.assert_array_equal(grown_array, fresh_array)
 
 
-def test_too_few_masks_for_ols_are_refused_at_start_up_once_the_run_is_prepared(grown, tmp_path):
+def test_too_few_masks_for_ols_are_refused_at_start_up_once_the_run_is_prepared(grown):
     folder, _ = grown
     result = snakemake(folder, "-n", config={**GROWN, "masks": 50})
     assert result.returncode != 0 and "ols needs more masks than components" in result.stderr + result.stdout
+
+
+def test_too_few_masks_for_ols_are_refused_right_after_prepare_before_any_collection(tmp_path):
+    result = snakemake(tmp_path, config={**GROWN, "masks": 50}, cores=1)
+    assert result.returncode != 0 and "ols needs more masks than components" in result.stderr + result.stdout
+    assert (tmp_path / "results" / "tiny" / "prepare.json").exists()
+    assert not list((tmp_path / "results" / "tiny").glob("shards/shard-*.h5"))
