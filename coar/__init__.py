@@ -15,7 +15,7 @@ __version__ = "0.1.0"
 
 _EXPORTS = {"attribute": ("coar.api", "attribute"), "open": ("coar.result", "open_run"),
             "Attributions": ("coar.result", "Attributions")}
-__all__ = ["attribute", "open", "Attributions", "__version__"]
+__all__ = ["attribute", "Attributions", "__version__"]  # not `open`: a star import would hide the builtin
 
 
 def __getattr__(name: str):
