@@ -4,8 +4,10 @@
 
 so weight[z, i] is the predicted effect on example z's output of ablating component i. The
 solver, the baselines (coar.baselines) and the attributions file reader all return a
-`LinearModels`; the solver's `coar.solver.Fit` adds penalties and scores, the reader's
-`coar.h5format.Attributions` components, example ids and the file's attributes. Only numpy: no torch.
+`LinearModels`; the solver's `coar.solver.Fit` adds penalties and scores, the file reader's
+`coar.h5format.AttributionsFile` components, example ids and the file's attributes, and the result
+object users hold, `coar.Attributions` (coar.result), what every consumer reads results through.
+Only numpy: no torch.
 """
 
 from __future__ import annotations

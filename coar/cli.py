@@ -19,6 +19,9 @@
     coar edit-apply --run-dir results/digits --edit '{"name": "forget_3", ...}' --plan edits/forget_3/plan.json \
                     --attributions attributions.h5 --out-dir edits/forget_3
     coar selfcheck --device cuda   # the op, run_masked, the cupy solver and a throughput table on one device
+    coar show results/digits --example 1610 --top 10 --verify   # largest predicted effects (and realised ones)
+    coar show results/digits --component 'blocks.0.conv1[3]'     # the examples it moves most, both signs
+    coar export results/digits --format csv                      # results/digits/attributions.csv
 """
 
 from __future__ import annotations
@@ -28,11 +31,13 @@ import json
 import logging
 import os
 import sys
+import traceback
 from pathlib import Path
 from typing import Sequence
 
-from coar.constants import (ABLATION_MODES, BASELINE_METHODS, COMPONENT_KINDS, DEVICES, KIND_PRESETS, NONFINITE_POLICIES,
-                            PRECISIONS, REPORT_FIGURES, SOLVER_BACKENDS, SOLVER_METHODS, UNREACHABLE_POLICIES)
+from coar.constants import (ABLATION_MODES, BASELINE_METHODS, COMPONENT_KINDS, DEVICES, EXPORT_FORMATS, KIND_PRESETS,
+                            NONFINITE_POLICIES, PRECISIONS, REPORT_FIGURES, SOLVER_BACKENDS, SOLVER_METHODS,
+                            UNREACHABLE_POLICIES)
 
 
 def _csv(text: str) -> list[str]:
@@ -60,6 +65,14 @@ def _string_list(text: str) -> list[str]:
 
 def _kinds(text: str) -> str | list[str]:
     return text if text in KIND_PRESETS else _string_list(text)
+
+
+def _row_range(text: str) -> tuple[int, int]:
+    start, sep, stop = text.partition(":")
+    try:
+        return int(start), int(stop)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected START:STOP (integers), got {text!r}") from None
 
 
 def _alpha_path(text: str) -> tuple[float, str]:
@@ -158,7 +171,9 @@ def _parser() -> argparse.ArgumentParser:
     s.add_argument("--out", required=True, help="shard HDF5 file to write (appears only when complete)")
     s.add_argument("--shard", type=int, default=0, help="shard index (its masks depend on seed and this alone)")
     s.add_argument("--shards", type=int, default=1, help="number of shards the masks are split into")
-    s.add_argument("--masks", type=int, required=True, help="total number of masks m over all shards")
+    s.add_argument("--masks", type=int, default=None, help="total number of masks m over all shards (or --rows)")
+    s.add_argument("--rows", type=_row_range, default=None,
+                   help="START:STOP, this shard's mask rows (instead of --masks and --shards)")
     s.add_argument("--alpha", type=float, required=True, help="probability that a component is ablated")
     s.add_argument("--seed", type=int, default=0)
     s.add_argument("--purpose", choices=["train", "heldout"], default="train", help="random stream: training or held-out masks")
@@ -275,6 +290,21 @@ def _parser() -> argparse.ArgumentParser:
     s.add_argument("--out", default=None, help="page to write (default: <run>/explorer.html)")
     s.add_argument("--rebuild", action="store_true", help="build the page even if it exists")
     s.add_argument("--no-open", action="store_true", help="build if needed and print the page's path, without opening it")
+
+    s = add("show", "Print the components with the largest predicted effects on one example, or the examples one "
+            "component moves most (from a finished run's attributions).", run_dir=False)
+    s.add_argument("run", metavar="RUN", help="run folder (results/<run>)")
+    what = s.add_mutually_exclusive_group(required=True)
+    what.add_argument("--example", help="example id (example_ids.json), or #N for the example at position N")
+    what.add_argument("--component", help="component name, module[unit] (see coar.open(RUN).components)")
+    s.add_argument("--top", type=int, default=10, help="rows to print (per sign with --component)")
+    s.add_argument("--verify", action="store_true",
+                   help="with --example: ablate each listed component for real and print the realised change beside it")
+
+    s = add("export", "Write a finished run's attributions as CSV, Parquet or npz (coar.export).", run_dir=False)
+    s.add_argument("run", metavar="RUN", help="run folder (results/<run>)")
+    s.add_argument("--format", choices=EXPORT_FORMATS, default="csv", help="parquet needs pyarrow")
+    s.add_argument("--out", default=None, help="file to write; default: RUN/attributions.<format>")
     return p
 
 
@@ -286,9 +316,37 @@ def main(argv: Sequence[str] | None = None) -> int:
     except Exception as exc:  # one clear line for users; COAR_DEBUG=1 shows the traceback
         if os.environ.get("COAR_DEBUG") == "1":
             raise
-        print(f"coar {args.command}: error: {exc}", file=sys.stderr)
+        foreign = _raised_outside_coar(exc)
+        print(f"coar {args.command}: error: {type(exc).__name__ + ': ' if foreign is exc else ''}{exc}"
+              f"{_last_frames(foreign)}", file=sys.stderr)
         return 1
     return 0
+
+
+PACKAGE_DIR = Path(__file__).resolve().parent
+SHOWN_FRAMES = 4
+
+
+def _raised_outside_coar(exc: BaseException | None) -> BaseException | None:
+    """`exc`, or the exception that caused it, when its innermost frame is not coar's own code
+    (the user's task function, or a library it calls); None when coar raised it. coar's own
+    errors are written to be read alone; others need their frames."""
+    while exc is not None:
+        tb = exc.__traceback__
+        while tb is not None and tb.tb_next is not None:
+            tb = tb.tb_next
+        if tb is not None and PACKAGE_DIR not in Path(tb.tb_frame.f_code.co_filename).resolve().parents:
+            return exc
+        exc = exc.__cause__
+    return None
+
+
+def _last_frames(exc: BaseException | None) -> str:
+    """The last SHOWN_FRAMES frames of an exception raised outside coar, and how to see them all."""
+    if exc is None:
+        return ""
+    shown = "".join(traceback.format_list(traceback.extract_tb(exc.__traceback__)[-SHOWN_FRAMES:])).rstrip()
+    return f"\nlast frames (COAR_DEBUG=1 shows the whole traceback):\n{shown}"
 
 
 def _loader(args: argparse.Namespace):  # -> coar.saved_task.LoaderOptions, imported late like steps
@@ -298,6 +356,12 @@ def _loader(args: argparse.Namespace):  # -> coar.saved_task.LoaderOptions, impo
 
 
 def _run(args: argparse.Namespace) -> None:
+    if args.command in ("show", "export"):
+        from coar import show
+
+        print(show.show(args.run, args.example, args.component, args.top, args.verify) if args.command == "show"
+              else show.export_run(args.run, args.format, args.out))
+        return
     from coar import steps  # imported late so `coar --help` is instant
     from coar.fastpath import FastPath
 
@@ -312,7 +376,7 @@ def _run(args: argparse.Namespace) -> None:
         print(json.dumps({k: info[k] for k in ("n_examples", "n_components", "dropped_components", "task_info")}, indent=1))
     elif args.command == "collect":
         steps.collect(args.run_dir, args.out, task_spec=args.task, task_params=args.task_params, shard=args.shard,
-                      shards=args.shards, masks=args.masks, alpha=args.alpha,
+                      shards=args.shards, masks=args.masks, rows=args.rows, alpha=args.alpha,
                       seed=args.seed, ablation=args.ablation, output_fn=args.output_fn, masks_per_pass=args.masks_per_pass,
                       max_batch=args.max_batch, device=args.device, purpose=args.purpose, stream=args.stream,
                       threads=args.threads, precision=args.precision,

@@ -7,6 +7,7 @@ from JSON and has a fingerprint, so later steps can refuse data made with anothe
 
 from __future__ import annotations
 
+import difflib
 import fnmatch
 import hashlib
 import json
@@ -196,8 +197,10 @@ def discover(
     start = 0
     sharers = weight_sharers(model)
     explicit = [p for p in include if p != "*"]
+    sites: list[tuple[str, Site]] = []
     for name, module, site in iter_sites(model):
         module_name = site_module_name(name, site.child)
+        sites.append((module_name, site))
         if site.kind not in kinds or not _matches(module_name, include) or _matches(module_name, exclude):
             continue
         embeddings = [n for n in sharers(module) if isinstance(model.get_submodule(n), nn.Embedding)]
@@ -208,8 +211,20 @@ def discover(
         groups.append(ComponentGroup(module_name, site.kind, site.size, start))
         start += site.size
     if not groups:
-        raise ValueError(
-            f"no components of kinds {list(kinds)} matched include={list(include)} exclude={list(exclude)} "
-            f"in {type(model).__name__}"
-        )
+        other = sorted({site.kind for m, site in sites if _matches(m, include) and not _matches(m, exclude)})
+        hint = (f"; the patterns match units of kind(s) {other} only: add them to the kinds" if other
+                else _closest_modules(sites, kinds, include))
+        raise ValueError(f"no components of kinds {list(kinds)} matched include={list(include)} "
+                         f"exclude={list(exclude)} in {type(model).__name__}{hint}")
     return ComponentSet(groups)
+
+
+def _closest_modules(sites: list[tuple[str, Site]], kinds: Sequence[str], patterns: Sequence[str]) -> str:
+    """"; closest modules ...": the module names of `kinds` nearest to the patterns (or the first few)."""
+    names = list(dict.fromkeys(m for m, site in sites if site.kind in kinds)) or list(dict.fromkeys(m for m, _ in sites))
+    if not names:
+        return "; it has no modules coar can ablate (docs/exactness.md)"
+    close = list(dict.fromkeys(c for p in patterns for c in difflib.get_close_matches(p, names, n=5, cutoff=0.4)))
+    shown = close or names[:8]
+    more = "" if close or len(names) <= 8 else f" (of {len(names)})"
+    return f"; {'closest' if close else 'its'} modules{more}: {', '.join(shown)}"

@@ -6,6 +6,7 @@ second with a message naming the key and the fix, not after hours of collection.
 
 from __future__ import annotations
 
+import difflib
 import re
 from functools import lru_cache
 from importlib.resources import files
@@ -14,6 +15,7 @@ import yaml
 
 from coar.constants import DEFAULT_TASK_FUNCTION, OUTPUT_FUNCTION_NAMES
 from coar.edit.spec import check_edits
+from coar.masks import shard_ranges
 from coar.spec import import_object, module_exists, parse_spec
 
 SCHEMA = files("coar") / "config.schema.yaml"
@@ -39,13 +41,52 @@ def check_config(config: dict) -> None:
     if config.get("output_fn") is not None:
         _check_output_fn(config["output_fn"])
     check_edits(config.get("edits", []))
-    if config["shards"] > config["masks"]:
+    if config["shards"] is None and config["shard_masks"] is None:
+        raise ConfigError("config keys 'shards' and 'shard_masks' are both null; set shard_masks (masks per "
+                          "collection job) or shards (number of jobs)")
+    if config["shards"] is not None and config["shards"] > config["masks"]:
         raise ConfigError(f"config key 'shards': {config['shards']} shards for {config['masks']} masks; "
                           "use at most one shard per mask")
     if config["device"] == "cuda":
         _check_gpu()
     if config["solver"]["backend"] == "cupy":
         _check_cupy()
+
+
+def fill_defaults(config: dict, defaults_path: str | Path) -> None:
+    """Give `config` (in place) every key of the defaults file it lacks, nested blocks key by key."""
+    _fill(config, yaml.safe_load(Path(defaults_path).read_text()))
+
+
+def _fill(config: dict, defaults: dict) -> None:
+    for key, value in defaults.items():
+        if key not in config:
+            config[key] = value
+        elif isinstance(value, dict) and isinstance(config[key], dict):
+            _fill(config[key], value)
+
+
+def check_keys(config: dict) -> None:
+    """Refuse a key the schema does not know, in one line naming the closest known keys (the
+    schema validator would print the whole schema). Run before the schema validation."""
+    _check_keys(config, _schema(), "")
+
+
+def _check_keys(value: object, schema: dict, key: str) -> None:
+    if "$ref" in schema:
+        schema = _schema()["$defs"][schema["$ref"].rsplit("/", 1)[-1]]
+    if not isinstance(value, dict) or "properties" not in schema:
+        return
+    known = schema["properties"]
+    for name, sub in value.items():
+        where = f"{key}.{name}" if key else str(name)
+        if name in known:
+            _check_keys(sub, known[name], where)
+        elif schema.get("additionalProperties") is False:
+            close = difflib.get_close_matches(str(name), list(known), n=3, cutoff=0.6)
+            hint = f"did you mean {' or '.join(repr(f'{key}.{c}' if key else c) for c in close)}?" if close else (
+                f"known keys{f' of {key!r}' if key else ''}: {', '.join(known)}")
+            raise ConfigError(f"unknown config key {where!r}: {hint} (every key: config/README.md)")
 
 
 def check_spec(key: str, spec: object) -> None:
@@ -65,6 +106,22 @@ def _check_spec(key: str, spec: str, default_attr: str | None, kind: str) -> Non
     if not module_exists(module):
         raise ConfigError(f"config key {key!r}: no module {module!r} can be imported (from {spec!r}); "
                           "install it or put it on PYTHONPATH")
+
+
+def shard_rows(config: dict) -> list[tuple[int, int]]:
+    """Each collection job's [start, stop) mask rows: `shards` equal shards when set, else shards
+    of `shard_masks` rows (coar.masks.shard_ranges)."""
+    if config["shards"] is not None:
+        return shard_ranges(config["masks"], config["shards"])
+    return shard_ranges(config["masks"], shard_masks=config["shard_masks"])
+
+
+def check_masks_for_method(masks: int, method: str, n_components: int) -> None:
+    """OLS needs more masks than components; refused naming the key and the fix."""
+    if method == "ols" and masks <= n_components:
+        raise ConfigError(f"config key 'masks': {masks} masks for {n_components} components, but solver.method "
+                          f"ols needs more masks than components; use masks >= {n_components + 1}, "
+                          "or solver.method: ridge or lasso")
 
 
 def evaluation_alphas(config: dict) -> list[float]:

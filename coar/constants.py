@@ -65,6 +65,9 @@ EDIT_SELECTOR_KEYS = ("label", "ids", "misclassified", "group", "rest")
 DEFAULT_TASK_FUNCTION = "task"
 """The function a task spec without ':function' names."""
 
+EXPORT_FORMATS = ("csv", "parquet", "npz")
+"""File formats `coar export` writes attributions in (coar/export.py)."""
+
 REPORT_FIGURES = ("correlation_table", "correlation_distributions", "predicted_vs_true", "layer_attributions",
                   "step_timings")
 """The report's figures (coar.report.FigurePaths), each written where `coar figures --<name>` says."""

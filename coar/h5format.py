@@ -490,7 +490,7 @@ def read_dataset(path: PathLike, expect: Mapping | None = None) -> tuple[np.ndar
 
 
 @dataclass(frozen=True)
-class Attributions(LinearModels):
+class AttributionsFile(LinearModels):
     """An attributions file's per-example linear models (coar.attributions.LinearModels: weight
     (n, N) and bias (n,), float32) with what the file records about them."""
 
@@ -500,13 +500,13 @@ class Attributions(LinearModels):
     attrs: dict
 
 
-def read_attributions(path: PathLike, expect: Mapping | None = None) -> Attributions:
+def read_attributions(path: PathLike, expect: Mapping | None = None) -> AttributionsFile:
     """Load and validate an attributions file."""
     with _reading(path) as f:
         attrs = _read_meta(f, path, _ATTRIBUTIONS)
         check_expected(path, attrs, expect or {})
         modules, kinds, ids = (_verified_strings(f, path, name, attrs) for name in LABELS)
-        return Attributions(
+        return AttributionsFile(
             weight=_verified(f, path, "weight"),
             bias=_verified(f, path, "bias"),
             lam=_verified(f, path, "lambda"),

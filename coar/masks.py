@@ -23,8 +23,19 @@ PURPOSE_ID: dict[str, int] = {"train": 0, "heldout": 1}
 _BLOCK_ELEMENTS = 1 << 22
 
 
-def shard_ranges(m: int, n_shards: int) -> list[tuple[int, int]]:
-    """Split mask rows 0..m into n_shards contiguous [start, stop) ranges, sizes within 1."""
+def shard_ranges(m: int, n_shards: int | None = None, *, shard_masks: int | None = None) -> list[tuple[int, int]]:
+    """Split mask rows 0..m into contiguous [start, stop) ranges: `n_shards` ranges with sizes
+    within 1, or ranges of `shard_masks` rows each (the last holds the rest).
+
+    With `shard_masks`, shard i's range does not depend on m unless it is the last one, so a
+    run grown to more masks keeps its finished shards (their masks depend on (seed, i) alone).
+    """
+    if (n_shards is None) == (shard_masks is None):
+        raise ValueError("give exactly one of n_shards and shard_masks")
+    if shard_masks is not None:
+        _require_int("shard_masks", shard_masks, minimum=1)
+        _require_int("m", m, minimum=1)
+        return [(start, min(start + shard_masks, m)) for start in range(0, m, shard_masks)]
     if not 1 <= n_shards <= m:
         raise ValueError(
             f"n_shards must be between 1 and m={m} so that every shard holds at least one "

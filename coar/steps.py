@@ -26,6 +26,7 @@ from coar.ablation import unit_fills
 from coar.atomic import atomic_path, write_json
 from coar.batching import resolve_max_batch
 from coar.components import discover
+from coar.config import check_masks_for_method
 from coar.constants import BASELINE_METHODS, NONFINITE_POLICIES
 from coar.evaluate import compare as compare_methods
 from coar.exactness import OnProblem, check_components
@@ -68,10 +69,8 @@ def prepare(spec: str, params: dict, kinds: str | Sequence[str], include: Sequen
     task = load_task(spec, params)
     components = discover(task.model, kinds, include, exclude)
     components, problems = check_components(task.model, components, first_inputs(task.example_source(), 2), unreachable)
-    if method == "ols" and masks is not None and masks <= len(components):
-        raise ValueError(f"config key 'masks': {masks} masks for {len(components)} components, but solver.method "
-                         f"ols needs more masks than components; use masks >= {len(components) + 1}, "
-                         "or solver.method: ridge or lasso")
+    if method is not None and masks is not None:
+        check_masks_for_method(masks, method, len(components))
     run_dir = Path(run_dir)
     saved = saved_task.save(task, run_dir, LoaderOptions(loader.workers, pin_memory=False))  # one pass on the CPU: no pinning, no cache
     with atomic_path(run_dir / COMPONENTS) as tmp:
@@ -94,13 +93,15 @@ def prepare(spec: str, params: dict, kinds: str | Sequence[str], include: Sequen
     return info
 
 
-def collect(run_dir: str | Path, out: str | Path, *, task_spec: str, task_params: dict, shard: int, shards: int,
-            masks: int, alpha: float, seed: int,
+def collect(run_dir: str | Path, out: str | Path, *, task_spec: str, task_params: dict, shard: int, shards: int = 1,
+            masks: int | None = None, rows: tuple[int, int] | None = None, alpha: float, seed: int,
             ablation: str, output_fn: str | None, masks_per_pass: int, max_batch: int | str, device: str,
             purpose: str = "train", stream: int | None = None, threads: int | None = None, precision: str = "fp32", nonfinite: str = "error",
             loader: LoaderOptions = LoaderOptions(), fast_path: FastPath = FastPath()) -> None:
     """Sample shard `shard` of the masks, run the ablated model on them, write the shard file.
 
+    The shard holds mask rows `rows` ([start, stop)), or, without `rows`, its part of `masks`
+    split into `shards` equal shards (coar.masks.shard_ranges).
     The task is the config's (`task_spec`, `task_params`); a run folder whose prepare.json names
     another is refused before any task code runs (Run.reopen).
     Masks come from the random stream (seed, purpose, stream), stream defaulting to the shard
@@ -117,18 +118,22 @@ def collect(run_dir: str | Path, out: str | Path, *, task_spec: str, task_params
         torch.set_num_threads(threads)
     dev = resolve_device(device)
     check_precision(precision, dev)
+    if (rows is None) == (masks is None):
+        raise ValueError("give a shard's rows, or the total masks (and shards) to split")
+    start, stop = rows if rows is not None else shard_ranges(masks, shards)[shard]
+    if not 0 <= start < stop:
+        raise ValueError(f"a shard's rows must be START:STOP with 0 <= START < STOP, got {start}:{stop}")
     run = Run(run_dir)
     expect = run.expect
     task, components = run.reopen(task_spec, task_params, _loader_for(loader, dev)), run.components
-    start, stop = shard_ranges(masks, shards)[shard]
     x = sample_masks(seed, shard if stream is None else stream, stop - start, len(components), alpha, purpose)
     fn_name = output_fn or task.output_fn
     model = task.model.to(dev)
     fast = prepare_fast(model, components, unit_fills(model, components, ablation, task.reference_inputs), fast_path)
     first = first_inputs(task.examples, 1)
-    rows = resolve_max_batch(max_batch, fast.model, first, dev, lambda: autocast(precision, dev))
+    pass_rows = resolve_max_batch(max_batch, fast.model, first, dev, lambda: autocast(precision, dev))
     y = run_masked(fast.model, components, x, task.examples, None, resolve_output_fn(fn_name),
-                   masks_per_pass=masks_per_pass, max_batch=rows, mode=ablation, fills=fast.fills,
+                   masks_per_pass=masks_per_pass, max_batch=pass_rows, mode=ablation, fills=fast.fills,
                    progress=True, precision=precision)
     ids = run.example_ids
     if problem := nonfinite_problem(y, range(start, stop), ids, "masks (rows)", "examples"):
@@ -320,7 +325,7 @@ def _read_heldout(run: Run, heldout: dict[float, str | Path],
 
 
 def _read_methods(run: Run, attributions: dict[str, str | Path], expected: dict,
-                  train_alpha: float) -> dict[str, h5format.Attributions]:
+                  train_alpha: float) -> dict[str, h5format.AttributionsFile]:
     """Every method's attributions file, checked by Run.read_attributions: this run's components
     and example ids, and made as `expected` (COAR's at `train_alpha`; a baseline's by what
     applies to it, run.BASELINE_PROVENANCE). A baseline's file must be of the method it is named."""

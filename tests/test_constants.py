@@ -80,6 +80,7 @@ OPTION_SOURCES = {
     "--method": constants.SOLVER_METHODS,
     "--purpose": ("train", "heldout"),
     "--unreachable": constants.UNREACHABLE_POLICIES,
+    "--format": constants.EXPORT_FORMATS,
 }
 
 

@@ -122,3 +122,18 @@ def test_count_rows_in_reads_the_reference_from_an_hdf5_dataset(tmp_path, monkey
 def test_count_rows_in_refuses_a_reference_with_other_columns():
     with pytest.raises(ValueError, match="same number of components"):
         count_rows_in(np.zeros((2, 4), bool), np.zeros((2, 5), bool))
+
+
+@pytest.mark.parametrize(("m", "shard_masks", "more"), [(1, 1, 0), (1000, 250, 200), (1100, 250, 100), (7, 3, 5), (400, 1000, 2000)])
+def test_fixed_size_shards_keep_their_ranges_when_masks_grow(m, shard_masks, more):
+    ranges, grown = shard_ranges(m, shard_masks=shard_masks), shard_ranges(m + more, shard_masks=shard_masks)
+    assert ranges[0][0] == 0 and ranges[-1][1] == m and all(a[1] == b[0] for a, b in zip(ranges, ranges[1:]))
+    assert all(stop - start == shard_masks for start, stop in ranges[:-1])
+    assert grown[: len(ranges) - 1] == ranges[:-1]  # every full shard is kept; the last may grow
+
+
+def test_shard_ranges_take_a_count_or_a_size_not_both():
+    with pytest.raises(ValueError, match="exactly one"):
+        shard_ranges(10, 2, shard_masks=5)
+    with pytest.raises(ValueError, match="exactly one"):
+        shard_ranges(10)

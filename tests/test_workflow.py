@@ -100,9 +100,10 @@ def test_killed_run_resumes_recomputing_only_missing_shards_with_identical_resul
            "--configfile", str(TEST_CONFIG)]
     proc = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True, start_new_session=True)
     try:
-        # With one core, jobs run one at a time: step 2 done = prepare and one collect shard finished.
+        # With one core, jobs run one at a time: step 3 done = prepare, the masks check (priority)
+        # and one collect shard finished.
         for line in proc.stderr:
-            if "2 of " in line and "steps" in line:
+            if "3 of " in line and "steps" in line:
                 break
     finally:
         os.killpg(proc.pid, signal.SIGKILL)  # a hard kill, like a lost node: no clean-up runs

@@ -2,8 +2,6 @@ import json
 import math
 from pathlib import Path
 
-from coar.masks import shard_ranges
-
 # Cluster resources of a collect job, derived from its shard's size (docs/scaling.md). With
 # rows = the job's masks, n = examples and N = components (prepare.json), task = the size of
 # weights.safetensors and examples.safetensors in MiB and cache = config loader.cache_mb:
@@ -18,7 +16,6 @@ from coar.masks import shard_ranges
 CUDA = config["device"] == "cuda"
 SECONDS = 3e-8 if CUDA else 3e-5
 COLLECT_GPU = {"gpu": 1} if CUDA else {}
-SHARD_ROWS = [stop - start for start, stop in shard_ranges(config["masks"], config["shards"])]
 HELDOUT_ROWS = config["evaluation"]["heldout_masks"]
 # Sizes from the prepare step's files; before they exist Snakemake shows the resources as <TBD>.
 run_sizes = lambda: {
@@ -28,13 +25,16 @@ run_sizes = lambda: {
 collect_mem_mb = lambda rows, attempt, s: math.ceil(
     attempt * (1500 + 2 * s["task_mib"] + config["loader"]["cache_mb"] + 3 * rows * (4 * s["n_examples"] + s["n_components"]) / 2**20)
 )
+shard_size = lambda wildcards: SHARD_ROWS[int(wildcards.shard)][1] - SHARD_ROWS[int(wildcards.shard)][0]
 collect_runtime = lambda rows, attempt, threads, s: math.ceil(
     attempt * (10 + rows * s["n_examples"] * s["n_components"] * SECONDS / (1 if CUDA else threads) / 60)
 )
 
 
 rule collect:
-    """Shard i of the training masks: batched ablated forward passes -> shard-i.h5."""
+    """Shard i of the training masks: batched ablated forward passes -> shard-i.h5. Its only
+    parameter about the masks is its own row range, so a run grown to more masks at a fixed
+    shard size (shard_masks) keeps it."""
     input:
         run=rules.prepare.output,
         stamp=config_stamp("data"),
@@ -44,8 +44,7 @@ rule collect:
         shard=r"\d+",
     params:
         run_dir=run_dir_of_input,
-        shards=config["shards"],
-        masks=config["masks"],
+        rows=lambda wildcards: "{}:{}".format(*SHARD_ROWS[int(wildcards.shard)]),
         alpha=config["alpha"],
         options=collect_options("train"),
     log:
@@ -56,21 +55,20 @@ rule collect:
     # Above held-out collection and the baselines: when cores are scarce, the fit's data comes first.
     priority: 1
     resources:
-        mem_mb=lambda wildcards, attempt: collect_mem_mb(SHARD_ROWS[int(wildcards.shard)], attempt, run_sizes()),
-        runtime=lambda wildcards, attempt, threads: collect_runtime(
-            SHARD_ROWS[int(wildcards.shard)], attempt, threads, run_sizes()
-        ),
+        mem_mb=lambda wildcards, attempt: collect_mem_mb(shard_size(wildcards), attempt, run_sizes()),
+        runtime=lambda wildcards, attempt, threads: collect_runtime(shard_size(wildcards), attempt, threads, run_sizes()),
         **COLLECT_GPU,
     shell:
-        "coar collect --run-dir {params.run_dir:q} --out {output:q} --shard {wildcards.shard:q} --shards {params.shards:q}"
-        " --masks {params.masks:q} --alpha {params.alpha:q} {params.options} --threads {threads} 2>&1 | tee {log:q}"
+        "coar collect --run-dir {params.run_dir:q} --out {output:q} --shard {wildcards.shard:q} --rows {params.rows:q}"
+        " --alpha {params.alpha:q} {params.options} --threads {threads} 2>&1 | tee {log:q}"
 
 
 rule merge:
     """Check that every shard belongs to this run and the shards tile all m rows; merge them."""
     input:
         run=rules.prepare.output,
-        shards=expand(f"{RUN}/shards/shard-{{shard}}.h5", shard=range(config["shards"])),
+        shards=expand(f"{RUN}/shards/shard-{{shard}}.h5", shard=range(len(SHARD_ROWS))),
+        checked=rules.check_masks.output,
     output:
         f"{RUN}/dataset.h5",
     params:

@@ -5,6 +5,7 @@ import glob
 import hashlib
 import json
 import shlex
+from pathlib import Path
 
 from coar.atomic import write_json
 from coar.run import PROVENANCE
@@ -76,6 +77,13 @@ def fast_path_options(fast):
     return "".join(f" --{'' if fast[k] else 'no-'}{k.replace('_', '-')}" for k in ("fold_bn", "channels_last", "compile"))
 
 
+def check_run_masks(run_dir, masks, method, log):
+    """coar.config.check_masks_for_method with the prepared run's component count; logged."""
+    n_components = Run(run_dir).n_components
+    check_masks_for_method(masks, method, n_components)
+    Path(log).write_text(f"{masks} masks for {n_components} components: enough for solver.method {method}\n")
+
+
 # Config stamps: the config values each group of steps depends on, in a file named by their
 # digest ({RUN}/config/<group>-<digest>.json) that the group's rules take as an input. The file
 # of the current digest is written when the workflow is read, unless present (the group's older
@@ -85,8 +93,9 @@ def fast_path_options(fast):
 # a config they were not made with. The steps also check the provenance of what they read.
 STAMPED = {
     "prepare": {"task": config["task"], "components": config["components"]},
-    "data": {"task": config["task"], **{k: config[k] for k in PROVENANCE}, "masks": config["masks"],
-             "shards": config["shards"]},
+    # Not masks nor shard sizes: a grown run keeps its finished shards (each collect job's rows are
+    # its params, and merge checks that the shards tile the rows).
+    "data": {"task": config["task"], **{k: config[k] for k in PROVENANCE}},
     "heldout": {"task": config["task"], **{k: config[k] for k in PROVENANCE if k != "alpha"}, "alphas": ALPHAS,
                 "heldout_masks": config["evaluation"]["heldout_masks"]},
     "baseline": {"task": config["task"], "ablation": config["ablation"], "output_fn": config["output_fn"]},

@@ -31,7 +31,7 @@ rule evaluate:
 
 STEP_TIMINGS = [
     f"{RUN}/benchmarks/prepare.tsv",
-    *expand(f"{RUN}/benchmarks/collect-{{shard}}.tsv", shard=range(config["shards"])),
+    *expand(f"{RUN}/benchmarks/collect-{{shard}}.tsv", shard=range(len(SHARD_ROWS))),
     f"{RUN}/benchmarks/merge.tsv",
     f"{RUN}/benchmarks/fit.tsv",
     f"{RUN}/benchmarks/evaluate.tsv",

@@ -16,7 +16,6 @@ rule prepare:
     params:
         run_dir=lambda wildcards, output: os.path.dirname(output.info),
         spec=shlex.quote(config["task"]["spec"]),
-        checks=shell_options({"masks": config["masks"], "method": config["solver"]["method"]}),
         task_params=shlex.quote(json.dumps(config["task"]["params"])),
         # Lists travel as JSON, never joined: a glob pattern may contain a comma.
         kinds=shlex.quote(
@@ -35,6 +34,25 @@ rule prepare:
         f"{RUN}/benchmarks/prepare.tsv"
     shell:
         "coar prepare --run-dir {params.run_dir:q} --task {params.spec} --task-params {params.task_params}"
-        " --kinds {params.kinds} --include {params.include} --exclude {params.exclude} {params.checks} {params.loader}"
+        " --kinds {params.kinds} --include {params.include} --exclude {params.exclude} {params.loader}"
         " --unreachable {params.unreachable:q} {params.preset}"
         " 2>&1 | tee {log:q}"
+
+
+rule check_masks:
+    """OLS needs more masks than components: checked as soon as prepare has found the components,
+    before the collection jobs (priority). Not a parameter of prepare, so changing masks never
+    re-prepares the model; once prepare.json exists the Snakefile also checks it at start-up."""
+    input:
+        rules.prepare.output.info,
+    output:
+        touch(f"{RUN}/checks/masks.ok"),
+    params:
+        masks=config["masks"],
+        method=config["solver"]["method"],
+    log:
+        f"{RUN}/logs/check_masks.log",
+    priority: 100
+    localrule: True
+    run:
+        check_run_masks(os.path.dirname(input[0]), params.masks, params.method, log[0])

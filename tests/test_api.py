@@ -1,0 +1,96 @@
+"""coar.attribute: the workflow in one call, on tensors, a Dataset or a DataLoader."""
+
+from __future__ import annotations
+
+import re
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from torch import nn
+from torch.utils.data import DataLoader, TensorDataset
+
+import coar
+from coar.api import resolve_components
+from tests.models import ConvAttentionNet, randomize_batchnorm_
+
+REPO = Path(__file__).resolve().parents[1]
+
+
+def linear_classifier() -> tuple[nn.Module, torch.Tensor, torch.Tensor]:
+    torch.manual_seed(0)
+    model = nn.Sequential(nn.Flatten(), nn.Linear(6, 2)).eval()
+    return model, torch.randn(5, 6), torch.randint(0, 2, (5,))
+
+
+def test_importing_coar_does_not_import_torch():
+    code = "import sys, coar; assert 'torch' not in sys.modules, 'torch imported'; print(coar.__version__)"
+    assert subprocess.run([sys.executable, "-c", code], capture_output=True, text=True).returncode == 0
+
+
+def test_an_output_linear_in_the_masks_is_attributed_exactly():
+    # margin = logit[y] - logit[other]; ablating unit c sets logit c to its bias, so the true effect
+    # of ablating c on example z is known and the output is linear in the masks: OLS recovers it.
+    model, x, y = linear_classifier()
+    result = coar.attribute(model, (x, y), components="linear", masks=40, alpha=0.3, heldout_masks=20,
+                            device="cpu", progress=False)
+    with torch.no_grad():
+        logits = model(x)
+        bias = model[1].bias.detach()
+    sign = torch.where(torch.arange(2) == y[:, None], 1.0, -1.0)  # +1 for the label's logit
+    expected = (sign * (bias - logits)).numpy()
+    np.testing.assert_allclose(result.weight, expected, atol=1e-4)
+    np.testing.assert_allclose(result.bias, (sign * logits).sum(1).numpy(), atol=1e-4)
+    assert result.info["mean_heldout_correlation"] > 0.999
+    assert result.info["heldout"]["n_masks"] == 20 and result.info["n_masks"] == 40
+
+
+def test_tensors_a_dataset_and_a_dataloader_give_the_same_attributions():
+    torch.manual_seed(1)
+    model = randomize_batchnorm_(ConvAttentionNet()).eval()
+    x, y = torch.randn(6, 3, 8, 8), torch.randint(0, 5, (6,))
+    options = dict(components=["conv1", "conv2"], masks=30, alpha=0.3, method="ridge", device="cpu", progress=False)
+    results = [coar.attribute(model, examples, **options)
+               for examples in ((x, y), TensorDataset(x, y), DataLoader(TensorDataset(x, y), batch_size=4, shuffle=True))]
+    for other in results[1:]:
+        np.testing.assert_allclose(other.weight, results[0].weight, rtol=1e-5, atol=1e-6)
+    assert [c.module for c in results[0].components][:8] == ["conv1"] * 8 and len(results[0].components) == 24
+
+
+def test_components_may_be_kinds_presets_patterns_or_a_config_block():
+    model = ConvAttentionNet().eval()
+    assert {g.kind for g in resolve_components(model, "conv").groups} == {"conv"}
+    assert {g.kind for g in resolve_components(model, ["conv", "head"]).groups} == {"conv", "head"}
+    assert [g.module for g in resolve_components(model, ["mlp.*"]).groups] == ["mlp.0", "mlp.2"]
+    block = {"kinds": ["linear"], "include": ["*"], "exclude": ["head", "mlp.*"]}
+    assert [g.module for g in resolve_components(model, block).groups] == ["embed", "attn.out_proj"]
+
+
+def test_too_few_masks_for_ols_are_refused_before_any_pass():
+    model, x, y = linear_classifier()
+    with pytest.raises(ValueError, match="needs more masks than components"):
+        coar.attribute(model, (x, y), components="linear", masks=2, device="cpu", progress=False)
+
+
+def test_examples_of_an_unknown_type_are_refused_naming_the_accepted_ones():
+    model, x, _ = linear_classifier()
+    with pytest.raises(TypeError, match="tuple .* Dataset or a DataLoader"):
+        coar.attribute(model, x, components="linear", device="cpu", progress=False)
+
+
+def python_blocks(path: Path) -> list[str]:
+    """The ```python code blocks of a Markdown file, in order."""
+    return re.findall(r"```python\n(.*?)```", path.read_text(), flags=re.S)
+
+
+def test_the_python_api_page_runs_as_written(tiny_run, monkeypatch, capsys):
+    monkeypatch.chdir(tiny_run)  # the page's run folder, results/tiny, is the tiny test run's
+    namespace: dict = {}
+    for block in python_blocks(REPO / "docs" / "python-api.md"):
+        exec(compile(block, "docs/python-api.md", "exec"), namespace)
+    out = capsys.readouterr().out
+    assert "held-out correlation:" in out and "layer4.1.conv2[" in out
+    assert namespace["run"].info["run"] == "tiny" and len(namespace["frame"]) == namespace["run"].weight.size

@@ -1,0 +1,102 @@
+"""`coar.open`, `coar show` and `coar export` on a finished workflow run (the tiny run)."""
+
+from __future__ import annotations
+
+import csv
+
+import numpy as np
+import pytest
+
+import coar
+from coar import h5format
+from coar.cli import main
+
+
+@pytest.fixture(scope="module")
+def run_dir(tiny_run):
+    return tiny_run / "results" / "tiny"
+
+
+def test_open_reads_the_runs_attributions_with_its_components_and_ids(run_dir):
+    result = coar.open(run_dir)
+    stored = h5format.read_attributions(run_dir / "attributions.h5")
+    np.testing.assert_array_equal(result.weight, stored.weight)
+    assert result.example_ids == tuple(stored.example_ids)
+    assert [(c.module, c.unit, c.kind) for c in result.components] == stored.components
+    assert result.info["run"] == "tiny" and result.info["n_masks"] == stored.attrs["n_masks"]
+
+
+def test_open_refuses_attributions_made_for_another_run(run_dir, tmp_path):
+    other = tmp_path / "other"
+    other.mkdir()
+    for name in ("prepare.json", "components.json", "example_ids.json"):
+        (other / name).write_bytes((run_dir / name).read_bytes())
+    text = (other / "prepare.json").read_text()
+    (other / "prepare.json").write_text(text.replace('"model_fingerprint": "', '"model_fingerprint": "0'))
+    (other / "attributions.h5").write_bytes((run_dir / "attributions.h5").read_bytes())
+    with pytest.raises(h5format.FormatError, match="model_fingerprint"):
+        coar.open(other)
+
+
+def test_open_says_what_to_run_when_the_run_is_not_fitted(run_dir, tmp_path):
+    for name in ("prepare.json", "components.json", "example_ids.json"):
+        (tmp_path / name).write_bytes((run_dir / name).read_bytes())
+    with pytest.raises(FileNotFoundError, match="not been fitted"):
+        coar.open(tmp_path)
+
+
+def test_show_example_prints_the_top_components_and_verify_the_realised_changes(run_dir, capsys):
+    result = coar.open(run_dir)
+    example = result.example_ids[2]
+    assert main(["show", str(run_dir), "--example", example, "--top", "3", "--verify"]) == 0
+    lines = capsys.readouterr().out.splitlines()
+    assert lines[1].split() == ["example", "component", "module", "layer", "unit", "kind", "predicted", "realised"]
+    top = result.top(example, 3)
+    for line, row in zip(lines[2:5], top):
+        fields = line.split()
+        assert fields[1] == row.component and float(fields[6]) == pytest.approx(row.predicted, rel=1e-3)
+        assert float(fields[7]) * row.predicted > 0  # the run's largest effects are real and of the same sign
+    assert lines[5].startswith("all 3 ablated together")
+
+
+def test_show_component_prints_the_examples_it_raises_and_lowers(run_dir, capsys):
+    result = coar.open(run_dir)
+    name = result.components[5].name
+    assert main(["show", str(run_dir), "--component", name, "--top", "2"]) == 0
+    out = capsys.readouterr().out
+    raises, lowers = result.moved_most(name, 2)
+    assert "raises most" in out and "lowers most" in out
+    assert all(r.example in out for r in (*raises, *lowers))
+
+
+def test_show_names_the_closest_components_for_a_misspelt_one(run_dir, capsys):
+    name = coar.open(run_dir).components[0].name
+    assert main(["show", str(run_dir), "--component", name + "9"]) == 1
+    assert f"closest: {name}" in capsys.readouterr().err
+
+
+def test_export_csv_and_npz_hold_the_runs_weights(run_dir, tmp_path):
+    result = coar.open(run_dir)
+    assert main(["export", str(run_dir), "--format", "csv", "--out", str(tmp_path / "a.csv")]) == 0
+    with open(tmp_path / "a.csv", newline="") as f:
+        rows = list(csv.reader(f))
+    assert rows[0][:3] == ["example", "bias", result.components[0].name] and len(rows) == len(result.example_ids) + 1
+    np.testing.assert_array_equal(np.array(rows[1:], dtype=object)[:, 2:].astype(np.float32), result.weight)
+    assert main(["export", str(run_dir), "--format", "npz", "--out", str(tmp_path / "a.npz")]) == 0
+    with np.load(tmp_path / "a.npz") as data:
+        np.testing.assert_array_equal(data["weight"], result.weight)
+        assert data["component_names"].tolist() == [c.name for c in result.components]
+
+
+def test_export_parquet_without_pyarrow_says_what_to_install(run_dir, tmp_path, capsys):
+    pytest.importorskip("pandas")
+    try:
+        import pyarrow  # noqa: F401
+    except ImportError:
+        assert main(["export", str(run_dir), "--format", "parquet", "--out", str(tmp_path / "a.parquet")]) == 1
+        assert "pip install pyarrow" in capsys.readouterr().err
+    else:
+        assert main(["export", str(run_dir), "--format", "parquet", "--out", str(tmp_path / "a.parquet")]) == 0
+        import pandas
+
+        assert pandas.read_parquet(tmp_path / "a.parquet").shape[0] == len(coar.open(run_dir).example_ids)
