@@ -196,8 +196,7 @@ class Attributions(LinearModels):
 
 def open_run(run_dir: str | Path) -> Attributions:
     """The attributions of a workflow run's folder (results/<run>), checked against the run's
-    prepare step: sizes, fingerprints of the model, components and examples."""
-    from coar import h5format
+    prepare step: sizes, fingerprints, component names and example ids (Run.read_attributions)."""
     from coar.run import Run
 
     run = Run(run_dir)
@@ -205,7 +204,7 @@ def open_run(run_dir: str | Path) -> Attributions:
     if not path.exists():
         raise FileNotFoundError(f"{path} is missing: the run has not been fitted yet (run the workflow, "
                                 "or its fit step: coar fit)")
-    found = h5format.read_attributions(path, expect=run.expect)
+    found = run.read_attributions(path, {})
     info = {"run": run.name, "run_dir": str(run.dir), "task": run.info.get("task"),
             "task_params": run.info.get("task_params"), **found.attrs}
     return Attributions(found.weight, found.bias, run.components, found.example_ids, info)

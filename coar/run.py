@@ -17,7 +17,7 @@ from pathlib import Path
 
 from coar.components import ComponentSet
 from coar.constants import BASELINE_METHODS
-from coar.h5format import Attributions, FormatError, check_expected, read_attributions
+from coar.h5format import AttributionsFile, FormatError, check_expected, read_attributions
 from coar.saved_task import IDS, LoaderOptions, PreparedTask, example_ids, reopen
 
 PREPARE = "prepare.json"
@@ -125,7 +125,7 @@ class Run:
         """The example ids prepare saved (n_examples unique strings)."""
         return example_ids(self.dir, self.n_examples)
 
-    def read_attributions(self, path: str | Path, expected: dict) -> Attributions:
+    def read_attributions(self, path: str | Path, expected: dict) -> AttributionsFile:
         """An attributions file of this run, refused (FormatError naming the file, the key or
         field and both values) unless its fingerprints, its component table and example ids
         equal this run's (components.json, example_ids.json) and it was made as `expected`

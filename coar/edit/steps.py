@@ -28,7 +28,7 @@ from coar.edit.selectors import Pool, needs_outputs, select, validation_ids
 from coar.edit.spec import AUTO, EditConfigError, EditSpec
 from coar.examples import Examples, TensorExamples
 from coar.forward import run_masked
-from coar.h5format import Attributions, FormatError, read_attributions
+from coar.h5format import AttributionsFile, FormatError
 from coar.outputs import resolve_output_fn
 from coar.run import Run
 from coar.saved_task import PreparedTask
@@ -42,20 +42,16 @@ RANKING = {"raise": "fix", "lower": "forget"}  # coar.edit.planning.rank's names
 PLAN, WEIGHTS, ABLATED, REPORT, PLOT = "plan.json", "weights.safetensors", "ablated.json", "report.json", "metric_vs_k.png"
 
 
-def read_run_attributions(spec: EditSpec, run: Run, path: str | Path, expected: dict | None = None) -> Attributions:
+def read_run_attributions(spec: EditSpec, run: Run, path: str | Path, expected: dict | None = None) -> AttributionsFile:
     """The run's attributions, refused naming the edit when missing or made for another run."""
     path = Path(path)
     if not path.exists():
         raise FileNotFoundError(f"edit {spec.name!r}: {path} does not exist: run {run.name!r} has no attributions "
                                 "yet; run the fit step first (snakemake ... attributions.h5)")
     try:
-        attributions = read_attributions(path, expect={**run.expect, **(expected or {})})
+        return run.read_attributions(path, expected or {})  # this run's sizes, fingerprints, names and ids
     except FormatError as error:
         raise FormatError(f"edit {spec.name!r}: {error}") from None
-    if attributions.example_ids != run.example_ids:
-        raise FormatError(f"edit {spec.name!r}: {path} attributes other examples than run {run.name!r} "
-                          "(example ids differ); rerun the fit step")
-    return attributions
 
 
 def allowed_components(spec: EditSpec, components: ComponentSet) -> np.ndarray:
