@@ -10,6 +10,7 @@ import difflib
 import re
 from functools import lru_cache
 from importlib.resources import files
+from pathlib import Path
 
 import yaml
 
