@@ -27,8 +27,8 @@ import sys
 from pathlib import Path
 from typing import Sequence
 
-from coar.constants import (ABLATION_MODES, BASELINE_METHODS, COMPONENT_KINDS, DEVICES, KIND_PRESETS, NONFINITE_POLICIES,
-                            PRECISIONS, REPORT_FIGURES, SOLVER_BACKENDS, SOLVER_METHODS, UNREACHABLE_POLICIES)
+from coar.constants import (ABLATION_MODES, BASELINE_METHODS, COMPONENT_KINDS, DEFAULT_MASKS_PER_PASS, DEFAULT_MAX_BATCH,
+                            DEVICES, KIND_PRESETS, PRECISIONS, REPORT_FIGURES, SOLVER_BACKENDS, SOLVER_METHODS, UNREACHABLE_POLICIES)
 
 
 def _csv(text: str) -> list[str]:
@@ -83,16 +83,25 @@ def _provenance_options(s: argparse.ArgumentParser, alpha: bool) -> None:
     s.add_argument("--precision", choices=PRECISIONS, default=None, help="precision the data must have been collected in")
 
 
-def _max_batch(text: str) -> int | str:
-    if text == "auto":
-        return text
+def _positive(text: str) -> int:
+    """A positive whole number."""
     try:
         value = int(text)
     except ValueError:
         value = 0
     if value < 1:
-        raise argparse.ArgumentTypeError(f"expected a positive integer or 'auto', got {text!r}")
+        raise argparse.ArgumentTypeError(f"expected a positive whole number, got {text!r}")
     return value
+
+
+def _max_batch(text: str) -> int | str:
+    """'auto' or a positive whole number of rows: the one parser of every command's --max-batch."""
+    if text == "auto":
+        return text
+    try:
+        return _positive(text)
+    except argparse.ArgumentTypeError:
+        raise argparse.ArgumentTypeError(f"expected a positive whole number or 'auto', got {text!r}") from None
 
 
 def _parser() -> argparse.ArgumentParser:
@@ -111,6 +120,13 @@ def _parser() -> argparse.ArgumentParser:
                        help="pinned host memory for copies to a GPU (Dataset tasks; ignored on CPU)")
         s.add_argument("--loader-cache-mb", type=float, default=0,
                        help="keep a Dataset's examples in memory between mask blocks when they fit in this many MiB")
+
+    def add_batching(s: argparse.ArgumentParser) -> None:
+        s.add_argument("--masks-per-pass", type=_positive, default=DEFAULT_MASKS_PER_PASS,
+                       help="masks evaluated in one batched forward pass (loo baseline: the same)")
+        s.add_argument("--max-batch", type=_max_batch, default=DEFAULT_MAX_BATCH,
+                       help="most rows (masks x examples, or path points x examples) per forward pass, "
+                            "or 'auto' (GPU: probed; CPU: 512)")
 
     s = add("prepare", "Build the task (train the model if the task does), discover its components, save both.")
     s.add_argument("--task", required=True, help="task function, 'package.module:function' or 'package.module'")
@@ -137,13 +153,9 @@ def _parser() -> argparse.ArgumentParser:
                    help="dataset file: record how many masks equal one of its masks (held-out masks; they are kept)")
     s.add_argument("--ablation", choices=ABLATION_MODES, default="weight")
     s.add_argument("--output-fn", default=None, help="output function; default: the task's own")
-    s.add_argument("--masks-per-pass", type=int, default=8, help="masks evaluated in one batched forward pass")
-    s.add_argument("--max-batch", type=_max_batch, default=4096,
-                   help="most rows (masks x examples) per forward pass, or 'auto' (GPU: probed; CPU: 512)")
+    add_batching(s)
     s.add_argument("--device", choices=DEVICES, default="auto")
     s.add_argument("--precision", choices=PRECISIONS, default="fp32", help="arithmetic precision (autocast) of the ablated passes")
-    s.add_argument("--nonfinite", choices=NONFINITE_POLICIES, default="error",
-                   help="NaN or infinite outputs: refuse (error) or write them with a warning (record)")
     s.add_argument("--threads", type=int, default=None, help="torch CPU threads")
     s.add_argument("--fold-bn", action=argparse.BooleanOptionalAction, default=True,
                    help="fold eval-mode BatchNorms into the preceding convs (exact; coar.fastpath)")
@@ -187,8 +199,7 @@ def _parser() -> argparse.ArgumentParser:
     s.add_argument("--out", required=True, help="attributions HDF5 file to write (same format as COAR's)")
     s.add_argument("--ablation", choices=ABLATION_MODES, default="weight", help="ablation that loo and grad_x_param model")
     s.add_argument("--output-fn", default=None, help="output function; default: the task's own")
-    s.add_argument("--masks-per-pass", type=int, default=8, help="loo: masks evaluated in one batched forward pass")
-    s.add_argument("--max-batch", type=int, default=4096, help="most rows (masks x examples, or path points x examples) per pass")
+    add_batching(s)
     s.add_argument("--n-steps", type=int, default=50, help="conductance, internal_influence: integration steps")
     s.add_argument("--device", choices=DEVICES, default="auto")
     s.add_argument("--threads", type=int, default=None, help="torch CPU threads")
@@ -256,7 +267,7 @@ def _run(args: argparse.Namespace) -> None:
                       seed=args.seed, ablation=args.ablation, output_fn=args.output_fn, masks_per_pass=args.masks_per_pass,
                       max_batch=args.max_batch, device=args.device, purpose=args.purpose, stream=args.stream,
                       count_coincidences_with=args.count_coincidences_with, threads=args.threads, precision=args.precision,
-                      nonfinite=args.nonfinite, loader=_loader(args),
+                      loader=_loader(args),
                       fast_path=FastPath(fold_bn=args.fold_bn, channels_last=args.channels_last, compile=args.compile))
     elif args.command == "merge":
         steps.merge(args.run_dir, args.shards, args.out, args.masks, _expected(args))

@@ -13,6 +13,7 @@ from tqdm.auto import tqdm
 from coar.ablation import Ablation, Mode
 from coar.batching import PassSize
 from coar.components import ComponentSet
+from coar.constants import DEFAULT_MASKS_PER_PASS, DEFAULT_MAX_BATCH
 from coar.examples import Examples, TensorExamples, first_inputs
 from coar.exactness import fold_problems, probe_layout
 from coar.precision import autocast, check_precision
@@ -34,8 +35,8 @@ def run_masked(
     labels: torch.Tensor | None,
     output_fn: OutputFn,
     *,
-    masks_per_pass: int = 8,
-    max_batch: int = 4096,
+    masks_per_pass: int = DEFAULT_MASKS_PER_PASS,
+    max_batch: int = DEFAULT_MAX_BATCH,
     mode: Mode = "weight",
     fills: list[torch.Tensor] | None = None,
     reference_inputs: torch.Tensor | None = None,

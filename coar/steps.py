@@ -11,7 +11,6 @@ step is given from the config.
 from __future__ import annotations
 
 import json
-import sys
 import time
 from pathlib import Path
 from typing import TYPE_CHECKING, Sequence
@@ -26,7 +25,6 @@ from coar.ablation import unit_fills
 from coar.atomic import atomic_path, write_json
 from coar.batching import resolve_max_batch
 from coar.components import discover
-from coar.constants import NONFINITE_POLICIES
 from coar.evaluate import predict, score
 from coar.exactness import OnProblem, check_components
 from coar.examples import first_inputs, stack
@@ -97,21 +95,17 @@ def prepare(spec: str, params: dict, kinds: str | Sequence[str], include: Sequen
 def collect(run_dir: str | Path, out: str | Path, *, shard: int, shards: int, masks: int, alpha: float, seed: int,
             ablation: str, output_fn: str | None, masks_per_pass: int, max_batch: int | str, device: str,
             purpose: str = "train", stream: int | None = None, count_coincidences_with: str | Path | None = None,
-            threads: int | None = None, precision: str = "fp32", nonfinite: str = "error",
-            loader: LoaderOptions = LoaderOptions(), fast_path: FastPath = FastPath()) -> None:
+            threads: int | None = None, precision: str = "fp32", loader: LoaderOptions = LoaderOptions(), fast_path: FastPath = FastPath()) -> None:
     """Sample shard `shard` of the masks, run the ablated model on them, write the shard file.
 
     Masks come from the random stream (seed, purpose, stream), stream defaulting to the shard
     index, so each shard is reproducible on its own. With `count_coincidences_with` (a dataset
     file), the number of masks equal to one of its masks is recorded in the shard's
     `coincident_with_training` attribute; they are kept, so held-out masks stay independent draws.
-    Outputs that are NaN or infinite are refused, naming the masks and examples; with
-    nonfinite="record" they are written and a warning is printed instead.
+    Outputs that are NaN or infinite are refused, naming the masks and examples.
     `precision` runs the passes under autocast; `fast_path` (coar.fastpath) transforms the model
     without changing its ablated outputs; `max_batch` "auto" sizes passes to the device (coar.batching).
     """
-    if nonfinite not in NONFINITE_POLICIES:
-        raise ValueError(f"nonfinite must be one of {NONFINITE_POLICIES}, got {nonfinite!r}")
     if threads:
         torch.set_num_threads(threads)
     dev = resolve_device(device)
@@ -137,10 +131,8 @@ def collect(run_dir: str | Path, out: str | Path, *, shard: int, shards: int, ma
                    progress=True, precision=precision)
     ids = run.example_ids
     if problem := nonfinite_problem(y, range(start, stop), ids, "masks (rows)", "examples"):
-        if nonfinite == "error":
-            raise ValueError(f"the ablated model gave {problem}; nothing was written. Check the model and output "
-                             "function, or set nonfinite: record to keep such values")
-        print(f"warning: {out}: recording {problem} (nonfinite: record)", file=sys.stderr)
+        raise ValueError(f"the ablated model gave {problem}; nothing was written. Check the model and output "
+                         "function (the fit and the scores need finite outputs)")
     meta = {**expect, "seed": seed, "alpha": alpha, "shard": shard, "row_start": start, "row_stop": stop,
             "output_fn": fn_name, "ablation": ablation, "precision": precision, "coar_version": coar.__version__,
             "encoding": h5format.ENCODING, **extra}
@@ -267,9 +259,10 @@ def _loader_for(loader: LoaderOptions, device: torch.device) -> LoaderOptions:
 
 
 def baseline(run_dir: str | Path, out: str | Path, *, method: str, ablation: str, output_fn: str | None,
-             masks_per_pass: int, max_batch: int, n_steps: int, device: str, threads: int | None = None,
+             masks_per_pass: int, max_batch: int | str, n_steps: int, device: str, threads: int | None = None,
              loader: LoaderOptions = LoaderOptions()) -> dict:
-    """Attributions of one baseline method (coar.baselines), written like COAR's ("1 = ablated")."""
+    """Attributions of one baseline method (coar.baselines), written like COAR's ("1 = ablated");
+    `max_batch` "auto" sizes passes to the device as in collect (coar.batching)."""
     from coar import baselines
 
     if threads:
@@ -280,10 +273,12 @@ def baseline(run_dir: str | Path, out: str | Path, *, method: str, ablation: str
     ids = run.example_ids
     inputs, labels = stack(task.examples)  # the baselines take tensors: all examples in memory
     fn_name = output_fn or task.output_fn
+    model = task.model.to(dev)
+    rows = resolve_max_batch(max_batch, model, inputs[:1], dev)
     start = time.perf_counter()
-    result = baselines.attribute(method, task.model.to(dev), components, inputs, labels,
+    result = baselines.attribute(method, model, components, inputs, labels,
                                  resolve_output_fn(fn_name), mode=ablation, reference_inputs=task.reference_inputs,
-                                 masks_per_pass=masks_per_pass, max_batch=max_batch, n_steps=n_steps)
+                                 masks_per_pass=masks_per_pass, max_batch=rows, n_steps=n_steps)
     seconds = time.perf_counter() - start
     found = np.column_stack([result.weight, result.bias])
     columns = [f"{m}[{u}]" for m, u, _ in components.table()] + ["bias"]

@@ -45,7 +45,6 @@ def collect_options(purpose):
         "purpose": purpose,
         "output-fn": c["output_fn"],
         "precision": c["precision"],
-        "nonfinite": c["nonfinite"],
     })
     return f"{options} {loader_options()}{fast_path_options(c['fast_path'])}"
 
