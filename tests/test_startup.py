@@ -6,9 +6,13 @@ import inspect
 import pytest
 import yaml
 
+from snakemake.utils import validate
+
 from coar import baselines, constants, steps
 from coar.cli import _parser
+from coar.config import ConfigError, check_config
 from coar.forward import run_masked
+from coar.resources import PYTHON_MIB, run_needs
 
 from tests.snakemake_runs import REPO
 
@@ -66,3 +70,47 @@ def test_nonfinite_is_no_longer_an_option_since_collect_always_refuses_non_finit
     assert "nonfinite" not in SCHEMA
     assert not command_defaults("--nonfinite")
     assert "nonfinite" not in inspect.signature(steps.collect).parameters
+
+
+# ----------------------------------------------------------------------------- refused at start-up
+
+
+def config_with(**changes) -> dict:
+    """The default config with `changes` (dotted keys reach into sections), after the schema."""
+    config = yaml.safe_load((REPO / "config" / "config.yaml").read_text())
+    for key, value in changes.items():
+        *sections, name = key.split("__")
+        node = config
+        for section in sections:
+            node = node.setdefault(section, {})
+        node[name] = value
+    validate(config, str(REPO / "workflow" / "schemas" / "config.schema.yaml"))
+    return config
+
+
+@pytest.mark.parametrize("changes, message", [
+    ({"alpha": float("nan")}, r"config key 'alpha': nan is not a finite number"),
+    ({"max_batch": 1.0}, r"config key 'max_batch': 1.0 must be a whole number"),
+    ({"solver__memory_budget": float("inf")}, r"config key 'solver.memory_budget': inf is not a finite number"),
+    ({"solver__example_block": 2.0}, r"config key 'solver.example_block': 2.0 must be a whole number"),
+    ({"loader__cache_mb": float("inf")}, r"config key 'loader.cache_mb': inf is not a finite number"),
+    ({"evaluation__alphas": [0.1, float("nan")]}, r"config key 'evaluation.alphas\[1\]': nan is not a finite"),
+    ({"edit__fix_errors": {"tolerance": float("inf")}}, r"config key 'edit.fix_errors.tolerance': inf is not"),
+    ({"masks": 10**12}, r"config key 'masks': a collection job needs about 3.75e\+03 GB of memory but this "
+                                r"machine has .* GB .*use more shards"),
+    ({"masks": 10**13, "shards": 10**9}, r"config key 'masks': the run's results need about 5e\+04 GB of disk but "
+                                         r".* GB free; use fewer masks"),
+])
+def test_check_config_refuses_non_finite_and_absurd_values_naming_the_key(changes, message):
+    config = config_with(**changes)  # the schema lets each of these through: check_config must refuse it
+    with pytest.raises(ConfigError, match=message):
+        check_config(config)
+
+
+def test_the_start_up_size_check_counts_every_shard_and_held_out_row():
+    config = config_with(masks=1000, shards=4, evaluation__heldout_masks=100)
+    needs = run_needs(config, n_examples=10, n_components=6)
+    row = 6 + 4 * 10
+    attributions = 5 * 4 * 10 * 7  # COAR and four baselines
+    assert needs.disk_bytes == (1000 + 250 + 3 * 100) * row + attributions
+    assert needs.collect_bytes == int((PYTHON_MIB + 3 * 250 * row / 2**20) * 2**20)
