@@ -139,6 +139,10 @@ def _parser() -> argparse.ArgumentParser:
     add_loader(s)
     s.add_argument("--unreachable", choices=UNREACHABLE_POLICIES, default="error",
                    help="component groups that cannot be ablated exactly (dry pass): stop naming them, or drop them with a warning")
+    add_batching(s)
+    s.add_argument("--run-shape", type=json.loads, default=None,
+                   help="JSON of coar.resources.RunShape (masks, shards, held-out masks...): refuse a run whose memory "
+                        "or disk cannot fit this machine, before anything is saved")
 
     s = add("collect", "Sample one shard of ablation masks and record the ablated model's outputs on every example.")
     s.add_argument("--out", required=True, help="shard HDF5 file to write (appears only when complete)")
@@ -260,7 +264,8 @@ def _run(args: argparse.Namespace) -> None:
 
     if args.command == "prepare":
         info = steps.prepare(args.task, args.task_params, args.kinds, args.include, args.exclude, args.run_dir,
-                             masks=args.masks, method=args.method, loader=_loader(args), unreachable=args.unreachable)
+                             masks=args.masks, method=args.method, loader=_loader(args), unreachable=args.unreachable,
+                             masks_per_pass=args.masks_per_pass, max_batch=args.max_batch, shape=_shape(args.run_shape))
         print(json.dumps({k: info[k] for k in ("n_examples", "n_components", "dropped_components", "task_info")}, indent=1))
     elif args.command == "collect":
         steps.collect(args.run_dir, args.out, shard=args.shard, shards=args.shards, masks=args.masks, alpha=args.alpha,
@@ -310,6 +315,12 @@ def _run(args: argparse.Namespace) -> None:
         else:
             print(json.dumps({"targets": report["targets"], "all_targets_met_on_mean": report["all_targets_met_on_mean"]},
                              indent=1))
+
+
+def _shape(value: dict | None):  # -> coar.resources.RunShape | None
+    from coar.resources import RunShape
+
+    return None if value is None else RunShape(**value)
 
 
 def _expected(args: argparse.Namespace) -> dict:

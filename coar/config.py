@@ -14,7 +14,7 @@ from pathlib import Path
 import yaml
 
 from coar.constants import DEFAULT_TASK_FUNCTION, OUTPUT_FUNCTION_NAMES
-from coar.resources import check_needs, run_needs
+from coar.resources import RunShape, check_needs
 from coar.spec import import_object, module_exists, parse_spec
 
 SCHEMA = Path(__file__).resolve().parents[1] / "workflow" / "schemas" / "config.schema.yaml"
@@ -92,7 +92,7 @@ def _check_sizes(config: dict) -> None:
     """The least memory and disk any run of this config needs (one example, one component),
     against this machine's; `coar prepare` checks again with the real sizes."""
     try:
-        check_needs(run_needs(config), Path("results") / config["run"], "config key 'masks'")
+        check_needs(RunShape.of_config(config).needs(), Path("results") / config["run"], "config key 'masks'")
     except ValueError as error:
         raise ConfigError(str(error)) from None
 

@@ -35,19 +35,37 @@ class RunNeeds:
     disk_bytes: int
 
 
-def run_needs(config: dict, n_examples: int = 1, n_components: int = 1, task_mib: float = 0.0) -> RunNeeds:
-    """What the run of `config` needs with `n_examples` and `n_components` (1 and 1: the least
-    any run of this config needs). Disk: every training and held-out row (masks as bytes,
-    float32 outputs), each attributions file (COAR and its baselines) and the largest shard
-    once more while it is written (files appear complete, by rename)."""
-    rows = -(-config["masks"] // config["shards"])  # the largest shard (coar.masks.shard_ranges)
-    heldout = config["evaluation"]["heldout_masks"]
-    alphas = 1 + (len(config["evaluation"]["alphas"]) or 2)  # the training alpha and the others (at most)
-    row_bytes = n_components + 4 * n_examples
-    collect = collect_mem_mib(max(rows, heldout), n_examples, n_components, task_mib, config["loader"]["cache_mb"])
-    attributions = (1 + len(config["evaluation"]["baselines"])) * 4 * n_examples * (n_components + 1)
-    disk = (config["masks"] + rows + alphas * heldout) * row_bytes + attributions + 2 * task_mib * 2**20
-    return RunNeeds(int(collect * 2**20), int(disk))
+@dataclass(frozen=True)
+class RunShape:
+    """The sizes of a run that its config fixes: training masks and shards, held-out masks per
+    alpha and the number of alphas, attributions files (COAR and its baselines), loader cache."""
+
+    masks: int
+    shards: int
+    heldout_masks: int
+    alphas: int
+    attribution_files: int
+    cache_mib: float = 0.0
+
+    @classmethod
+    def of_config(cls, config: dict) -> "RunShape":
+        """The shape of a run of `config` (after the schema has filled in its defaults)."""
+        evaluation = config["evaluation"]
+        return cls(config["masks"], config["shards"], evaluation["heldout_masks"],
+                   1 + (len(evaluation["alphas"]) or 2),  # the training alpha and the others (at most)
+                   1 + len(evaluation["baselines"]), config["loader"]["cache_mb"])
+
+    def needs(self, n_examples: int = 1, n_components: int = 1, task_mib: float = 0.0) -> RunNeeds:
+        """What the run needs with `n_examples` and `n_components` (1 and 1: the least any run of
+        this shape needs). Disk: every training and held-out row (masks as bytes, float32
+        outputs), each attributions file, the task's files, and the largest shard once more while
+        it is written (files appear complete, by rename)."""
+        rows = -(-self.masks // self.shards)  # the largest shard (coar.masks.shard_ranges)
+        row_bytes = n_components + 4 * n_examples
+        collect = collect_mem_mib(max(rows, self.heldout_masks), n_examples, n_components, task_mib, self.cache_mib)
+        attributions = self.attribution_files * 4 * n_examples * (n_components + 1)
+        disk = (self.masks + rows + self.alphas * self.heldout_masks) * row_bytes + attributions + 2 * task_mib * 2**20
+        return RunNeeds(int(collect * 2**20), int(disk))
 
 
 def check_needs(needs: RunNeeds, results: str | Path, where: str) -> None:

@@ -25,15 +25,17 @@ from coar.ablation import unit_fills
 from coar.atomic import atomic_path, write_json
 from coar.batching import resolve_max_batch
 from coar.components import discover
+from coar.constants import DEFAULT_MASKS_PER_PASS, DEFAULT_MAX_BATCH
 from coar.evaluate import predict, score
 from coar.exactness import OnProblem, check_components
 from coar.examples import first_inputs, stack
 from coar.finite import nonfinite_problem
 from coar.fastpath import FastPath, prepare as prepare_fast
-from coar.forward import run_masked
+from coar.forward import check_pass_rows, run_masked
 from coar.masks import count_rows_in, sample_masks, shard_ranges
 from coar.outputs import resolve_output_fn
 from coar.precision import autocast, check_precision
+from coar.resources import RunShape, check_needs
 from coar.run import COMPONENTS, FINGERPRINTS, PREPARE, PROVENANCE, Run
 from coar.saved_task import LoaderOptions
 from coar.task import load_task
@@ -53,14 +55,19 @@ def resolve_device(device: str) -> torch.device:
 
 def prepare(spec: str, params: dict, kinds: str | Sequence[str], include: Sequence[str], exclude: Sequence[str],
             run_dir: str | Path, masks: int | None = None, method: str | None = None,
-            loader: LoaderOptions = LoaderOptions(), unreachable: OnProblem = "error") -> dict:
+            loader: LoaderOptions = LoaderOptions(), unreachable: OnProblem = "error",
+            masks_per_pass: int = DEFAULT_MASKS_PER_PASS, max_batch: int | str = DEFAULT_MAX_BATCH,
+            shape: RunShape | None = None) -> dict:
     """Build the task, discover its components and save both with their fingerprints.
 
     A dry pass on two examples (coar.exactness) first checks that every component group can be
     ablated exactly; `unreachable` says whether those that cannot stop prepare ("error") or are
     dropped with a warning ("drop", listed in prepare.json). Given the run's `masks` and solver
     `method`, OLS with masks <= components is refused now, before anything is saved or collected
-    (the number of components is first known here).
+    (the number of components is first known here). One pass at the collection's real rows
+    (`masks_per_pass`, `max_batch`; coar.forward.check_pass_rows) refuses a model whose outputs
+    change with the batch size; given the run's `shape`, the memory and disk it needs at the
+    real sizes are checked against this machine's (coar.resources).
     """
     start = time.perf_counter()
     task = load_task(spec, params)
@@ -70,6 +77,12 @@ def prepare(spec: str, params: dict, kinds: str | Sequence[str], include: Sequen
         raise ValueError(f"config key 'masks': {masks} masks for {len(components)} components, but solver.method "
                          f"ols needs more masks than components; use masks >= {len(components) + 1}, "
                          "or solver.method: ridge or lasso")
+    source = task.example_source()
+    rows = resolve_max_batch(max_batch, task.model, first_inputs(source, 1), torch.device("cpu"))
+    check_pass_rows(task.model, components, source, task.output, masks_per_pass=masks_per_pass, max_batch=rows)
+    if shape is not None:
+        task_mib = sum(p.numel() * p.element_size() for p in task.model.parameters()) / 2**20
+        check_needs(shape.needs(task.n_examples, len(components), task_mib), run_dir, "coar prepare")
     run_dir = Path(run_dir)
     saved = saved_task.save(task, run_dir, LoaderOptions(loader.workers, pin_memory=False))  # one pass on the CPU: no pinning, no cache
     with atomic_path(run_dir / COMPONENTS) as tmp:

@@ -4,7 +4,9 @@ runs that cannot fit the machine, unreadable files; and one default per shared o
 import inspect
 
 import pytest
+import torch
 import yaml
+from torch import nn
 
 from snakemake.utils import validate
 
@@ -12,7 +14,8 @@ from coar import baselines, constants, steps
 from coar.cli import _parser
 from coar.config import ConfigError, check_config
 from coar.forward import run_masked
-from coar.resources import PYTHON_MIB, run_needs
+from coar.resources import PYTHON_MIB, RunShape
+from coar.task import Task
 
 from tests.snakemake_runs import REPO
 
@@ -44,14 +47,14 @@ def command_defaults(option: str) -> dict[str, object]:
 ])
 def test_a_batching_option_has_one_default_in_the_schema_the_config_every_command_and_function(key, option, default):
     assert SCHEMA[key]["default"] == CONFIG[key] == default
-    assert set(command_defaults(option)) == {"collect", "baseline"}
+    assert set(command_defaults(option)) == {"prepare", "collect", "baseline"}
     assert set(command_defaults(option).values()) == {default}
     for function in (run_masked, baselines.attribute, baselines.leave_one_out):
         assert inspect.signature(function).parameters[key].default == default, function.__name__
 
 
 def test_every_command_that_reads_max_batch_accepts_auto_and_refuses_nonsense(capsys):
-    for command in ("collect", "baseline"):
+    for command in ("prepare", "collect", "baseline"):
         sub = next(a for a in _parser()._actions if a.dest == "command").choices[command]
         action = next(a for a in sub._actions if "--max-batch" in a.option_strings)
         assert action.type("auto") == "auto" and action.type("96") == 96
@@ -109,8 +112,50 @@ def test_check_config_refuses_non_finite_and_absurd_values_naming_the_key(change
 
 def test_the_start_up_size_check_counts_every_shard_and_held_out_row():
     config = config_with(masks=1000, shards=4, evaluation__heldout_masks=100)
-    needs = run_needs(config, n_examples=10, n_components=6)
+    needs = RunShape.of_config(config).needs(n_examples=10, n_components=6)
     row = 6 + 4 * 10
     attributions = 5 * 4 * 10 * 7  # COAR and four baselines
     assert needs.disk_bytes == (1000 + 250 + 3 * 100) * row + attributions
     assert needs.collect_bytes == int((PYTHON_MIB + 3 * 250 * row / 2**20) * 2**20)
+
+
+# ----------------------------------------------------------------------------- refused at prepare
+
+
+class BatchSizeDependent(nn.Module):
+    """A classifier whose forward changes once a pass holds more than 16 rows."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.layers = nn.Sequential(nn.Linear(4, 8), nn.ReLU(), nn.Linear(8, 3))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        out = self.layers(x)
+        return out * 1.5 if len(x) > 16 else out
+
+
+def batch_size_dependent(params: dict) -> Task:
+    """Task function: 12 random examples for a BatchSizeDependent model."""
+    generator = torch.Generator().manual_seed(0)
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(0)
+        model = BatchSizeDependent()
+    return Task(model=model, inputs=torch.randn(12, 4, generator=generator),
+                labels=torch.randint(0, 3, (12,), generator=generator))
+
+
+def test_prepare_refuses_a_model_whose_outputs_change_above_16_rows_per_pass_before_saving(tmp_path):
+    spec = "tests.test_startup:batch_size_dependent"
+    with pytest.raises(ValueError, match=r"outputs change with the rows of a forward pass: a pass of 96 rows "
+                                         r"\(8 masks x 12 examples.*max_batch 512\)"):
+        steps.prepare(spec, {}, ["linear"], ["*"], [], tmp_path / "run")
+    assert not (tmp_path / "run").exists()
+    steps.prepare(spec, {}, ["linear"], ["*"], [], tmp_path / "run", masks_per_pass=1, max_batch=16)  # 16 rows: exact
+
+
+def test_prepare_refuses_a_run_that_cannot_fit_memory_at_its_real_sizes_before_saving(tmp_path):
+    shape = RunShape(masks=10**9, shards=10, heldout_masks=100, alphas=3, attribution_files=5)
+    assert shape.needs().collect_bytes < 4 * 10**9 < 10**12 < shape.needs(n_examples=5000, n_components=11).collect_bytes
+    with pytest.raises(ValueError, match=r"coar prepare: a collection job needs about 6.*e\+03 GB of memory"):
+        steps.prepare(TASK, {"n": 5000}, ["linear"], ["*"], [], tmp_path / "run", shape=shape)
+    assert not (tmp_path / "run").exists()

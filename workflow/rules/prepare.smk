@@ -1,5 +1,8 @@
 import json
 import shlex
+from dataclasses import asdict
+
+from coar.resources import RunShape
 
 
 rule prepare:
@@ -25,6 +28,11 @@ rule prepare:
         exclude=shlex.quote(",".join(config["components"]["exclude"])),
         loader=loader_options(),
         unreachable=config["components"]["unreachable"],
+        dry_pass=shell_options({
+            "masks-per-pass": config["masks_per_pass"],
+            "max-batch": config["max_batch"],
+            "run-shape": json.dumps(asdict(RunShape.of_config(config))),
+        }),
     log:
         f"{RUN}/logs/prepare.log",
     benchmark:
@@ -32,5 +40,5 @@ rule prepare:
     shell:
         "coar prepare --run-dir {params.run_dir:q} --task {params.spec} --task-params {params.task_params}"
         " --kinds {params.kinds} --include {params.include} --exclude {params.exclude} {params.checks} {params.loader}"
-        " --unreachable {params.unreachable:q}"
+        " --unreachable {params.unreachable:q} {params.dry_pass}"
         " 2>&1 | tee {log:q}"
