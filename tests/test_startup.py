@@ -2,6 +2,7 @@
 runs that cannot fit the machine, unreadable files; and one default per shared option."""
 
 import inspect
+import shlex
 
 import pytest
 import torch
@@ -17,7 +18,7 @@ from coar.forward import run_masked
 from coar.resources import PYTHON_MIB, RunShape
 from coar.task import Task
 
-from tests.snakemake_runs import REPO
+from tests.snakemake_runs import REPO, TEST_CONFIG, snakemake
 
 SCHEMA = yaml.safe_load((REPO / "workflow" / "schemas" / "config.schema.yaml").read_text())["properties"]
 CONFIG = yaml.safe_load((REPO / "config" / "config.yaml").read_text())
@@ -159,3 +160,20 @@ def test_prepare_refuses_a_run_that_cannot_fit_memory_at_its_real_sizes_before_s
     with pytest.raises(ValueError, match=r"coar prepare: a collection job needs about 6.*e\+03 GB of memory"):
         steps.prepare(TASK, {"n": 5000}, ["linear"], ["*"], [], tmp_path / "run", shape=shape)
     assert not (tmp_path / "run").exists()
+
+
+# ----------------------------------------------------------------------------- the workflow under max_batch: auto
+
+
+def test_every_job_of_the_default_target_parses_its_options_under_max_batch_auto(tmp_path):
+    """The whole default target runs under `--config max_batch=auto` (checked by hand: 18 of 18
+    steps); here, cheaply, every job's command line is one the `coar` parser accepts."""
+    result = snakemake(tmp_path, "--dry-run", "--printshellcmds", "--config", "max_batch=auto", config=TEST_CONFIG)
+    assert result.returncode == 0, result.stderr[-3000:]
+    commands = [line.split("Shell command: ", 1)[1] for line in result.stdout.splitlines() if "Shell command: coar " in line]
+    assert {shlex.split(c)[1] for c in commands} >= {"prepare", "collect", "merge", "fit", "baseline", "evaluate"}
+    for command in commands:
+        words = shlex.split(command.split(" 2>&1 ")[0])
+        args = _parser().parse_args(words[1:])
+        if args.command in ("prepare", "collect", "baseline"):
+            assert args.max_batch == "auto", command
