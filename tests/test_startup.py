@@ -2,7 +2,10 @@
 runs that cannot fit the machine, unreadable files; and one default per shared option."""
 
 import inspect
+import pickle
 import shlex
+
+import h5py
 
 import pytest
 import torch
@@ -11,11 +14,13 @@ from torch import nn
 
 from snakemake.utils import validate
 
-from coar import baselines, constants, steps
+from coar import baselines, constants, h5format, steps
 from coar.cli import _parser
 from coar.config import ConfigError, check_config
 from coar.forward import run_masked
+from coar.h5format import FormatError
 from coar.resources import PYTHON_MIB, RunShape
+from coar.run import Run
 from coar.task import Task
 
 from tests.snakemake_runs import REPO, TEST_CONFIG, snakemake
@@ -177,3 +182,52 @@ def test_every_job_of_the_default_target_parses_its_options_under_max_batch_auto
         args = _parser().parse_args(words[1:])
         if args.command in ("prepare", "collect", "baseline"):
             assert args.max_batch == "auto", command
+
+
+# ----------------------------------------------------------------------------- unreadable files named
+
+
+class LongerThanItsItems(torch.utils.data.Dataset):
+    """A Dataset whose __len__ (40) exceeds the 33 items __getitem__ can read."""
+
+    def __len__(self) -> int:
+        return 40
+
+    def __getitem__(self, i: int):
+        if i >= 33:
+            raise IndexError(i)
+        return torch.full((4,), float(i)), 0
+
+
+def longer_than_its_items(params: dict) -> Task:
+    """Task function: a TinyNet-like model on LongerThanItsItems."""
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(0)
+        model = nn.Sequential(nn.Linear(4, 8), nn.ReLU(), nn.Linear(8, 3))
+    return Task(model=model, examples=LongerThanItsItems())
+
+
+def test_prepare_names_a_dataset_whose_length_exceeds_its_items(tmp_path):
+    with pytest.raises(ValueError, match=r"Dataset says it has 40 examples \(__len__\) but reading them failed with "
+                                         r"IndexError: 33; make __len__ the number of items"):
+        steps.prepare("tests.test_startup:longer_than_its_items", {}, ["linear"], ["*"], [], tmp_path / "run")
+
+
+@pytest.mark.parametrize("name", ["components.json", "prepare.json"])
+def test_pickle_bytes_in_a_run_file_are_refused_naming_the_file_and_what_to_do(run_dir, name):
+    (run_dir / name).write_bytes(pickle.dumps({"groups": []}))
+    with pytest.raises(ValueError, match=rf"{name}.*(rerun|prepare)"):
+        Run(run_dir).components
+
+
+def test_a_shard_with_an_attribute_coar_never_writes_is_refused_naming_it(run_dir):
+    shard = run_dir / "shard.h5"
+    steps.collect(run_dir, shard, shard=0, shards=1, masks=20, alpha=0.1, seed=0, ablation="weight", output_fn=None,
+                  masks_per_pass=4, max_batch=64, device="cpu")
+    with h5py.File(shard, "a") as f:
+        f.attrs.create("note", data=b"a\0b", dtype=h5py.string_dtype("ascii", 3))
+    with pytest.raises(FormatError, match=r"shard.h5 has attributes coar never writes \[.note=.*\].*delete it"):
+        h5format.read_shard_meta(shard)
+    with pytest.raises(FormatError, match="attributes coar never writes"):
+        steps.merge(run_dir, [shard], run_dir / "dataset.h5", 20)
+    assert not (run_dir / "dataset.h5").exists()
