@@ -183,7 +183,8 @@ def _parser() -> argparse.ArgumentParser:
     s.add_argument("--example-block", type=int, default=None,
                    help="examples solved together (default: as many as the memory budget allows)")
     s.add_argument("--memory-budget", type=_memory_budget, default=None,
-                   help="GB for the fit's arrays, or 'auto': 80%% of the job's cgroup or SLURM limit, else half of physical memory")
+                   help="GB for the fit's arrays, or 'auto': the job's cgroup or SLURM limit (else physical memory, at most half) "
+                        "less the process's own resident memory and a margin")
 
     s = add("evaluate", "Correlate attribution predictions with true outputs on held-out masks.")
     s.add_argument("--attributions", required=True)
