@@ -38,7 +38,7 @@ from coar.precision import autocast, check_precision
 from coar.resources import RunShape, check_needs
 from coar.run import COMPONENTS, FINGERPRINTS, PREPARE, PROVENANCE, Run
 from coar.saved_task import LoaderOptions
-from coar.task import load_task
+from coar.task import check_labels, load_task
 
 if TYPE_CHECKING:  # drawing loads matplotlib: only the steps that draw import coar.report
     from coar.report import FigurePaths
@@ -71,6 +71,7 @@ def prepare(spec: str, params: dict, kinds: str | Sequence[str], include: Sequen
     """
     start = time.perf_counter()
     task = load_task(spec, params)
+    check_labels(task)
     components = discover(task.model, kinds, include, exclude)
     components, problems = check_components(task.model, components, first_inputs(task.example_source(), 2), unreachable)
     if method == "ols" and masks is not None and masks <= len(components):

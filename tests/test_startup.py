@@ -231,3 +231,30 @@ def test_a_shard_with_an_attribute_coar_never_writes_is_refused_naming_it(run_di
     with pytest.raises(FormatError, match="attributes coar never writes"):
         steps.merge(run_dir, [shard], run_dir / "dataset.h5", 20)
     assert not (run_dir / "dataset.h5").exists()
+
+
+def with_labels(params: dict) -> Task:
+    """Task function: 30 examples for a 3-class classifier, labels from `params` ("range": one
+    label 5 at position 20; "shape": labels of shape (30, 2))."""
+    generator = torch.Generator().manual_seed(0)
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(0)
+        model = nn.Sequential(nn.Linear(4, 8), nn.ReLU(), nn.Linear(8, 3))
+    labels = torch.randint(0, 3, (30,), generator=generator)
+    if params["labels"] == "range":
+        labels[20] = 5
+    elif params["labels"] == "shape":
+        labels = torch.zeros(30, 2, dtype=torch.long)
+    return Task(model=model, inputs=torch.randn(30, 4, generator=generator), labels=labels)
+
+
+@pytest.mark.parametrize("labels, message", [
+    ("range", r"labels of examples \['0', '1', '2', '3', '4'\] ... \(positions 0..29\) do not fit the model's output "
+              r"of shape \(1, 3\) under output function 'margin': .*out of bounds"),
+    ("shape", r"labels of examples .* under output function 'margin': margin expects logits \(B, C\) and labels \(B,\)"),
+])
+def test_prepare_refuses_labels_of_the_wrong_shape_or_out_of_range_before_saving(tmp_path, labels, message):
+    with pytest.raises(ValueError, match=message):
+        steps.prepare("tests.test_startup:with_labels", {"labels": labels}, ["linear"], ["*"], [], tmp_path / "run")
+    assert not (tmp_path / "run").exists()
+    steps.prepare("tests.test_startup:with_labels", {"labels": "good"}, ["linear"], ["*"], [], tmp_path / "run")
