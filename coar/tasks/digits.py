@@ -3,7 +3,8 @@
 The 1,797 8x8 digit images ship with scikit-learn, so the task needs no download. A stratified,
 seeded split holds out ``test_fraction`` of them; the held-out examples are the ones the
 workflow attributes. The task function trains the model itself in seconds, on one CPU thread,
-deterministically given ``seed`` whatever the machine. The network is deliberately cheap per
+deterministically given ``seed`` whatever torch's thread count (bit for bit on one machine;
+another CPU may round differently, so weights may then differ in the last bits). The network is deliberately cheap per
 example: COAR runs it millions of times under ablation.
 """
 
