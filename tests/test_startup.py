@@ -59,6 +59,18 @@ def test_a_batching_option_has_one_default_in_the_schema_the_config_every_comman
         assert inspect.signature(function).parameters[key].default == default, function.__name__
 
 
+@pytest.mark.parametrize("section, key, option", [
+    (None, "device", "--device"),
+    ("loader", "workers", "--loader-workers"),
+    ("loader", "pin_memory", "--loader-pin-memory"),
+    ("loader", "cache_mb", "--loader-cache-mb"),
+])
+def test_other_options_shared_by_commands_have_the_schema_default_in_every_command(section, key, option):
+    schema = SCHEMA[section]["properties"] if section else SCHEMA
+    defaults = command_defaults(option)
+    assert len(defaults) >= 2 and set(defaults.values()) == {schema[key]["default"]}, defaults
+
+
 def test_every_command_that_reads_max_batch_accepts_auto_and_refuses_nonsense(capsys):
     for command in ("prepare", "collect", "baseline"):
         sub = next(a for a in _parser()._actions if a.dest == "command").choices[command]
