@@ -61,8 +61,8 @@ def _memory_budget(text: str) -> float | None:
         value = float(text)
     except ValueError:
         value = 0.0
-    if not value > 0:
-        raise argparse.ArgumentTypeError(f"expected 'auto' or a positive number of GB, got {text!r}")
+    if not 0 < value < float("inf"):
+        raise argparse.ArgumentTypeError(f"expected 'auto' or a positive finite number of GB, got {text!r}")
     return value
 
 

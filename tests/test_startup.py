@@ -81,6 +81,14 @@ def test_every_command_that_reads_max_batch_accepts_auto_and_refuses_nonsense(ca
                 action.type(bad)
 
 
+def test_the_fit_command_refuses_an_infinite_or_nan_memory_budget():
+    for bad in ("inf", "nan", "-1"):
+        with pytest.raises(SystemExit):
+            _parser().parse_args(["fit", "--run-dir", "r", "--data", "d", "--out", "o", "--memory-budget", bad])
+    assert _parser().parse_args(["fit", "--run-dir", "r", "--data", "d", "--out", "o",
+                                 "--memory-budget", "1.5"]).memory_budget == 1.5
+
+
 def test_a_baseline_runs_with_max_batch_auto(run_dir):
     result = steps.baseline(run_dir, run_dir / "loo.h5", method="loo", ablation="weight", output_fn=None,
                             masks_per_pass=4, max_batch="auto", n_steps=4, device="cpu")
