@@ -109,7 +109,8 @@ def prepare(spec: str, params: dict, kinds: str | Sequence[str], include: Sequen
 def collect(run_dir: str | Path, out: str | Path, *, shard: int, shards: int, masks: int, alpha: float, seed: int,
             ablation: str, output_fn: str | None, masks_per_pass: int, max_batch: int | str, device: str,
             purpose: str = "train", stream: int | None = None, count_coincidences_with: str | Path | None = None,
-            threads: int | None = None, precision: str = "fp32", loader: LoaderOptions = LoaderOptions(), fast_path: FastPath = FastPath()) -> None:
+            threads: int | None = None, precision: str = "fp32",
+            loader: LoaderOptions = LoaderOptions(), fast_path: FastPath = FastPath()) -> None:
     """Sample shard `shard` of the masks, run the ablated model on them, write the shard file.
 
     Masks come from the random stream (seed, purpose, stream), stream defaulting to the shard
