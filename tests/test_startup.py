@@ -71,7 +71,7 @@ def test_other_options_shared_by_commands_have_the_schema_default_in_every_comma
     assert len(defaults) >= 2 and set(defaults.values()) == {schema[key]["default"]}, defaults
 
 
-def test_every_command_that_reads_max_batch_accepts_auto_and_refuses_nonsense(capsys):
+def test_every_command_that_reads_max_batch_accepts_auto_and_refuses_nonsense():
     for command in ("prepare", "collect", "baseline"):
         sub = next(a for a in _parser()._actions if a.dest == "command").choices[command]
         action = next(a for a in sub._actions if "--max-batch" in a.option_strings)
