@@ -10,6 +10,8 @@ same run.
     python benchmarks/bench_scale.py            # N=22,720, m=30,000, n=5,000, budget 12 GB
     python benchmarks/bench_scale.py --small    # N=2,000, m=3,000, n=500, budget 0.4 GB
     python benchmarks/bench_scale.py --components 8000 --masks 10000 --examples 2000 --budget-gb 2
+    SLURM_MEM_PER_NODE=2048 python benchmarks/bench_scale.py --components 8000 --masks 10000 \
+        --examples 2000 --budget-gb auto   # the fit's auto budget under a 2 GB allocation
 
 Goals printed beside the measurements: fit peak RSS <= 1.25 x (Gram + factor + one block of
 examples), fit time <= 2 x the floor. The planted weights are dense and low-rank (rank 8), so
@@ -221,7 +223,8 @@ def main() -> None:
     p.add_argument("--masks", type=int, default=30_000)
     p.add_argument("--examples", type=int, default=5_000)
     p.add_argument("--shards", type=int, default=10)
-    p.add_argument("--budget-gb", type=float, default=12.0)
+    p.add_argument("--budget-gb", type=lambda t: None if t == "auto" else float(t), default=12.0,
+                   help="GB for the fit's arrays, or auto (the job's limit less the fit's resident memory)")
     p.add_argument("--small", action="store_true", help="N=2,000, m=3,000, n=500, budget 0.4 GB (2 blocks)")
     p.add_argument("--dir", default=None, help="work folder (default: a temporary one, deleted)")
     p.add_argument("--step", nargs=2, help=argparse.SUPPRESS)
@@ -237,7 +240,7 @@ def main() -> None:
            "shards": args.shards, "budget_gb": args.budget_gb}
     N, n, m = run["N"], run["n"], run["m"]
     print(f"N={N:,} components, m={m:,} masks, n={n:,} examples, {args.shards} shards, "
-          f"fit budget {args.budget_gb:g} GB, in {folder}")
+          f"fit budget {'auto' if args.budget_gb is None else f'{args.budget_gb:g} GB'}, in {folder}")
     try:
         results = {}
         for name in ("imports", "floor", "write", "merge", "fit", "evaluate"):
@@ -251,6 +254,7 @@ def main() -> None:
 
 def report(run: dict, results: dict, folder: Path) -> None:
     from coar.solver.estimators import closed_form_bytes
+    from coar.solver.memory import job_memory
 
     N, n = run["N"], run["n"]
     fit = results["fit"]
@@ -269,6 +273,9 @@ def report(run: dict, results: dict, folder: Path) -> None:
     print()
     print(f"fit plan: {fit['solver_path']}, {fit['n_blocks']} block(s) of {block} examples, budget {fit['memory_budget']}")
     base = results["imports"]["peak_rss"]
+    limit = job_memory()
+    print(f"fit peak RSS {fit['peak_rss'] / 1e9:.2f} GB beside the job's memory limit {limit}: "
+          f"{'within' if fit['peak_rss'] <= limit.bytes else 'OVER'} it")
     print(f"fit peak RSS {fit['peak_rss'] / 1e9:.2f} GB = {fit['peak_rss'] / goal_bytes:.2f} x (Gram {square / 1e9:.2f} GB "
           f"+ factor {square / 1e9:.2f} GB + one block {(goal_bytes - 2 * square) / 1e9:.2f} GB) (goal <= 1.25); "
           f"above the {base / 1e9:.2f} GB of the imports alone: {(fit['peak_rss'] - base) / goal_bytes:.2f} x")

@@ -23,6 +23,7 @@ import torch
 import yaml
 
 from coar import steps
+from coar.constants import DEFAULT_MASKS_PER_PASS, DEFAULT_MAX_BATCH
 from coar.fastpath import FastPath
 from coar.run import Run
 
@@ -67,7 +68,8 @@ def main(argv: list[str] | None = None) -> None:
               f"prepared in {time.perf_counter() - t0:.0f} s; {args.masks} training and {args.heldout} held-out masks "
               f"at alpha {config['alpha']}, {torch.get_num_threads()} thread(s)", flush=True)
         common = dict(alpha=config["alpha"], seed=config["seed"], ablation=config["ablation"], output_fn=None,
-                      masks_per_pass=config["masks_per_pass"], max_batch=config["max_batch"], device="cpu")
+                      masks_per_pass=config.get("masks_per_pass", DEFAULT_MASKS_PER_PASS),
+                      max_batch=config.get("max_batch", DEFAULT_MAX_BATCH), device="cpu")
         rows = {}
         for name in args.variants:
             precision, fast = VARIANTS[name]
@@ -76,7 +78,7 @@ def main(argv: list[str] | None = None) -> None:
             t0 = time.perf_counter()
             steps.collect(run, train, shard=0, shards=1, masks=args.masks, precision=precision, fast_path=fast, **common)
             seconds = time.perf_counter() - t0
-            steps.collect(run, heldout, shard=0, shards=1, masks=args.heldout, purpose="heldout", exclude_masks_of=train,
+            steps.collect(run, heldout, shard=0, shards=1, masks=args.heldout, purpose="heldout", count_coincidences_with=train,
                           precision=precision, fast_path=fast, **common)
             attributions = run / f"attributions-{tag}.h5"
             steps.fit(run, train, attributions, method="ols", backend="numpy", chunk_rows=4096)

@@ -50,6 +50,7 @@ from coar.exactness import probe_layout
 from coar.forward import OutputFn, run_masked
 
 from coar.constants import BASELINE_METHODS as METHODS
+from coar.constants import DEFAULT_MASKS_PER_PASS, DEFAULT_MAX_BATCH
 
 Score = Literal["conductance", "internal_influence"]
 
@@ -57,7 +58,7 @@ Score = Literal["conductance", "internal_influence"]
 
 def leave_one_out(model: nn.Module, components: ComponentSet, inputs: torch.Tensor, labels: torch.Tensor,
                   output_fn: OutputFn, *, mode: Mode = "weight", reference_inputs: torch.Tensor | None = None,
-                  masks_per_pass: int = 8, max_batch: int = 4096, block: int = 1024) -> LinearModels:
+                  masks_per_pass: int = DEFAULT_MASKS_PER_PASS, max_batch: int = DEFAULT_MAX_BATCH, block: int = 1024) -> LinearModels:
     """weight_i = f(ablate component i alone) - f(ablate nothing): N + 1 masks through `run_masked`.
 
     The one-hot masks are made `block` rows at a time, so memory stays bounded for large N.
@@ -178,7 +179,7 @@ def _check_model(model: nn.Module, inputs: torch.Tensor, labels: torch.Tensor) -
 
 def grad_x_param(model: nn.Module, components: ComponentSet, inputs: torch.Tensor, labels: torch.Tensor,
                  output_fn: OutputFn, *, mode: Mode = "weight", reference_inputs: torch.Tensor | None = None,
-                 max_batch: int = 4096) -> LinearModels:
+                 max_batch: int = DEFAULT_MAX_BATCH) -> LinearModels:
     """First-order estimate of each ablation: weight_i = sum over positions of dOutput/da * (fill - a)."""
     device = _check_model(model, inputs, labels)
     recorder = _SiteRecorder(model, components, inputs[:2].to(device))
@@ -262,7 +263,7 @@ def _site_scores(score: Score, model: nn.Module, recorder: _SiteRecorder, groups
 
 
 def integrated(model: nn.Module, components: ComponentSet, inputs: torch.Tensor, labels: torch.Tensor,
-               output_fn: OutputFn, *, score: Score, n_steps: int = 50, max_batch: int = 4096,
+               output_fn: OutputFn, *, score: Score, n_steps: int = 50, max_batch: int = DEFAULT_MAX_BATCH,
                captum: bool = True) -> LinearModels:
     """Conductance or internal influence per unit (zero input as the path's start), as -score.
 
@@ -301,7 +302,7 @@ def integrated(model: nn.Module, components: ComponentSet, inputs: torch.Tensor,
 
 def attribute(method: str, model: nn.Module, components: ComponentSet, inputs: torch.Tensor, labels: torch.Tensor,
               output_fn: OutputFn, *, mode: Mode = "weight", reference_inputs: torch.Tensor | None = None,
-              masks_per_pass: int = 8, max_batch: int = 4096, n_steps: int = 50) -> LinearModels:
+              masks_per_pass: int = DEFAULT_MASKS_PER_PASS, max_batch: int = DEFAULT_MAX_BATCH, n_steps: int = 50) -> LinearModels:
     """Run baseline `method` (one of METHODS) with the options that apply to it."""
     if method == "loo":
         return leave_one_out(model, components, inputs, labels, output_fn, mode=mode, reference_inputs=reference_inputs,

@@ -1,6 +1,6 @@
 """Rows per forward pass: `max_batch: auto` and halving the pass on out-of-memory errors.
 
-On a CPU the default stays small (CPU_MAX_BATCH rows keep activations in cache; see
+On a CPU `auto` is the default DEFAULT_MAX_BATCH (coar.constants: rows keep activations in cache; see
 benchmarks/bench_forward.py). On a GPU, `auto` runs trial passes from a large batch down,
 halving on out-of-memory or when a pass would use more than a fraction of the free memory.
 During collection an out-of-memory error halves the examples per pass and retries the same
@@ -14,9 +14,10 @@ from collections.abc import Callable, Iterator
 
 import torch
 
+from coar.constants import DEFAULT_MAX_BATCH
+
 log = logging.getLogger(__name__)
 
-CPU_MAX_BATCH = 512
 GPU_START_ROWS = 1 << 16
 GPU_MEMORY_FRACTION = 0.8  # margin: a pass may use at most this share of the memory free before it
 
@@ -48,13 +49,13 @@ def auto_max_batch(model: torch.nn.Module, example: torch.Tensor, device: torch.
                    context: Callable[[], object] | None = None, start: int = GPU_START_ROWS) -> int:
     """Rows per pass for `max_batch: auto` on `device`, logged.
 
-    CPU: CPU_MAX_BATCH. CUDA: the largest power-of-two fraction of `start` rows (copies of
+    CPU: DEFAULT_MAX_BATCH. CUDA: the largest power-of-two fraction of `start` rows (copies of
     `example`, one input row) whose trial pass fits, at most GPU_MEMORY_FRACTION of free memory.
     `context` makes the trial run as the collection will (e.g. autocast).
     """
     if device.type != "cuda":
-        log.info("max_batch auto: %d rows per pass on %s (cache-friendly default)", CPU_MAX_BATCH, device)
-        return CPU_MAX_BATCH
+        log.info("max_batch auto: %d rows per pass on %s (cache-friendly default)", DEFAULT_MAX_BATCH, device)
+        return DEFAULT_MAX_BATCH
 
     def trial(rows: int) -> None:
         torch.cuda.synchronize(device)

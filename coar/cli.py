@@ -35,8 +35,8 @@ import traceback
 from pathlib import Path
 from typing import Sequence
 
-from coar.constants import (ABLATION_MODES, BASELINE_METHODS, COMPONENT_KINDS, DEVICES, EXPORT_FORMATS, KIND_PRESETS,
-                            NONFINITE_POLICIES, PRECISIONS, REPORT_FIGURES, SOLVER_BACKENDS, SOLVER_METHODS,
+from coar.constants import (ABLATION_MODES, BASELINE_METHODS, COMPONENT_KINDS, DEFAULT_MASKS_PER_PASS, DEFAULT_MAX_BATCH,
+                            DEVICES, EXPORT_FORMATS, KIND_PRESETS, PRECISIONS, REPORT_FIGURES, SOLVER_BACKENDS, SOLVER_METHODS,
                             UNREACHABLE_POLICIES)
 
 
@@ -90,8 +90,8 @@ def _memory_budget(text: str) -> float | None:
         value = float(text)
     except ValueError:
         value = 0.0
-    if not value > 0:
-        raise argparse.ArgumentTypeError(f"expected 'auto' or a positive number of GB, got {text!r}")
+    if not 0 < value < float("inf"):
+        raise argparse.ArgumentTypeError(f"expected 'auto' or a positive finite number of GB, got {text!r}")
     return value
 
 
@@ -123,16 +123,25 @@ def _task_options(s: argparse.ArgumentParser) -> None:
     s.add_argument("--task-params", default="{}", type=json.loads, help="the config's task params as a JSON object")
 
 
-def _max_batch(text: str) -> int | str:
-    if text == "auto":
-        return text
+def _positive(text: str) -> int:
+    """A positive whole number."""
     try:
         value = int(text)
     except ValueError:
         value = 0
     if value < 1:
-        raise argparse.ArgumentTypeError(f"expected a positive integer or 'auto', got {text!r}")
+        raise argparse.ArgumentTypeError(f"expected a positive whole number, got {text!r}")
     return value
+
+
+def _max_batch(text: str) -> int | str:
+    """'auto' or a positive whole number of rows: the one parser of every command's --max-batch."""
+    if text == "auto":
+        return text
+    try:
+        return _positive(text)
+    except argparse.ArgumentTypeError:
+        raise argparse.ArgumentTypeError(f"expected a positive whole number or 'auto', got {text!r}") from None
 
 
 def _parser() -> argparse.ArgumentParser:
@@ -152,6 +161,13 @@ def _parser() -> argparse.ArgumentParser:
         s.add_argument("--loader-cache-mb", type=float, default=0,
                        help="keep a Dataset's examples in memory between mask blocks when they fit in this many MiB")
 
+    def add_batching(s: argparse.ArgumentParser) -> None:
+        s.add_argument("--masks-per-pass", type=_positive, default=DEFAULT_MASKS_PER_PASS,
+                       help="masks evaluated in one batched forward pass (loo baseline: the same)")
+        s.add_argument("--max-batch", type=_max_batch, default=DEFAULT_MAX_BATCH,
+                       help="most rows (masks x examples, or path points x examples) per forward pass, "
+                            "or 'auto' (GPU: probed; CPU: 512)")
+
     s = add("prepare", "Build the task (train the model if the task does), discover its components, save both.")
     s.add_argument("--task", required=True, help="task function, 'package.module:function' or 'package.module'")
     s.add_argument("--task-params", default="{}", type=json.loads, help="JSON object passed to the task function")
@@ -165,6 +181,7 @@ def _parser() -> argparse.ArgumentParser:
     add_loader(s)
     s.add_argument("--unreachable", choices=UNREACHABLE_POLICIES, default="error",
                    help="component groups that cannot be ablated exactly (dry pass): stop naming them, or drop them with a warning")
+    add_batching(s)
 
     s = add("collect", "Sample one shard of ablation masks and record the ablated model's outputs on every example.")
     _task_options(s)
@@ -180,13 +197,9 @@ def _parser() -> argparse.ArgumentParser:
     s.add_argument("--stream", type=int, default=None, help="random stream index (default: the shard index)")
     s.add_argument("--ablation", choices=ABLATION_MODES, default="weight")
     s.add_argument("--output-fn", default=None, help="output function; default: the task's own")
-    s.add_argument("--masks-per-pass", type=int, default=8, help="masks evaluated in one batched forward pass")
-    s.add_argument("--max-batch", type=_max_batch, default=4096,
-                   help="most rows (masks x examples) per forward pass, or 'auto' (GPU: probed; CPU: 512)")
+    add_batching(s)
     s.add_argument("--device", choices=DEVICES, default="auto")
     s.add_argument("--precision", choices=PRECISIONS, default="fp32", help="arithmetic precision (autocast) of the ablated passes")
-    s.add_argument("--nonfinite", choices=NONFINITE_POLICIES, default="error",
-                   help="NaN or infinite outputs: refuse (error) or write them with a warning (record)")
     s.add_argument("--threads", type=int, default=None, help="torch CPU threads")
     s.add_argument("--fold-bn", action=argparse.BooleanOptionalAction, default=True,
                    help="fold eval-mode BatchNorms into the preceding convs (exact; coar.fastpath)")
@@ -210,7 +223,8 @@ def _parser() -> argparse.ArgumentParser:
     s.add_argument("--example-block", type=int, default=None,
                    help="examples solved together (default: as many as the memory budget allows)")
     s.add_argument("--memory-budget", type=_memory_budget, default=None,
-                   help="GB for the fit's arrays, or 'auto': 80%% of the job's cgroup or SLURM limit, else half of physical memory")
+                   help="GB for the fit's arrays, or 'auto': the job's cgroup or SLURM limit (else physical memory, at most half) "
+                        "less the process's own resident memory and a margin")
 
     s = add("evaluate", "Correlate attribution predictions with true outputs on held-out masks.")
     s.add_argument("--attributions", required=True)
@@ -233,8 +247,7 @@ def _parser() -> argparse.ArgumentParser:
     s.add_argument("--out", required=True, help="attributions HDF5 file to write (same format as COAR's)")
     s.add_argument("--ablation", choices=ABLATION_MODES, default="weight", help="ablation that loo and grad_x_param model")
     s.add_argument("--output-fn", default=None, help="output function; default: the task's own")
-    s.add_argument("--masks-per-pass", type=int, default=8, help="loo: masks evaluated in one batched forward pass")
-    s.add_argument("--max-batch", type=int, default=4096, help="most rows (masks x examples, or path points x examples) per pass")
+    add_batching(s)
     s.add_argument("--n-steps", type=int, default=50, help="conductance, internal_influence: integration steps")
     s.add_argument("--device", choices=DEVICES, default="auto")
     s.add_argument("--threads", type=int, default=None, help="torch CPU threads")
@@ -273,8 +286,10 @@ def _parser() -> argparse.ArgumentParser:
         else:
             s.add_argument("--plan", required=True, help="plan.json of this edit (coar edit-plan)")
             s.add_argument("--out-dir", required=True, help="folder for weights.safetensors, ablated.json, report.json")
-            s.add_argument("--masks-per-pass", type=int, default=8, help="values of k evaluated in one forward pass")
-        s.add_argument("--max-batch", type=int, default=512, help="most rows (masks x examples) per forward pass")
+            s.add_argument("--masks-per-pass", type=_positive, default=DEFAULT_MASKS_PER_PASS,
+                           help="values of k evaluated in one forward pass")
+        s.add_argument("--max-batch", type=_positive, default=DEFAULT_MAX_BATCH,
+                       help="most rows (masks x examples) per forward pass")
         s.add_argument("--device", choices=DEVICES, default="auto")
         s.add_argument("--threads", type=int, default=None, help="torch CPU threads")
         _task_options(s)
@@ -372,15 +387,15 @@ def _run(args: argparse.Namespace) -> None:
             chosen = preset(args.preset)
             args.kinds, args.include, args.exclude = list(chosen.kinds), list(chosen.include), list(chosen.exclude)
         info = steps.prepare(args.task, args.task_params, args.kinds, args.include, args.exclude, args.run_dir,
-                             masks=args.masks, method=args.method, loader=_loader(args), unreachable=args.unreachable)
+                             masks=args.masks, method=args.method, loader=_loader(args), unreachable=args.unreachable,
+                             masks_per_pass=args.masks_per_pass, max_batch=args.max_batch)
         print(json.dumps({k: info[k] for k in ("n_examples", "n_components", "dropped_components", "task_info")}, indent=1))
     elif args.command == "collect":
         steps.collect(args.run_dir, args.out, task_spec=args.task, task_params=args.task_params, shard=args.shard,
                       shards=args.shards, masks=args.masks, rows=args.rows, alpha=args.alpha,
                       seed=args.seed, ablation=args.ablation, output_fn=args.output_fn, masks_per_pass=args.masks_per_pass,
                       max_batch=args.max_batch, device=args.device, purpose=args.purpose, stream=args.stream,
-                      threads=args.threads, precision=args.precision,
-                      nonfinite=args.nonfinite, loader=_loader(args),
+                      threads=args.threads, precision=args.precision, loader=_loader(args),
                       fast_path=FastPath(fold_bn=args.fold_bn, channels_last=args.channels_last, compile=args.compile))
     elif args.command == "merge":
         steps.merge(args.run_dir, args.shards, args.out, args.masks, _expected(args))
@@ -448,8 +463,8 @@ def _edit(args: argparse.Namespace) -> None:
                         expected=_expected(args), device=args.device, max_batch=args.max_batch)
     else:
         report = edit_steps.apply(args.run_dir, spec, args.plan, args.attributions, args.out_dir,
-                                  task=(args.task, args.task_params), expected=_expected(args), device=args.device, masks_per_pass=args.masks_per_pass,
-                                  max_batch=args.max_batch)
+                                  task=(args.task, args.task_params), expected=_expected(args), device=args.device,
+                                  masks_per_pass=args.masks_per_pass, max_batch=args.max_batch)
         print(json.dumps({k: report[k] for k in ("k", "rule", "checks", "problems")}, indent=1))
 
 

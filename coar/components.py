@@ -117,7 +117,12 @@ class ComponentSet:
 
     @classmethod
     def load(cls, path: str | Path) -> "ComponentSet":
-        return cls.from_json(Path(path).read_text())
+        """The component list saved at `path`; a file that is not one is refused, naming it."""
+        try:
+            return cls.from_json(Path(path).read_text(encoding="utf-8"))
+        except (UnicodeDecodeError, ValueError, KeyError, TypeError) as error:
+            raise ValueError(f"{path} is not a component list written by coar ({type(error).__name__}: {error}); "
+                             "delete it and rerun the prepare step") from None
 
 
 def _matches(name: str, patterns: Iterable[str]) -> bool:

@@ -7,6 +7,7 @@ second with a message naming the key and the fix, not after hours of collection.
 from __future__ import annotations
 
 import difflib
+import math
 import re
 from functools import lru_cache
 from importlib.resources import files
@@ -17,6 +18,7 @@ import yaml
 from coar.constants import DEFAULT_TASK_FUNCTION, OUTPUT_FUNCTION_NAMES
 from coar.edit.spec import check_edits
 from coar.masks import shard_ranges
+from coar.resources import RunShape, check_needs
 from coar.spec import import_object, module_exists, parse_spec
 
 SCHEMA = files("coar") / "config.schema.yaml"
@@ -33,7 +35,9 @@ class ConfigError(ValueError):
 
 
 def check_config(config: dict) -> None:
-    """Refuse, before any work, values the schema cannot judge (e.g. a task module that does not exist)."""
+    """Refuse, before any work, values the schema cannot judge (e.g. a task module that does not
+    exist, NaN or infinity, a run that cannot fit this machine's memory or disk)."""
+    _check_finite(config, "")
     _check_integers(config, _schema(), "")
     _check_run_name(config["run"])
     _check_task(config["task"]["spec"])
@@ -48,6 +52,7 @@ def check_config(config: dict) -> None:
     if config["shards"] is not None and config["shards"] > config["masks"]:
         raise ConfigError(f"config key 'shards': {config['shards']} shards for {config['masks']} masks; "
                           "use at most one shard per mask")
+    _check_sizes(config)
     if config["device"] == "cuda":
         _check_gpu()
     if config["solver"]["backend"] == "cupy":
@@ -109,14 +114,6 @@ def _check_spec(key: str, spec: str, default_attr: str | None, kind: str) -> Non
                           "install it or put it on PYTHONPATH")
 
 
-def shard_rows(config: dict) -> list[tuple[int, int]]:
-    """Each collection job's [start, stop) mask rows: `shards` equal shards when set, else shards
-    of `shard_masks` rows (coar.masks.shard_ranges)."""
-    if config["shards"] is not None:
-        return shard_ranges(config["masks"], config["shards"])
-    return shard_ranges(config["masks"], shard_masks=config["shard_masks"])
-
-
 def check_masks_for_method(masks: int, method: str, n_components: int) -> None:
     """OLS needs more masks than components; refused naming the key and the fix."""
     if method == "ols" and masks <= n_components:
@@ -137,11 +134,37 @@ def _schema() -> dict:
     return yaml.safe_load(SCHEMA.read_text())
 
 
+def _check_finite(value: object, key: str) -> None:
+    """Refuse NaN and infinity anywhere (YAML's .nan and .inf pass the schema's bounds)."""
+    if isinstance(value, float) and not math.isfinite(value):
+        raise ConfigError(f"config key {key!r}: {value!r} is not a finite number; give a number such as those "
+                          "config/README.md shows")
+    items = value.items() if isinstance(value, dict) else enumerate(value) if isinstance(value, list) else ()
+    for name, sub in items:
+        _check_finite(sub, f"{key}.{name}" if key and isinstance(name, str) else f"{key}[{name}]" if key else name)
+
+
+def _check_sizes(config: dict) -> None:
+    """The least memory and disk any run of this config needs (one example, one component),
+    against this machine's; `coar prepare` checks again with the real sizes."""
+    try:
+        check_needs(RunShape.of_config(config).needs(), Path("results") / config["run"], "config key 'masks'")
+    except ValueError as error:
+        raise ConfigError(str(error)) from None
+
+
+def _wants_integer(schema: dict) -> bool:
+    """True when the schema allows integers but no other numbers (directly or in each oneOf branch)."""
+    branches = schema.get("oneOf", [schema])
+    types = {t for b in branches for t in ([b["type"]] if isinstance(b.get("type"), str) else b.get("type", []))}
+    return "integer" in types and "number" not in types
+
+
 def _check_integers(value: object, schema: dict, key: str) -> None:
     """Refuse floats where the schema wants an integer (JSON Schema accepts 400.0 as an integer)."""
     if "$ref" in schema:
         schema = _schema()["$defs"][schema["$ref"].rsplit("/", 1)[-1]]
-    if schema.get("type") == "integer" and isinstance(value, float):
+    if _wants_integer(schema) and isinstance(value, float):
         raise ConfigError(f"config key {key!r}: {value!r} must be a whole number written without a decimal point "
                           f"(e.g. {int(value) if value.is_integer() else round(value)})")
     if isinstance(value, dict):

@@ -28,11 +28,15 @@ SOLVER_BACKENDS: tuple[str, ...] = get_args(SolverBackend)
 PRECISIONS = ("fp32", "bf16", "fp16")
 """Arithmetic precision of the ablated forward passes; outputs are stored as float32 whatever it is."""
 
-NONFINITE_POLICIES = ("error", "record")
-"""What collection does with NaN or infinite outputs: refuse (error) or write them with a warning."""
-
 UNREACHABLE_POLICIES = ("error", "drop")
 """What prepare does with component groups its dry pass finds cannot be ablated exactly."""
+
+DEFAULT_MAX_BATCH = 512
+"""Rows (masks x examples) per forward pass when none is given: the config's default, every
+command's and every function's (small passes stay in CPU cache; benchmarks/bench_forward.py)."""
+
+DEFAULT_MASKS_PER_PASS = 8
+"""Masks evaluated in one batched forward pass when none is given (config, commands, functions)."""
 
 DEVICES = ("auto", "cpu", "cuda")
 """Where forward passes run; "auto" is CUDA when torch sees a GPU."""

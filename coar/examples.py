@@ -69,7 +69,7 @@ class DatasetExamples:
                             pin_memory=self.pin_memory)
         kept: list[Batch] | None = [] if self.cache_bytes else None
         size = 0
-        for x, y in loader:
+        for x, y in _read(loader, len(self.dataset)):
             y = torch.as_tensor(y)
             if kept is not None:
                 size += x.nbytes + y.nbytes
@@ -80,6 +80,15 @@ class DatasetExamples:
             yield x, y
         if kept is not None:
             self._cache = (batch_size, kept)
+
+
+def _read(loader: DataLoader, n: int) -> Iterator[Batch]:
+    """The loader's batches; a Dataset that cannot give an index below its length is refused, naming both."""
+    try:
+        yield from loader
+    except (IndexError, KeyError) as error:
+        raise ValueError(f"the task's Dataset says it has {n} examples (__len__) but reading them failed with "
+                         f"{type(error).__name__}: {error}; make __len__ the number of items __getitem__ can read") from None
 
 
 class FingerprintChecked:

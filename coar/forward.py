@@ -13,8 +13,9 @@ from tqdm.auto import tqdm
 from coar.ablation import Ablation, Mode
 from coar.batching import PassSize
 from coar.components import ComponentSet
+from coar.constants import DEFAULT_MASKS_PER_PASS, DEFAULT_MAX_BATCH
 from coar.examples import Examples, TensorExamples, first_inputs
-from coar.exactness import fold_problems, probe_layout
+from coar.exactness import TOLERANCE, fold_problems, probe_layout
 from coar.precision import autocast, check_precision
 
 OutputFn = Callable[[object, torch.Tensor], torch.Tensor]
@@ -34,8 +35,8 @@ def run_masked(
     labels: torch.Tensor | None,
     output_fn: OutputFn,
     *,
-    masks_per_pass: int = 8,
-    max_batch: int = 4096,
+    masks_per_pass: int = DEFAULT_MASKS_PER_PASS,
+    max_batch: int = DEFAULT_MAX_BATCH,
     mode: Mode = "weight",
     fills: list[torch.Tensor] | None = None,
     reference_inputs: torch.Tensor | None = None,
@@ -103,3 +104,25 @@ def run_masked(
             bar.update(k)
     bar.close()
     return out
+
+
+def check_pass_rows(model: nn.Module, components: ComponentSet, examples: Examples, output_fn: OutputFn, *,
+                    masks_per_pass: int = DEFAULT_MASKS_PER_PASS, max_batch: int = DEFAULT_MAX_BATCH) -> None:
+    """Refuse a model whose outputs change with the rows of a pass (e.g. a forward that branches
+    on the batch size), before any collection: one pass at the collection's real rows
+    (`masks_per_pass` masks x `max_batch // masks_per_pass` examples) against the same masks and
+    examples one row per pass. The dry pass (coar.exactness) runs 2-3 rows only."""
+    x, y = next(iter(examples.batches(min(len(examples), max(1, max_batch // masks_per_pass)))))
+    masks = torch.rand(masks_per_pass, len(components), generator=torch.Generator().manual_seed(0)) < 0.5
+    masks[0] = False  # one unablated copy of the examples in the pass
+    batched = run_masked(model, components, masks, x, y, output_fn, masks_per_pass=masks_per_pass,
+                         max_batch=masks_per_pass * len(x))
+    single = run_masked(model, components, masks, x, y, output_fn, masks_per_pass=1, max_batch=1)
+    error = float(np.abs(batched - single).max() / max(float(np.abs(single).max()), 1e-12))
+    if not error <= TOLERANCE:
+        raise ValueError(
+            f"the model's outputs change with the rows of a forward pass: a pass of {masks_per_pass * len(x)} rows "
+            f"({masks_per_pass} masks x {len(x)} examples, as collection runs with masks_per_pass {masks_per_pass} "
+            f"and max_batch {max_batch}) differs from one row per pass by relative error {error:.2g}; make the "
+            "forward independent of the batch size, or lower max_batch (config key 'max_batch') until this passes"
+        )

@@ -549,6 +549,11 @@ def _reading(path: PathLike) -> Iterator[h5py.File]:
 def _read_meta(f: h5py.File, path: PathLike, layout: _Layout) -> dict:
     """Attributes of an open file after checking completeness, layout, attributes and datasets."""
     attrs = {k: _python(v) for k, v in f.attrs.items()}
+    if odd := [f"{k}={v!r}" for k, v in attrs.items() if not _is_plain(v)]:
+        raise FormatError(
+            f"{path} has attributes coar never writes {odd} (coar stores only str without NUL, bool, int and "
+            "float): it was changed by another tool; delete it and rerun the step that makes it"
+        )
     if attrs.get(_COMPLETE) is not True:
         raise FormatError(
             f"{path} is incomplete (no complete=True attribute): the job writing it did not finish "
@@ -619,6 +624,11 @@ def _python(value: object) -> object:
     if isinstance(value, bytes):
         return value.decode()
     return value
+
+
+def _is_plain(value: object) -> bool:
+    """True for the attribute values coar writes (see `_plain`)."""
+    return isinstance(value, (bool, Integral, Real)) or (isinstance(value, str) and "\0" not in value)
 
 
 def check_expected(path: PathLike, meta: Mapping, expect: Mapping) -> None:

@@ -109,3 +109,11 @@ def _row_digests(rows: np.ndarray) -> list[bytes]:
 def _require_int(name: str, value: object, minimum: int) -> None:
     if isinstance(value, bool) or not isinstance(value, Integral) or value < minimum:
         raise ValueError(f"{name} must be an integer >= {minimum}, got {value!r}")
+
+
+def shard_rows(config: dict) -> list[tuple[int, int]]:
+    """Each collection job's [start, stop) mask rows: `shards` equal shards when set, else shards
+    of `shard_masks` rows (coar.masks.shard_ranges)."""
+    if config["shards"] is not None:
+        return shard_ranges(config["masks"], config["shards"])
+    return shard_ranges(config["masks"], shard_masks=config["shard_masks"])

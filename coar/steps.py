@@ -11,7 +11,6 @@ step is given from the config.
 from __future__ import annotations
 
 import json
-import sys
 import time
 from pathlib import Path
 from typing import TYPE_CHECKING, Sequence
@@ -27,19 +26,19 @@ from coar.atomic import atomic_path, write_json
 from coar.batching import resolve_max_batch
 from coar.components import discover
 from coar.config import check_masks_for_method
-from coar.constants import BASELINE_METHODS, NONFINITE_POLICIES
+from coar.constants import BASELINE_METHODS, DEFAULT_MASKS_PER_PASS, DEFAULT_MAX_BATCH
 from coar.evaluate import compare as compare_methods
 from coar.exactness import OnProblem, check_components
 from coar.examples import first_inputs, stack
 from coar.finite import nonfinite_problem
 from coar.fastpath import FastPath, prepare as prepare_fast
-from coar.forward import run_masked
+from coar.forward import check_pass_rows, run_masked
 from coar.masks import count_rows_in, sample_masks, shard_ranges
 from coar.outputs import resolve_output_fn
 from coar.precision import autocast, check_precision
 from coar.run import COMPONENTS, FINGERPRINTS, PREPARE, PROVENANCE, Run
 from coar.saved_task import LoaderOptions
-from coar.task import load_task
+from coar.task import check_labels, load_task
 
 if TYPE_CHECKING:  # drawing loads matplotlib: only the steps that draw import coar.report
     from coar.report import FigurePaths
@@ -56,21 +55,29 @@ def resolve_device(device: str) -> torch.device:
 
 def prepare(spec: str, params: dict, kinds: str | Sequence[str], include: Sequence[str], exclude: Sequence[str],
             run_dir: str | Path, masks: int | None = None, method: str | None = None,
-            loader: LoaderOptions = LoaderOptions(), unreachable: OnProblem = "error") -> dict:
+            loader: LoaderOptions = LoaderOptions(), unreachable: OnProblem = "error",
+            masks_per_pass: int = DEFAULT_MASKS_PER_PASS, max_batch: int | str = DEFAULT_MAX_BATCH) -> dict:
     """Build the task, discover its components and save both with their fingerprints.
 
     A dry pass on two examples (coar.exactness) first checks that every component group can be
     ablated exactly; `unreachable` says whether those that cannot stop prepare ("error") or are
     dropped with a warning ("drop", listed in prepare.json). Given the run's `masks` and solver
     `method`, OLS with masks <= components is refused now, before anything is saved or collected
-    (the number of components is first known here).
+    (the number of components is first known here). One pass at the collection's real rows
+    (`masks_per_pass`, `max_batch`; coar.forward.check_pass_rows) refuses a model whose outputs
+    change with the batch size. The memory and disk the run needs at its real sizes are checked
+    next, before any collection (coar.resources.check_prepared_run).
     """
     start = time.perf_counter()
     task = load_task(spec, params)
+    check_labels(task)
     components = discover(task.model, kinds, include, exclude)
     components, problems = check_components(task.model, components, first_inputs(task.example_source(), 2), unreachable)
     if method is not None and masks is not None:
         check_masks_for_method(masks, method, len(components))
+    source = task.example_source()
+    rows = resolve_max_batch(max_batch, task.model, first_inputs(source, 1), torch.device("cpu"))
+    check_pass_rows(task.model, components, source, task.output, masks_per_pass=masks_per_pass, max_batch=rows)
     run_dir = Path(run_dir)
     saved = saved_task.save(task, run_dir, LoaderOptions(loader.workers, pin_memory=False))  # one pass on the CPU: no pinning, no cache
     with atomic_path(run_dir / COMPONENTS) as tmp:
@@ -96,7 +103,7 @@ def prepare(spec: str, params: dict, kinds: str | Sequence[str], include: Sequen
 def collect(run_dir: str | Path, out: str | Path, *, task_spec: str, task_params: dict, shard: int, shards: int = 1,
             masks: int | None = None, rows: tuple[int, int] | None = None, alpha: float, seed: int,
             ablation: str, output_fn: str | None, masks_per_pass: int, max_batch: int | str, device: str,
-            purpose: str = "train", stream: int | None = None, threads: int | None = None, precision: str = "fp32", nonfinite: str = "error",
+            purpose: str = "train", stream: int | None = None, threads: int | None = None, precision: str = "fp32",
             loader: LoaderOptions = LoaderOptions(), fast_path: FastPath = FastPath()) -> None:
     """Sample shard `shard` of the masks, run the ablated model on them, write the shard file.
 
@@ -107,13 +114,10 @@ def collect(run_dir: str | Path, out: str | Path, *, task_spec: str, task_params
     Masks come from the random stream (seed, purpose, stream), stream defaulting to the shard
     index, so each shard is reproducible on its own; held-out masks are independent draws, and
     collecting them needs no training data (evaluate counts coincidences with training masks).
-    Outputs that are NaN or infinite are refused, naming the masks and examples; with
-    nonfinite="record" they are written and a warning is printed instead.
+    Outputs that are NaN or infinite are refused, naming the masks and examples.
     `precision` runs the passes under autocast; `fast_path` (coar.fastpath) transforms the model
     without changing its ablated outputs; `max_batch` "auto" sizes passes to the device (coar.batching).
     """
-    if nonfinite not in NONFINITE_POLICIES:
-        raise ValueError(f"nonfinite must be one of {NONFINITE_POLICIES}, got {nonfinite!r}")
     if threads:
         torch.set_num_threads(threads)
     dev = resolve_device(device)
@@ -137,10 +141,8 @@ def collect(run_dir: str | Path, out: str | Path, *, task_spec: str, task_params
                    progress=True, precision=precision)
     ids = run.example_ids
     if problem := nonfinite_problem(y, range(start, stop), ids, "masks (rows)", "examples"):
-        if nonfinite == "error":
-            raise ValueError(f"the ablated model gave {problem}; nothing was written. Check the model and output "
-                             "function, or set nonfinite: record to keep such values")
-        print(f"warning: {out}: recording {problem} (nonfinite: record)", file=sys.stderr)
+        raise ValueError(f"the ablated model gave {problem}; nothing was written. Check the model and output "
+                         "function (the fit and the scores need finite outputs)")
     meta = {**expect, "seed": seed, "alpha": alpha, "shard": shard, "row_start": start, "row_stop": stop,
             "output_fn": fn_name, "ablation": ablation, "precision": precision, "coar_version": coar.__version__,
             "encoding": h5format.ENCODING}
@@ -282,11 +284,11 @@ def _loader_for(loader: LoaderOptions, device: torch.device) -> LoaderOptions:
 
 
 def baseline(run_dir: str | Path, out: str | Path, *, task_spec: str, task_params: dict, method: str, ablation: str,
-             output_fn: str | None,
-             masks_per_pass: int, max_batch: int, n_steps: int, device: str, threads: int | None = None,
-             loader: LoaderOptions = LoaderOptions()) -> dict:
+             output_fn: str | None, masks_per_pass: int, max_batch: int | str, n_steps: int, device: str,
+             threads: int | None = None, loader: LoaderOptions = LoaderOptions()) -> dict:
     """Attributions of one baseline method (coar.baselines), written like COAR's ("1 = ablated"),
-    of the config's task (`task_spec`, `task_params`; see Run.reopen)."""
+    of the config's task (`task_spec`, `task_params`; see Run.reopen); `max_batch` "auto" sizes
+    passes to the device as in collect (coar.batching)."""
     from coar import baselines
 
     if threads:
@@ -297,10 +299,12 @@ def baseline(run_dir: str | Path, out: str | Path, *, task_spec: str, task_param
     ids = run.example_ids
     inputs, labels = stack(task.examples)  # the baselines take tensors: all examples in memory
     fn_name = output_fn or task.output_fn
+    model = task.model.to(dev)
+    rows = resolve_max_batch(max_batch, model, inputs[:1], dev)
     start = time.perf_counter()
-    result = baselines.attribute(method, task.model.to(dev), components, inputs, labels,
+    result = baselines.attribute(method, model, components, inputs, labels,
                                  resolve_output_fn(fn_name), mode=ablation, reference_inputs=task.reference_inputs,
-                                 masks_per_pass=masks_per_pass, max_batch=max_batch, n_steps=n_steps)
+                                 masks_per_pass=masks_per_pass, max_batch=rows, n_steps=n_steps)
     seconds = time.perf_counter() - start
     found = np.column_stack([result.weight, result.bias])
     columns = [f"{m}[{u}]" for m, u, _ in components.table()] + ["bias"]

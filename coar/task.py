@@ -181,3 +181,33 @@ def load_task(spec: str, params: dict | None = None, *, restore: bool = False) -
         raise TypeError(f"task function {spec!r} returned {type(task).__name__}, not a coar.task.Task")
     return task
 
+
+
+@torch.no_grad()
+def check_labels(task: Task, batch_size: int = 1024) -> None:
+    """Refuse, at prepare, labels that do not fit the model's output under the task's output
+    function (wrong shape, a class index out of range), naming the examples: the model's output
+    on the first example, repeated, is scored with every batch of labels (no forward pass per
+    batch). A model whose output is not a tensor is checked on its first batch only."""
+    examples = task.example_source()
+    x, y = next(iter(examples.batches(1)))
+    output = task.model(x)
+    batches = examples.batches(batch_size) if isinstance(output, torch.Tensor) else [(x, y)]
+    z0 = 0
+    for _, labels in batches:
+        z1 = z0 + len(labels)
+        try:
+            scored = task.output(output.expand(len(labels), *output.shape[1:]) if isinstance(output, torch.Tensor)
+                                 else output, labels)
+            if tuple(scored.shape) != (len(labels),):
+                raise ValueError(f"it gave shape {tuple(scored.shape)}, not one value per example ({len(labels)},)")
+        except (IndexError, RuntimeError, ValueError) as error:
+            ids = task.example_ids[z0:z1]
+            raise ValueError(f"labels of examples {ids[:5]}{' ...' if len(ids) > 5 else ''} (positions {z0}..{z1 - 1}) "
+                             f"do not fit the model's output {_shape(output)} under output function "
+                             f"{task.output_fn!r}: {error}; fix the task's labels") from None
+        z0 = z1
+
+
+def _shape(output: object) -> str:
+    return f"of shape {tuple(output.shape)}" if isinstance(output, torch.Tensor) else f"({type(output).__name__})"

@@ -6,7 +6,8 @@ import numpy as np
 import pytest
 import torch
 
-from coar.batching import CPU_MAX_BATCH, PassSize, probe_rows, resolve_max_batch
+from coar.batching import PassSize, probe_rows, resolve_max_batch
+from coar.constants import DEFAULT_MAX_BATCH
 from coar.components import discover
 from coar.forward import run_masked
 from coar.masks import sample_masks
@@ -19,7 +20,7 @@ def test_auto_on_cpu_keeps_the_cache_friendly_default_and_logs_it(caplog):
     model = TinyNet().eval()
     with caplog.at_level(logging.INFO, logger="coar.batching"):
         rows = resolve_max_batch("auto", model, torch.randn(3, 4), torch.device("cpu"))
-    assert rows == CPU_MAX_BATCH == 512
+    assert rows == DEFAULT_MAX_BATCH
     assert "max_batch auto: 512 rows per pass on cpu" in caplog.text
 
 

@@ -6,6 +6,7 @@ from pathlib import Path
 
 import pytest
 import yaml
+from snakemake.utils import validate
 
 from coar.config import SCHEMA, ConfigError, check_config
 from coar.constants import EDIT_TASKS
@@ -70,7 +71,11 @@ def test_the_docs_test_reads_every_table_row():
 
 
 def config(**changes) -> dict:
-    return {**DEFAULT_CONFIG, **changes}
+    """The default config, its defaults filled in by the schema, with `changes` (not validated:
+    check_config must refuse them on its own)."""
+    result = dict(DEFAULT_CONFIG)
+    validate(result, str(SCHEMA))
+    return {**result, **changes}
 
 
 @pytest.mark.parametrize("changes, message", [

@@ -40,7 +40,6 @@ SCHEMA_ENUM_SOURCES = {
     "properties/solver/properties/memory_budget/oneOf/0": ("auto",),  # or a number of GB
     "properties/evaluation/properties/baselines/items": constants.BASELINE_METHODS,
     "properties/device": constants.DEVICES,
-    "properties/nonfinite": constants.NONFINITE_POLICIES,
     "properties/precision": constants.PRECISIONS,
     "properties/max_batch/oneOf/1": ("auto",),  # or a number of rows
     "properties/components/properties/unreachable": constants.UNREACHABLE_POLICIES,
@@ -75,7 +74,6 @@ OPTION_SOURCES = {
     "--ablation": constants.ABLATION_MODES,
     "--device": constants.DEVICES,
     "--precision": constants.PRECISIONS,
-    "--nonfinite": constants.NONFINITE_POLICIES,
     "--backend": constants.SOLVER_BACKENDS,
     "--method": constants.SOLVER_METHODS,
     "--purpose": ("train", "heldout"),

@@ -24,7 +24,7 @@ from coar.constants import SOLVER_METHODS, SolverMethod as Method
 from .backend import Backend, BackendName, get_backend
 from .iterative import Design, StreamedDesign, cg_solve
 from .lasso import default_lasso_lambdas, lasso_solve, lipschitz
-from .memory import MemoryLimit
+from .memory import MemoryLimit, arrays_budget, resident_bytes
 from .ols import ols_factor, ols_solve
 from .ridge import default_ridge_lambdas, ridge_path, ridge_solve
 from .stats import (
@@ -39,7 +39,6 @@ from .stats import (
 
 Solver = Literal["auto", "closed_form", "iterative"]
 PathPoint = tuple[Any, Any, Any]  # (lambda per example, validation SSE per example, weights)
-AUTO_SHARE = 0.8  # of a job's cgroup or SLURM limit for the solver's arrays; the rest: Python, libraries
 _STREAM_BYTES = 16 << 24  # row blocks of masks and outputs in flight (default_block_rows)
 
 
@@ -100,9 +99,10 @@ def plan_fit(
 ) -> FitPlan:
     """Choose the solver path and the example block for a fit of N components and n examples.
 
-    The budget is max_memory_bytes, or a share of the backend's memory: for numpy the job's
-    (the smallest of its cgroup limit, SLURM allocation and physical memory: AUTO_SHARE of a
-    job's own limit, half of physical memory, which others may share), for cupy half the GPU's. solver="auto" takes the closed form when its N x N matrices and a block of one
+    The budget is max_memory_bytes, or from the backend's memory: for numpy the job's limit (the
+    smallest of its cgroup limit, SLURM allocation and physical memory) less the process's own
+    resident memory, measured now, and a margin (coar.solver.memory.arrays_budget), for cupy
+    half the GPU's. solver="auto" takes the closed form when its N x N matrices and a block of one
     example fit, with as many examples per block as fit (all of them when possible);
     `example_block` fixes the block instead.
     """
@@ -113,9 +113,10 @@ def plan_fit(
         raise ValueError(f"example_block must be a positive integer or None, got {example_block!r}")
     if max_memory_bytes is None:
         found = get_backend(backend).memory()
-        # A cgroup or SLURM limit is the job's own; physical (or GPU) memory may be shared.
-        share = 0.5 if found.source in ("physical memory", "GPU memory") else AUTO_SHARE
-        budget = MemoryLimit(int(found.bytes * share), f"{share:.0%} of {found}")
+        if found.source == "GPU memory":  # may be shared; the process's own memory is on the host
+            budget = MemoryLimit(found.bytes // 2, f"half of {found}")
+        else:
+            budget = arrays_budget(found, resident_bytes())
     else:
         budget = MemoryLimit(int(max_memory_bytes), "max_memory_bytes given")
     closed = solver == "closed_form" or (
@@ -127,6 +128,9 @@ def plan_fit(
         per_example = need(n_targets=1) - fixed
         example_block = max(1, (budget.bytes - fixed) // per_example)
     block = int(min(example_block, n_examples))
+    if max_memory_bytes is None and need(n_targets=block) > budget.bytes:
+        raise ValueError(f"the fit of {n_components} components needs at least {need(n_targets=block) / 1e9:.2f} GB "
+                         f"for its arrays but its memory budget is {budget}; run it with more memory")
     return FitPlan(closed, block, n_components, n_examples, budget, need(n_targets=block))
 
 

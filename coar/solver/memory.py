@@ -4,17 +4,23 @@ machine's physical memory.
 A job on a shared node sees the node's whole memory in /proc/meminfo, but is killed when it
 exceeds its cgroup limit or SLURM allocation; sizing the fit from physical memory alone can
 choose a plan that the scheduler kills. Every limit found is reported with where it came from.
+The fit's arrays get what the limit leaves after the process's own resident memory (Python,
+torch and the libraries: about 0.6 GB before the first array) and a margin.
 """
 
 from __future__ import annotations
 
 import os
+import resource
 from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
 
 CGROUP_ROOT = Path("/sys/fs/cgroup")
 _UNLIMITED = 1 << 60  # cgroup v1 reports "no limit" as a huge number near 2**63
+RESERVE_MARGIN = 256 * 2**20
+"""Bytes kept free beside the process's resident memory and the fit's arrays (allocator slack,
+temporaries, HDF5 buffers)."""
 
 
 @dataclass(frozen=True)
@@ -85,3 +91,27 @@ def _cgroup_files() -> list[str]:
         "memory/memory.limit_in_bytes",
     ]
     return list(dict.fromkeys(path.replace("//", "/").lstrip("/") for path in candidates))
+
+
+def resident_bytes() -> int:
+    """This process's resident memory now (/proc/self/statm), or its peak so far where that
+    file does not exist."""
+    statm = Path("/proc/self/statm")
+    if statm.is_file():
+        return int(statm.read_text().split()[1]) * os.sysconf("SC_PAGE_SIZE")
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
+
+
+def arrays_budget(limit: MemoryLimit, resident: int) -> MemoryLimit:
+    """What the fit's arrays may use under `limit`: the limit less `resident` (the process's
+    own memory, measured when the fit plans) and RESERVE_MARGIN; of physical memory, which
+    other processes share, at most half. Refused when nothing is left."""
+    free = limit.bytes - resident - RESERVE_MARGIN
+    if free <= 0:
+        raise ValueError(f"the job's memory limit {limit} leaves nothing for the fit's arrays: the process already "
+                         f"holds {resident / 1e9:.2f} GB and {RESERVE_MARGIN / 1e9:.2f} GB are kept as a margin; "
+                         "run the fit with more memory")
+    if limit.source == "physical memory" and free > limit.bytes // 2:
+        return MemoryLimit(limit.bytes // 2, f"half of {limit}")
+    return MemoryLimit(free, f"{limit} less {resident / 1e9:.2f} GB resident and a "
+                             f"{RESERVE_MARGIN / 1e9:.2f} GB margin")

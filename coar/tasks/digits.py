@@ -5,7 +5,8 @@ seeded split holds out ``test_fraction`` of them; the held-out examples are the 
 workflow attributes. A second stratified split takes ``validation_fraction`` of all images out of
 the training pool: the model never trains on them and they are not attributed; editing chooses
 its number of ablated components on them (Task ``validation_inputs``). The task function trains the model itself in seconds, on one CPU thread,
-deterministically given ``seed`` whatever the machine. The network is deliberately cheap per
+deterministically given ``seed`` whatever torch's thread count (bit for bit on one machine;
+another CPU may round differently, so weights may then differ in the last bits). The network is deliberately cheap per
 example: COAR runs it millions of times under ablation.
 """
 

@@ -2,10 +2,12 @@ import json
 import math
 from pathlib import Path
 
+from coar.resources import collect_mem_mib
+
 # Cluster resources of a collect job, derived from its shard's size (docs/scaling.md). With
 # rows = the job's masks, n = examples and N = components (prepare.json), task = the size of
 # weights.safetensors and examples.safetensors in MiB and cache = config loader.cache_mb:
-#   mem_mb  = attempt * (1500 + 2 task + cache + 3 rows (4 n + N) / 2**20)
+#   mem_mb  = attempt * (1500 + 2 task + cache + 3 rows (4 n + N) / 2**20)   (coar/resources.py)
 #   runtime = attempt * (10 + rows n N SECONDS / 60)   minutes
 # SECONDS is a conservative cost of one ablated forward pass per example and component: 3e-5 s
 # per CPU thread (GPT-2, the slowest per component of the published models, measured on one
@@ -23,7 +25,7 @@ run_sizes = lambda: {
     "task_mib": sum(os.path.getsize(f) for f in (rules.prepare.output.weights, rules.prepare.output.arrays)) / 2**20,
 }
 collect_mem_mb = lambda rows, attempt, s: math.ceil(
-    attempt * (1500 + 2 * s["task_mib"] + config["loader"]["cache_mb"] + 3 * rows * (4 * s["n_examples"] + s["n_components"]) / 2**20)
+    attempt * collect_mem_mib(rows, s["n_examples"], s["n_components"], s["task_mib"], config["loader"]["cache_mb"])
 )
 shard_size = lambda wildcards: SHARD_ROWS[int(wildcards.shard)][1] - SHARD_ROWS[int(wildcards.shard)][0]
 collect_runtime = lambda rows, attempt, threads, s: math.ceil(

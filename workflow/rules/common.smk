@@ -8,7 +8,8 @@ import shlex
 from pathlib import Path
 
 from coar.atomic import write_json
-from coar.run import PROVENANCE
+from coar.resources import RunShape, check_prepared_run
+from coar.run import PROVENANCE, Run
 
 
 def run_dir_of_input(wildcards, input):
@@ -54,7 +55,6 @@ def collect_options(purpose):
         "purpose": purpose,
         "output-fn": c["output_fn"],
         "precision": c["precision"],
-        "nonfinite": c["nonfinite"],
     })
     return f"{options} {task_options()} {loader_options()}{fast_path_options(c['fast_path'])}"
 
@@ -78,10 +78,14 @@ def fast_path_options(fast):
 
 
 def check_run_masks(run_dir, masks, method, log):
-    """coar.config.check_masks_for_method with the prepared run's component count; logged."""
+    """coar.config.check_masks_for_method with the prepared run's component count, and the memory
+    and disk of the run at its real sizes (coar.resources.check_prepared_run); logged."""
     n_components = Run(run_dir).n_components
     check_masks_for_method(masks, method, n_components)
-    Path(log).write_text(f"{masks} masks for {n_components} components: enough for solver.method {method}\n")
+    needs = check_prepared_run(run_dir, RunShape.of_config(config))
+    Path(log).write_text(f"{masks} masks for {n_components} components: enough for solver.method {method}; "
+                         f"largest collection job {needs.collect_bytes / 1e9:.3g} GB, results "
+                         f"{needs.disk_bytes / 1e9:.3g} GB of disk\n")
 
 
 # Config stamps: the config values each group of steps depends on, in a file named by their

@@ -1,20 +1,20 @@
 from coar.solver import closed_form_bytes
-from coar.solver.estimators import AUTO_SHARE
+from coar.solver.memory import RESERVE_MARGIN
 
 # Cluster resources of the fit (docs/scaling.md), with N components, n examples (prepare.json),
 # m masks and a block of b = min(n, solver.example_block or FIT_BLOCK) examples:
-#   mem_mb  = attempt * (1500 + closed_form_bytes(N, b, method) / AUTO_SHARE / 2**20)
+#   mem_mb  = attempt * (1500 + (closed_form_bytes(N, b, method) + RESERVE_MARGIN) / 2**20)
 #   runtime = attempt * (10 + (m N^2 + m N n + N^3 / 3 + 2 N^2 n) / FIT_RATE / 60)   minutes
 # closed_form_bytes is the solver's own estimate (the Gram matrix, factored in place, and one
-# block of examples), independent of n; `auto` lets the solver's arrays use AUTO_SHARE of the
-# allocation, and 1500 MB is Python and its libraries. FIT_RATE is a conservative float64
-# multiply-add rate of one CPU thread (3.8e10 measured, benchmarks/bench_solver.py).
+# block of examples), independent of n; 1500 MB is Python and its libraries (the process's
+# resident memory, which `auto` measures and keeps out of the budget with RESERVE_MARGIN).
+# FIT_RATE is a conservative float64 multiply-add rate of one CPU thread (3.8e10 measured, benchmarks/bench_solver.py).
 FIT_BLOCK = 4096
 FIT_RATE = 2e10
 fit_mem_mb = lambda attempt, s: math.ceil(
     attempt * (1500 + closed_form_bytes(
         s["n_components"], min(s["n_examples"], config["solver"]["example_block"] or FIT_BLOCK), config["solver"]["method"]
-    ) / AUTO_SHARE / 2**20)
+    ) / 2**20 + RESERVE_MARGIN / 2**20)
 )
 fit_runtime = lambda attempt, s: math.ceil(attempt * (10 + (
     config["masks"] * s["n_components"] * (s["n_components"] + s["n_examples"])

@@ -28,6 +28,7 @@ rule prepare:
         loader=loader_options(),
         unreachable=config["components"]["unreachable"],
         preset=shell_options({"preset": config["components"].get("preset")}),
+        dry_pass=shell_options({"masks-per-pass": config["masks_per_pass"], "max-batch": config["max_batch"]}),
     log:
         f"{RUN}/logs/prepare.log",
     benchmark:
@@ -35,14 +36,16 @@ rule prepare:
     shell:
         "coar prepare --run-dir {params.run_dir:q} --task {params.spec} --task-params {params.task_params}"
         " --kinds {params.kinds} --include {params.include} --exclude {params.exclude} {params.loader}"
-        " --unreachable {params.unreachable:q} {params.preset}"
+        " --unreachable {params.unreachable:q} {params.preset} {params.dry_pass}"
         " 2>&1 | tee {log:q}"
 
 
 rule check_masks:
-    """OLS needs more masks than components: checked as soon as prepare has found the components,
-    before the collection jobs (priority). Not a parameter of prepare, so changing masks never
-    re-prepares the model; once prepare.json exists the Snakefile also checks it at start-up."""
+    """What the masks need, checked as soon as prepare has found the components and before the
+    collection jobs (priority): OLS needs more masks than components, and the memory and disk of
+    the run at its real sizes must fit this machine (coar.resources). Not a parameter of prepare,
+    so changing masks never re-prepares the model; once prepare.json exists the Snakefile also
+    checks the OLS count at start-up."""
     input:
         rules.prepare.output.info,
     output:
