@@ -67,7 +67,7 @@ def main(argv: list[str] | None = None) -> None:
         print(f"{args.preset}: {info['n_examples']} examples, {info['n_components']} components, "
               f"prepared in {time.perf_counter() - t0:.0f} s; {args.masks} training and {args.heldout} held-out masks "
               f"at alpha {config['alpha']}, {torch.get_num_threads()} thread(s)", flush=True)
-        common = dict(alpha=config["alpha"], seed=config["seed"], ablation=config["ablation"], output_fn=None,
+        common = dict(task_spec=config["task"]["spec"], task_params=config["task"].get("params", {}), alpha=config["alpha"], seed=config["seed"], ablation=config["ablation"], output_fn=None,
                       masks_per_pass=config.get("masks_per_pass", DEFAULT_MASKS_PER_PASS),
                       max_batch=config.get("max_batch", DEFAULT_MAX_BATCH), device="cpu")
         rows = {}
@@ -78,11 +78,12 @@ def main(argv: list[str] | None = None) -> None:
             t0 = time.perf_counter()
             steps.collect(run, train, shard=0, shards=1, masks=args.masks, precision=precision, fast_path=fast, **common)
             seconds = time.perf_counter() - t0
-            steps.collect(run, heldout, shard=0, shards=1, masks=args.heldout, purpose="heldout", count_coincidences_with=train,
+            steps.collect(run, heldout, shard=0, shards=1, masks=args.heldout, purpose="heldout",
                           precision=precision, fast_path=fast, **common)
             attributions = run / f"attributions-{tag}.h5"
             steps.fit(run, train, attributions, method="ols", backend="numpy", chunk_rows=4096)
-            ev = steps.evaluate(run, attributions, {config["alpha"]: heldout}, config["alpha"], run / f"evaluation-{tag}.json")
+            ev = steps.evaluate(run, attributions, {config["alpha"]: heldout}, config["alpha"], run / f"evaluation-{tag}.json",
+                                training_data=train)
             rows[name] = (ev["mean_correlation"], outputs_of(train), seconds)
             print(f"  {name}: mean held-out correlation {ev['mean_correlation']:.4f}, collection {seconds:.0f} s", flush=True)
     base_corr, base_out, base_s = rows.get("eager fp32", next(iter(rows.values())))

@@ -117,3 +117,10 @@ def shard_rows(config: dict) -> list[tuple[int, int]]:
     if config["shards"] is not None:
         return shard_ranges(config["masks"], config["shards"])
     return shard_ranges(config["masks"], shard_masks=config["shard_masks"])
+
+
+def largest_shard(config: dict) -> int:
+    """The most rows any collection job of `config` holds (as `shard_rows`, without listing them)."""
+    if config["shards"] is not None:
+        return -(-config["masks"] // config["shards"])
+    return min(config["shard_masks"], config["masks"])

@@ -5,7 +5,7 @@ import numpy as np
 import pytest
 
 from coar import masks as masks_module
-from coar.masks import count_rows_in, sample_masks, shard_ranges
+from coar.masks import count_rows_in, largest_shard, sample_masks, shard_ranges, shard_rows
 
 
 @pytest.mark.parametrize(("m", "n_shards"), [(1, 1), (10, 3), (100, 7), (64, 64), (1000, 1)])
@@ -137,3 +137,10 @@ def test_shard_ranges_take_a_count_or_a_size_not_both():
         shard_ranges(10, 2, shard_masks=5)
     with pytest.raises(ValueError, match="exactly one"):
         shard_ranges(10)
+
+
+@pytest.mark.parametrize("masks, shards, shard_masks", [(1000, 4, None), (1001, 4, None), (1000, None, 300),
+                                                        (250, None, 300), (7, 7, None)])
+def test_the_largest_shard_is_computed_without_listing_the_shards(masks, shards, shard_masks):
+    config = {"masks": masks, "shards": shards, "shard_masks": shard_masks}
+    assert largest_shard(config) == max(stop - start for start, stop in shard_rows(config))

@@ -16,6 +16,7 @@ from snakemake.utils import validate
 
 from coar import baselines, constants, h5format, steps
 from coar.cli import _parser
+from coar.edit import steps as edit_steps
 from coar.config import ConfigError, check_config
 from coar.forward import run_masked
 from coar.h5format import FormatError
@@ -28,6 +29,8 @@ from tests.snakemake_runs import REPO, TEST_CONFIG, snakemake
 SCHEMA = yaml.safe_load((REPO / "workflow" / "schemas" / "config.schema.yaml").read_text())["properties"]
 CONFIG = yaml.safe_load((REPO / "config" / "config.yaml").read_text())
 TASK = "tests.tasks_for_tests:task"
+TASK_OF_RUN = {"task_spec": TASK, "task_params": {"n": 6}}
+"""The config's task of the `run_dir` fixture, as the steps that reopen it take it."""
 
 
 @pytest.fixture
@@ -47,15 +50,18 @@ def command_defaults(option: str) -> dict[str, object]:
             if option in action.option_strings}
 
 
-@pytest.mark.parametrize("key, option, default", [
-    ("max_batch", "--max-batch", constants.DEFAULT_MAX_BATCH),
-    ("masks_per_pass", "--masks-per-pass", constants.DEFAULT_MASKS_PER_PASS),
+@pytest.mark.parametrize("key, option, default, commands", [
+    ("max_batch", "--max-batch", constants.DEFAULT_MAX_BATCH,
+     {"prepare", "collect", "baseline", "edit-plan", "edit-apply"}),
+    ("masks_per_pass", "--masks-per-pass", constants.DEFAULT_MASKS_PER_PASS,
+     {"prepare", "collect", "baseline", "edit-apply"}),
 ])
-def test_a_batching_option_has_one_default_in_the_schema_the_config_every_command_and_function(key, option, default):
+def test_a_batching_option_has_one_default_in_the_schema_the_config_every_command_and_function(key, option, default,
+                                                                                               commands):
     assert SCHEMA[key]["default"] == CONFIG[key] == default
-    assert set(command_defaults(option)) == {"prepare", "collect", "baseline"}
+    assert set(command_defaults(option)) == commands
     assert set(command_defaults(option).values()) == {default}
-    for function in (run_masked, baselines.attribute, baselines.leave_one_out):
+    for function in (run_masked, baselines.attribute, baselines.leave_one_out, edit_steps.apply):
         assert inspect.signature(function).parameters[key].default == default, function.__name__
 
 
@@ -90,7 +96,7 @@ def test_the_fit_command_refuses_an_infinite_or_nan_memory_budget():
 
 
 def test_a_baseline_runs_with_max_batch_auto(run_dir):
-    result = steps.baseline(run_dir, run_dir / "loo.h5", method="loo", ablation="weight", output_fn=None,
+    result = steps.baseline(run_dir, run_dir / "loo.h5", **TASK_OF_RUN, method="loo", ablation="weight", output_fn=None,
                             masks_per_pass=4, max_batch="auto", n_steps=4, device="cpu")
     assert result["method"] == "loo" and (run_dir / "loo.h5").exists()
 
@@ -125,7 +131,7 @@ def config_with(**changes) -> dict:
     ({"loader__cache_mb": float("inf")}, r"config key 'loader.cache_mb': inf is not a finite number"),
     ({"evaluation__alphas": [0.1, float("nan")]}, r"config key 'evaluation.alphas\[1\]': nan is not a finite"),
     ({"edit__fix_errors": {"tolerance": float("inf")}}, r"config key 'edit.fix_errors.tolerance': inf is not"),
-    ({"masks": 10**12}, r"config key 'masks': a collection job needs about 3.75e\+03 GB of memory but this "
+    ({"masks": 10**14, "shards": 400}, r"config key 'masks': a collection job needs about 3.75e\+03 GB of memory but this "
                                 r"machine has .* GB .*use smaller shards"),
     ({"masks": 10**13, "shards": 10**9}, r"config key 'masks': the run's results need about 5e\+04 GB of disk but "
                                          r".* GB free; use fewer masks"),
@@ -243,7 +249,7 @@ def test_pickle_bytes_in_a_run_file_are_refused_naming_the_file_and_what_to_do(r
 
 def test_a_shard_with_an_attribute_coar_never_writes_is_refused_naming_it(run_dir):
     shard = run_dir / "shard.h5"
-    steps.collect(run_dir, shard, shard=0, shards=1, masks=20, alpha=0.1, seed=0, ablation="weight", output_fn=None,
+    steps.collect(run_dir, shard, **TASK_OF_RUN, shard=0, shards=1, masks=20, alpha=0.1, seed=0, ablation="weight", output_fn=None,
                   masks_per_pass=4, max_batch=64, device="cpu")
     with h5py.File(shard, "a") as f:
         f.attrs.create("note", data=b"a\0b", dtype=h5py.string_dtype("ascii", 3))

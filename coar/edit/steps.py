@@ -22,6 +22,7 @@ from safetensors.torch import save_file
 
 from coar.atomic import write_json
 from coar.components import ComponentSet
+from coar.constants import DEFAULT_MASKS_PER_PASS, DEFAULT_MAX_BATCH
 from coar.edit.plots import metric_vs_k
 from coar.edit.planning import apply_edit, by_layer, choose_k, describe, prefix_masks, rank, welch_scores
 from coar.edit.selectors import Pool, needs_outputs, select, validation_ids
@@ -105,7 +106,7 @@ def _mean(values: np.ndarray) -> float:
 
 
 def plan(run_dir: str | Path, spec: EditSpec, attributions: str | Path, out: str | Path, *,
-         task: tuple[str, dict], expected: dict | None = None, device: str = "cpu", max_batch: int = 512) -> dict:
+         task: tuple[str, dict], expected: dict | None = None, device: str = "cpu", max_batch: int = DEFAULT_MAX_BATCH) -> dict:
     """Rank the components for `spec` from the run's attributions and write plan.json (see module doc)."""
     run = Run(run_dir)
     allowed = allowed_components(spec, run.components)
@@ -188,8 +189,8 @@ def _checks(spec: EditSpec, reference_loss: float, predicted: float, realised: f
 
 
 def apply(run_dir: str | Path, spec: EditSpec, plan_path: str | Path, attributions: str | Path, out_dir: str | Path,
-          *, task: tuple[str, dict], expected: dict | None = None, device: str = "cpu", masks_per_pass: int = 8,
-          max_batch: int = 512) -> dict:
+          *, task: tuple[str, dict], expected: dict | None = None, device: str = "cpu", masks_per_pass: int = DEFAULT_MASKS_PER_PASS,
+          max_batch: int = DEFAULT_MAX_BATCH) -> dict:
     """Sweep k on validation, choose it, check it, write the edited model and its report (module doc)."""
     run = Run(run_dir)
     planned = read_plan(spec, run, plan_path)
