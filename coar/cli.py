@@ -315,6 +315,9 @@ def _parser() -> argparse.ArgumentParser:
     s.add_argument("--top", type=int, default=10, help="rows to print (per sign with --component)")
     s.add_argument("--verify", action="store_true",
                    help="with --example: ablate each listed component for real and print the realised change beside it")
+    s.add_argument("--task", default=None, help="with --verify: the run's task function (the config's task.spec), "
+                   "checked against prepare.json; needed unless the run's task is shipped with coar")
+    s.add_argument("--task-params", default=None, type=json.loads, help="with --task: its params as a JSON object")
 
     s = add("export", "Write a finished run's attributions as CSV, Parquet or npz (coar.export).", run_dir=False)
     s.add_argument("run", metavar="RUN", help="run folder (results/<run>)")
@@ -374,7 +377,8 @@ def _run(args: argparse.Namespace) -> None:
     if args.command in ("show", "export"):
         from coar import show
 
-        print(show.show(args.run, args.example, args.component, args.top, args.verify) if args.command == "show"
+        print(show.show(args.run, args.example, args.component, args.top, args.verify,
+                        None if args.task is None else (args.task, args.task_params or {})) if args.command == "show"
               else show.export_run(args.run, args.format, args.out))
         return
     from coar import steps  # imported late so `coar --help` is instant

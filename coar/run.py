@@ -6,15 +6,19 @@ A run folder holds the task as data (coar.saved_task), `components.json` and `pr
 Every row or attributions file must carry this run's sizes and fingerprints (`expect`) and say
 how it was made (`PROVENANCE`), which each step compares with the values it is given; an
 attributions file's component table and example ids must be this run's (`read_attributions`).
-The task is always the config's: prepare.json's is only compared with it (`reopen`).
+The task is always the config's: prepare.json's is only compared with it (`reopen`). Outside the
+workflow (`coar show --verify`) the user names it, or prepare.json's is taken only when it is one
+of the tasks shipped with coar (`named_task`).
 """
 
 from __future__ import annotations
 
 import json
+import pkgutil
 from functools import cached_property
 from pathlib import Path
 
+import coar.tasks
 from coar.components import ComponentSet
 from coar.constants import BASELINE_METHODS
 from coar.h5format import AttributionsFile, FormatError, check_expected, read_attributions
@@ -29,6 +33,11 @@ PROVENANCE = ("alpha", "seed", "ablation", "output_fn", "precision")
 BASELINE_PROVENANCE = ("ablation", "output_fn")
 """The PROVENANCE keys a baseline's attributions depend on: they sample no masks (no alpha or
 seed) and always run in fp32 (their file records precision fp32, whatever the config's)."""
+
+
+SHIPPED_TASKS = frozenset(f"coar.tasks.{module.name}:task" for module in pkgutil.iter_modules(coar.tasks.__path__)
+                          if module.name != "params")
+"""The task functions that come with coar: the only ones a command may reopen without being told."""
 
 
 class Run:
@@ -152,6 +161,21 @@ class Run:
                 f"{self.file(PREPARE)} names task {recorded[0]!r} with params {recorded[1]} but the config names "
                 f"{spec!r} with params {_canonical(params)}; nothing was run. Rerun the prepare step for this "
                 "config (delete the run folder), or set the config's task.spec and task.params to the run's")
+
+    def named_task(self, spec: str | None, params: dict | None) -> tuple[str, dict]:
+        """The task a command outside the workflow reopens: `spec` and `params` as the user names
+        them (checked by `reopen`), or, when none is named, prepare.json's own only if it is a
+        task shipped with coar (`coar.tasks.<module>:task`), so a results folder never chooses
+        code of its own to run."""
+        if spec is not None:
+            return spec, {} if params is None else params
+        recorded = self.info.get("task")
+        if recorded not in SHIPPED_TASKS:
+            raise RuntimeError(
+                f"{self.file(PREPARE)} names task {recorded!r}, which is not one of the tasks shipped with coar; "
+                "reopening the model runs that task's code, so name it yourself: --task SPEC --task-params JSON "
+                "(the config's task.spec and task.params); nothing was run")
+        return recorded, self.info.get("task_params") or {}
 
     def reopen(self, spec: str, params: dict, loader: LoaderOptions = LoaderOptions()) -> PreparedTask:
         """The prepared task (model with the saved weights, examples), checked against prepare.json.

@@ -3,7 +3,9 @@
 `show --example` prints the components with the largest predicted effects on one example;
 with `verify` each is also ablated for real (the published procedure, on a copy of the run's
 model) and the realised change of the example's output is printed beside the prediction, then
-the same for all of them ablated together. `show --component` prints the examples the
+the same for all of them ablated together. Reopening the model runs the task's code: the
+user names the task (`task`), or the run's own is used when it is shipped with coar
+(`coar.run.Run.named_task`). `show --component` prints the examples the
 component raises most and lowers most.
 """
 
@@ -15,7 +17,7 @@ from coar.result import Attributions, open_run
 
 
 def show(run_dir: str | Path, example: str | None = None, component: str | None = None, top: int = 10,
-         verify: bool = False) -> str:
+         verify: bool = False, task: tuple[str, dict] | None = None) -> str:
     """The text `coar show` prints for one example (by id, or "#N" for position N) or one component."""
     result = open_run(run_dir)
     if component is not None:
@@ -32,7 +34,8 @@ def show(run_dir: str | Path, example: str | None = None, component: str | None 
             f"largest predicted changes when one component is ablated ({result.info.get('output_fn')}):")
     if not verify:
         return f"{head}\n{rows}"
-    realised, together = realised_changes(run_dir, result, result.example_index(key), [r.component for r in rows])
+    realised, together = realised_changes(run_dir, result, result.example_index(key), [r.component for r in rows],
+                                          task)
     lines = str(rows).splitlines()
     width = max(len(line) for line in lines)
     out = [lines[0].ljust(width) + "  realised"] + [line.ljust(width) + f"  {v:+.4g}" for line, v in zip(lines[1:], realised)]
@@ -41,15 +44,18 @@ def show(run_dir: str | Path, example: str | None = None, component: str | None 
             f"\nall {len(rows)} ablated together: predicted {predicted:+.4g}, realised {together:+.4g}")
 
 
-def realised_changes(run_dir: str | Path, result: Attributions, z: int, components: list[str]) -> tuple[list[float], float]:
+def realised_changes(run_dir: str | Path, result: Attributions, z: int, components: list[str],
+                     task: tuple[str, dict] | None = None) -> tuple[list[float], float]:
     """Change of example z's output when each of `components` is ablated for real (one at a
-    time), and when all are ablated together, on the run's model reopened from its folder."""
+    time), and when all are ablated together, on the run's model reopened from its folder
+    (`task`: spec and params; None: the run's own, if shipped with coar)."""
     import torch
 
     from coar.outputs import resolve_output_fn
     from coar.run import Run
 
-    task = Run(run_dir).reopen()
+    run = Run(run_dir)
+    task = run.reopen(*run.named_task(*(task or (None, None))))
     x = y = None
     seen = 0
     for inputs, labels in task.examples.batches(256):  # a full pass, so the examples' fingerprint is checked

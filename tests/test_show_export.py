@@ -59,6 +59,29 @@ def test_show_example_prints_the_top_components_and_verify_the_realised_changes(
     assert lines[5].startswith("all 3 ablated together")
 
 
+def copy_run_naming_task(run_dir, folder, task: str):
+    """A copy of the run whose prepare.json names `task` (as if made by a user's own task code)."""
+    folder.mkdir()
+    for path in run_dir.iterdir():
+        if path.is_file():
+            (folder / path.name).write_bytes(path.read_bytes())
+    text = (folder / "prepare.json").read_text()
+    (folder / "prepare.json").write_text(text.replace('"coar.tasks.digits:task"', f'"{task}"'))
+    return folder
+
+
+def test_show_verify_runs_a_task_that_is_not_coars_only_when_the_user_names_it(run_dir, tmp_path, capsys):
+    marker = tmp_path / "created-by-the-run-folder"
+    folder = copy_run_naming_task(run_dir, tmp_path / "run", "subprocess:run")
+    text = (folder / "prepare.json").read_text()
+    (folder / "prepare.json").write_text(text.replace('"task_params": {', f'"task_params": {{"touch": 0, "{marker}": 0, ', 1))
+    example = coar.open(run_dir).example_ids[0]
+    assert main(["show", str(folder), "--example", example, "--verify"]) == 1
+    assert "not one of the tasks shipped with coar" in capsys.readouterr().err and not marker.exists()
+    assert main(["show", str(folder), "--example", example, "--verify", "--task", "coar.tasks.digits:task"]) == 1
+    assert "names task 'subprocess:run'" in capsys.readouterr().err and not marker.exists()
+
+
 def test_show_component_prints_the_examples_it_raises_and_lowers(run_dir, capsys):
     result = coar.open(run_dir)
     name = result.components[5].name
