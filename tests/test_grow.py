@@ -15,7 +15,8 @@ from tests.snakemake_runs import TINY, snakemake
 
 SHARD = 150
 GROWN = {**TINY, "shards": None, "shard_masks": SHARD}
-PREPARED = ("weights.safetensors", "examples.safetensors", "example_ids.json", "components.json", "prepare.json")
+PREPARED = ("weights.safetensors", "examples.safetensors", "example_ids.json", "groups.json", "components.json",
+            "prepare.json")
 
 
 def job_counts(log: str) -> dict[str, int]:
@@ -52,9 +53,10 @@ def test_growing_masks_reruns_only_the_new_shard_and_the_steps_after_merge(grown
 
 def test_a_grown_run_equals_a_fresh_run_at_the_larger_size_bit_for_bit(grown, tmp_path):
     folder, _ = grown
-    # The fresh run gets the same prepared model (training is not what is compared here).
-    (tmp_path / "results" / "tiny").mkdir(parents=True)
-    for name in PREPARED:
+    # The fresh run gets the same prepared model (training is not what is compared here), with the
+    # stamp of the config it was prepared for, older than the model as in the grown run's folder.
+    (tmp_path / "results" / "tiny" / "config").mkdir(parents=True)
+    for name in (*PREPARED, *(f"config/{p.name}" for p in (folder / "results" / "tiny" / "config").glob("prepare-*.json"))):
         shutil.copy2(folder / "results" / "tiny" / name, tmp_path / "results" / "tiny" / name)
     # (a flag first: the helper puts these arguments after --configfile, which takes several values)
     fresh = snakemake(tmp_path, "--rerun-incomplete", "results/tiny/attributions.h5", config={**GROWN, "masks": 3 * SHARD})

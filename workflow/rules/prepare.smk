@@ -11,6 +11,7 @@ rule prepare:
         weights=f"{RUN}/weights.safetensors",
         arrays=f"{RUN}/examples.safetensors",
         ids=f"{RUN}/example_ids.json",
+        groups=f"{RUN}/groups.json",
         components=f"{RUN}/components.json",
         info=f"{RUN}/prepare.json",
     params:
