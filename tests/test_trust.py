@@ -659,8 +659,8 @@ def test_an_installed_package_finds_the_config_schema_without_the_source_tree(tm
 
     site = tmp_path / "site"
     shutil.copytree(REPO / "coar", site / "coar", symlinks=False)  # as a built package: links become their content
-    check = ("import yaml; from coar.config import SCHEMA, check_config; "
-             "config = yaml.safe_load(open({!r})); check_config(config); print(SCHEMA)").format(
+    check = ("import yaml; from snakemake.utils import validate; from coar.config import SCHEMA, check_config; "
+             "config = yaml.safe_load(open({!r})); validate(config, SCHEMA); check_config(config); print(SCHEMA)").format(
                  str(REPO / "config" / "config.yaml"))
     result = subprocess.run([sys.executable, "-c", check], capture_output=True, text=True, cwd=tmp_path,
                             env={**os.environ, "PYTHONPATH": str(site)})
