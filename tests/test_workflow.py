@@ -21,7 +21,8 @@ NO_SOFTWARE_DEFINITION = "Specify a conda environment or container for each rule
 def test_dry_run_of_the_default_config_plans_every_step(tmp_path):
     result = snakemake(tmp_path, "-n")
     assert result.returncode == 0, result.stderr
-    for rule in ["prepare", "collect", "merge", "collect_heldout", "fit", "evaluate", "summarize"]:
+    for rule in ["prepare", "collect", "merge", "collect_heldout", "fit", "evaluate", "summarize", "edit_plan",
+                 "edit_apply", "explorer"]:
         assert f"rule {rule}:" in result.stdout
 
 

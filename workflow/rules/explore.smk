@@ -1,11 +1,13 @@
 rule explorer:
-    """explorer.html: the run's interactive attribution explorer, one self-contained page (coar/explorer.py)."""
+    """explorer.html: the run's interactive attribution explorer, one self-contained page (coar/explorer.py),
+    with every edit of config `edits` (so the default target makes them too)."""
     input:
         run=rules.prepare.output,
         attributions=rules.fit.output,
         evaluation=rules.evaluate.output,
         comparison=rules.compare.output.json,
         heldout=expand(f"{RUN}/heldout/alpha-{{alpha}}.h5", alpha=ALPHAS),
+        edits=rules.edits.input,
     output:
         f"{RUN}/explorer.html",
     params:
