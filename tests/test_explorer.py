@@ -118,7 +118,9 @@ def test_the_page_holds_every_examples_top_components_and_each_methods_correlati
     np.testing.assert_allclose(decoded(data["heldout"]["predicted"], "f4").reshape(-1, points),
                                predict(attributions.weight, attributions.bias, masks).T, rtol=1e-5, atol=1e-5)
     assert len(data["thumbs"]["inline"]) == run.n_examples and data["labels"] is not None
-    assert data["edits"] == {}
+    made = {edit.name for edit in (tiny_run / RUN / "edits").iterdir()}
+    assert made and set(data["edits"]) == made, "the tiny config's edits are made before the page"
+    assert all(set(shown) == {"plan", "report"} for shown in data["edits"].values())
 
 
 def copy_run(tiny_run: Path, tmp_path: Path) -> Path:
@@ -133,8 +135,9 @@ def test_edit_plans_and_reports_are_shown_as_they_are_when_a_run_has_them(tiny_r
     report = {"target": "class 3", "curve": [{"k": 1, "accuracy": 0.5}, {"k": 2, "accuracy": float("nan")}]}
     (run / "edits" / "forget_class" / "report.json").write_text(json.dumps(report))
     data = page_json(explorer.build(run))
-    assert data["edits"] == {"forget_class": {"report": {"target": "class 3", "curve": [{"k": 1, "accuracy": 0.5},
-                                                                                       {"k": 2, "accuracy": None}]}}}
+    assert data["edits"]["forget_class"] == {"report": {"target": "class 3", "curve": [{"k": 1, "accuracy": 0.5},
+                                                                                      {"k": 2, "accuracy": None}]}}
+    assert set(data["edits"]) == {"forget_class"} | {edit.name for edit in (tiny_run / RUN / "edits").iterdir()}
 
 
 def test_attributions_of_another_model_are_refused_naming_the_file(tiny_run, tmp_path):
