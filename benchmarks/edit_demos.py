@@ -43,11 +43,16 @@ def seed_config(task: str, seed: int, folder: Path) -> Path:
 
 
 def run_edits(config: Path, workdir: Path, cores: int) -> float:
-    """`snakemake edits` for one run config; its wall time in seconds."""
+    """`snakemake edits` for one run config, its output in <workdir>/logs/<config name>.log; its wall time in seconds."""
+    log = workdir / "logs" / f"{config.stem}.log"
+    log.parent.mkdir(parents=True, exist_ok=True)
     start = time.perf_counter()
-    subprocess.run(["snakemake", "edits", "--snakefile", str(REPO / "workflow" / "Snakefile"), "--configfile", str(config),
-                    "--cores", str(cores), "--directory", str(workdir), "--quiet", "rules"], check=True,
-                   env={**os.environ, "PYTHONPATH": os.pathsep.join(filter(None, [str(REPO), os.environ.get("PYTHONPATH")]))})
+    with log.open("w") as out:
+        done = subprocess.run(["snakemake", "edits", "--snakefile", str(REPO / "workflow" / "Snakefile"), "--configfile",
+                               str(config), "--cores", str(cores), "--directory", str(workdir)], stdout=out, stderr=out,
+                              env={**os.environ, "PYTHONPATH": os.pathsep.join(filter(None, [str(REPO), os.environ.get("PYTHONPATH")]))})
+    if done.returncode:
+        raise RuntimeError(f"snakemake failed for {config} (exit {done.returncode}); see {log}")
     return time.perf_counter() - start
 
 
