@@ -40,17 +40,6 @@ from coar.constants import (ABLATION_MODES, BASELINE_METHODS, COMPONENT_KINDS, D
                             UNREACHABLE_POLICIES)
 
 
-def _csv(text: str) -> list[str]:
-    return [t for t in text.split(",") if t]
-
-
-def _int_list(text: str) -> list[int]:
-    try:
-        return [int(t) for t in _csv(text)]
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"expected comma-separated integers, got {text!r}") from None
-
-
 def _string_list(text: str) -> list[str]:
     """A JSON list of strings (what the workflow passes), or one string as a list of one: never
     split at commas, which glob patterns such as `blocks.[01].conv[1,2]` contain."""
@@ -270,12 +259,6 @@ def _parser() -> argparse.ArgumentParser:
         s.add_argument(f"--{field.replace('_', '-')}", required=True, metavar="PNG", help=f"{field.replace('_', ' ')} figure to write")
     _provenance_options(s, alpha="train")
 
-    s = add("edit", "COAR-Edit task on offline digits: train, attribute, edit, report in <run-dir>/edits/<task>/.")
-    s.add_argument("--task", required=True, help="fix_errors, forget_class, subpopulation, backdoor or typographic (coar.edit.tasks.TASKS)")
-    s.add_argument("--params", default="{}", type=json.loads, help="JSON object of task params (defaults: coar.edit.tasks.<task>.DEFAULTS)")
-    s.add_argument("--seeds", type=_int_list, default=None,
-                   help="comma-separated seeds, e.g. 0,1,2,3,4: one run each (seed-<s>/), then seeds.json with mean and spread")
-    s.add_argument("--threads", type=int, default=None, help="torch CPU threads")
     for name, help in (("edit-plan", "Rank the components for one edit (config `edits`) from the run's attributions: plan.json."),
                        ("edit-apply", "Choose k on validation examples, check it, write the edited weights and report.json.")):
         s = add(name, help)
@@ -443,13 +426,6 @@ def _run(args: argparse.Namespace) -> None:
         from coar.explorer import explore
 
         print(explore(args.run, args.out, rebuild=args.rebuild, open_browser=not args.no_open))
-    elif args.command == "edit":
-        report = steps.edit(args.run_dir, args.task, args.params, threads=args.threads, seeds=args.seeds)
-        if args.seeds is None:
-            print(json.dumps({"results": report["results"], "all_targets_met": report["all_targets_met"]}, indent=1))
-        else:
-            print(json.dumps({"targets": report["targets"], "all_targets_met_on_mean": report["all_targets_met_on_mean"]},
-                             indent=1))
 
 
 def _edit(args: argparse.Namespace) -> None:

@@ -57,9 +57,6 @@ OUTPUT_FUNCTION_NAMES = ("margin", "lm_margin")
 """Registry names of the built-in output functions (coar/outputs.py); any other output function
 is named by a 'package.module:function' spec."""
 
-EDIT_TASKS = ("fix_errors", "forget_class", "subpopulation", "backdoor", "typographic")
-"""The COAR-Edit demos, in the order the `edit_demos` target runs them by default."""
-
 EDIT_DIRECTIONS = ("lower", "raise")
 """What an edit (config `edits`) does to its target examples' output: lower it or raise it."""
 

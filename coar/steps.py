@@ -385,18 +385,3 @@ def figures(run_dir: str | Path, comparison: str | Path, attributions: dict[str,
     masks, outputs = _read_heldout(run, heldout, expected)[f"{train_alpha:g}"]
     return report.draw_figures(result, _read_methods(run, attributions, expected or {}, train_alpha), masks, outputs,
                                report.step_seconds(timings), paths, examples)
-
-
-def edit(run_dir: str | Path, task: str, params: dict, threads: int | None = None,
-         seeds: list[int] | None = None) -> dict:
-    """Run COAR-Edit task `task` (coar.edit.tasks) and write its results into <run_dir>/edits/<task>/.
-
-    With `seeds`: once per seed into seed-<s>/, then seeds.json and seeds.md (mean and spread).
-    """
-    from coar.edit.tasks import run_task
-    from coar.edit.tasks.seeds import run_seeds
-
-    if threads:
-        torch.set_num_threads(threads)
-    out = Path(run_dir) / "edits" / task
-    return run_task(task, params, out) if seeds is None else run_seeds(task, params, seeds, out)

@@ -30,7 +30,6 @@ def enums(node, path=""):
 
 
 KINDS_PATH = "properties/components/properties/kinds"
-EDIT_KINDS_PATH = "$defs/edit_task/properties/kinds"
 SCHEMA_ENUM_SOURCES = {
     "properties/ablation": constants.ABLATION_MODES,
     f"{KINDS_PATH}/oneOf/0": tuple(constants.KIND_PRESETS),
@@ -43,10 +42,6 @@ SCHEMA_ENUM_SOURCES = {
     "properties/precision": constants.PRECISIONS,
     "properties/max_batch/oneOf/1": ("auto",),  # or a number of rows
     "properties/components/properties/unreachable": constants.UNREACHABLE_POLICIES,
-    "properties/edit/properties/tasks/items": constants.EDIT_TASKS,
-    "$defs/edit_task/properties/method": constants.SOLVER_METHODS,
-    f"{EDIT_KINDS_PATH}/oneOf/0": tuple(constants.KIND_PRESETS),
-    f"{EDIT_KINDS_PATH}/oneOf/1/items": constants.COMPONENT_KINDS,
     "$defs/edit_spec/properties/direction": constants.EDIT_DIRECTIONS,
     "$defs/edit_spec/properties/k/oneOf/1": ("auto",),  # or a number of components
 }
@@ -60,8 +55,6 @@ def test_every_schema_enum_is_a_set_of_values_from_coar_constants():
 def test_schema_defaults_that_list_every_value_list_them_in_the_constants_order():
     properties = yaml.safe_load(SCHEMA.read_text())["properties"]
     assert tuple(properties["evaluation"]["properties"]["baselines"]["default"]) == constants.BASELINE_METHODS
-    assert tuple(properties["edit"]["properties"]["tasks"]["default"]) == constants.EDIT_TASKS
-    assert set(properties["edit"]["properties"]) == {"tasks", "seeds", *constants.EDIT_TASKS}
 
 
 def choices(command: str) -> dict:
@@ -95,7 +88,6 @@ def test_command_line_choices_are_the_constants():
 
 def test_the_implementing_modules_use_the_constants():
     from coar import ablation, baselines, components, outputs, report
-    from coar.edit import tasks as edit_tasks
     from coar.solver import backend, estimators
 
     assert ablation.MODES is constants.ABLATION_MODES
@@ -105,7 +97,6 @@ def test_the_implementing_modules_use_the_constants():
     assert typing.get_args(estimators.Method) == constants.SOLVER_METHODS
     assert typing.get_args(backend.BackendName) == constants.SOLVER_BACKENDS
     assert tuple(outputs.OUTPUT_FUNCTIONS) == constants.OUTPUT_FUNCTION_NAMES
-    assert tuple(edit_tasks.TASKS) == constants.EDIT_TASKS
     assert report.FigurePaths._fields == constants.REPORT_FIGURES
 
 

@@ -7,21 +7,18 @@ output when component i is ablated) of target examples T and reference examples 
    target outputs than the reference outputs.
 2. `rank`: "fix" raises the target's output (for the correct-class margin: repairs errors), so
    the most positive scores come first; "forget" and "induce" lower it, most negative first.
-3. `plan_edit`: ablate the first k of that order for every k of a sweep on validation examples,
-   score each k with a task's metrics, and `choose_k` by a stated rule. It takes validation data
-   only: the data a result is reported on never reaches it.
-4. `apply_edit`: make the ablation permanent on a copy of the model; `save_edit` writes a plain
-   `state_dict` (loadable by the model's own class, without coar) and the ablated components.
+3. `prefix_masks`: ablate the first k of that order for every k of a sweep on validation
+   examples, and `choose_k` by a stated rule from the validation metrics per k
+   (coar.edit.steps.apply).
+4. `apply_edit`: make the ablation permanent on a copy of the model.
 """
 
 from __future__ import annotations
 
 import copy
-import json
 from collections import Counter
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
 from dataclasses import dataclass
-from pathlib import Path
 from typing import Literal
 
 import numpy as np
@@ -29,16 +26,10 @@ import torch
 from torch import nn
 
 from coar.ablation import Mode, ablate_weights_, unit_fills
-from coar.atomic import atomic_path, write_json
 from coar.components import ComponentSet
-from coar.forward import run_masked
-from coar.outputs import margin
 
 Direction = Literal["fix", "forget", "induce"]
 DIRECTIONS = ("fix", "forget", "induce")
-Metrics = Callable[[np.ndarray], dict[str, np.ndarray]]
-"""Validation margins (K x n, row j = the model with the first ks[j] components ablated) ->
-named metrics per k; must hold "target" and "reference", both higher = better."""
 
 
 def welch_scores(target: np.ndarray, reference: np.ndarray) -> np.ndarray:
@@ -105,42 +96,6 @@ def choose_k(ks: Sequence[int], target: np.ndarray, reference: np.ndarray, *, to
     return Choice(ks[best], int(best), rule)
 
 
-@dataclass
-class EditPlan:
-    """Scores, ablation order, validation metrics per k and the chosen k of one edit."""
-
-    scores: np.ndarray
-    order: np.ndarray
-    ks: list[int]
-    curves: dict[str, np.ndarray]
-    choice: Choice
-
-    @property
-    def ablated(self) -> np.ndarray:
-        """Global indices of the components the edit ablates."""
-        return self.order[: self.choice.k]
-
-
-def plan_edit(model: nn.Module, components: ComponentSet, target: np.ndarray, reference: np.ndarray,
-              direction: Direction, validation: tuple[torch.Tensor, torch.Tensor], metrics: Metrics,
-              ks: Sequence[int], *, tolerance: float, goal: float | None = None, mode: Mode = "weight",
-              fills: list[torch.Tensor] | None = None, max_batch: int = 4096) -> EditPlan:
-    """Score and rank components from attributions, sweep k on `validation` (inputs, labels), choose k.
-
-    `metrics` turns the validation margins of every k into named metrics (see `Metrics`); the
-    rule of `choose_k` picks k from their "target" and "reference" entries.
-    """
-    scores = welch_scores(target, reference)
-    order = rank(scores, direction)
-    ks = sorted({0, *(int(k) for k in ks if 0 <= k <= len(components))})
-    inputs, labels = validation
-    margins = run_masked(model, components, prefix_masks(order, ks, len(components)), inputs, labels, margin,
-                         masks_per_pass=1, max_batch=max_batch, mode=mode, fills=fills)
-    curves = {name: np.asarray(v, np.float64) for name, v in metrics(margins).items()}
-    choice = choose_k(ks, curves["target"], curves["reference"], tolerance=tolerance, goal=goal)
-    return EditPlan(scores, order, ks, curves, choice)
-
-
 @torch.no_grad()
 def apply_edit(model: nn.Module, components: ComponentSet, ablated: Sequence[int], mode: Mode = "weight",
                fills: list[torch.Tensor] | None = None, reference_inputs: torch.Tensor | None = None) -> nn.Module:
@@ -183,31 +138,3 @@ def describe(components: ComponentSet, ablated: Sequence[int], scores: np.ndarra
             row["score"] = float(scores[int(i)])
         rows.append(row)
     return rows
-
-
-def save_edit(out_dir: str | Path, edited: nn.Module, components: ComponentSet, ablated: Sequence[int], *,
-              mode: Mode = "weight", scores: np.ndarray | None = None, info: dict | None = None) -> tuple[Path, Path]:
-    """Write `model.pt` (a plain state_dict of CPU tensors) and `ablated.json` into `out_dir`.
-
-    The state_dict loads with `ModelClass(...).load_state_dict(torch.load(path, weights_only=True))`
-    in any process with torch and the model's class: nothing in it refers to coar.
-    """
-    out_dir = Path(out_dir)
-    weights, listing = out_dir / "model.pt", out_dir / "ablated.json"
-    state = {name: t.detach().cpu().clone() for name, t in edited.state_dict().items()}
-    with atomic_path(weights) as tmp:
-        torch.save(state, tmp)
-    write_json(listing, {
-        "mode": mode,
-        "n_components": len(components),
-        "components_fingerprint": components.fingerprint,
-        "ablated": describe(components, ablated, scores),
-        "by_layer": by_layer(components, ablated),
-        **(info or {}),
-    })
-    return weights, listing
-
-
-def load_ablated(path: str | Path) -> list[tuple[str, int, str]]:
-    """The (module, unit, kind) of every component an `ablated.json` lists."""
-    return [(r["module"], r["unit"], r["kind"]) for r in json.loads(Path(path).read_text())["ablated"]]

@@ -13,7 +13,7 @@ import re
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
-from coar.constants import EDIT_DIRECTIONS, EDIT_SELECTOR_KEYS, EDIT_TASKS
+from coar.constants import EDIT_DIRECTIONS, EDIT_SELECTOR_KEYS
 
 NAME_PATTERN = re.compile(r"[A-Za-z0-9_.-]+")
 AUTO = "auto"
@@ -47,9 +47,6 @@ class EditSpec:
         if not isinstance(name, str) or not NAME_PATTERN.fullmatch(name) or name in (".", ".."):
             raise EditConfigError(f"config key 'edits': name {name!r} must be a plain name of letters, digits, "
                                   "'_', '.' and '-' (results go to edits/<name>/)")
-        if name in EDIT_TASKS:
-            raise EditConfigError(f"config key 'edits': name {name!r} is taken by an editing demo ({list(EDIT_TASKS)}, "
-                                  "results in the same edits/ folder); choose another name")
         known = set(cls.__dataclass_fields__)
         unknown = sorted(set(edit) - known)
         if unknown:

@@ -42,6 +42,12 @@ class Part:
     def take(self, rows: np.ndarray) -> "Part":
         return Part(self.images[rows], self.labels[rows], self.ids[rows])
 
+    def sample(self, n: int, seed: int) -> "Part":
+        """`n` of the images (all when n is larger), chosen by `seed`, in their original order."""
+        if n >= len(self.labels):
+            return self
+        return self.take(np.sort(np.random.default_rng(seed).choice(len(self.labels), n, replace=False)))
+
 
 @dataclass
 class Parts:
