@@ -35,8 +35,8 @@ BASELINE_PROVENANCE = ("ablation", "output_fn")
 seed) and always run in fp32 (their file records precision fp32, whatever the config's)."""
 
 
-SHIPPED_TASKS = frozenset(f"coar.tasks.{module.name}:task" for module in pkgutil.iter_modules(coar.tasks.__path__)
-                          if module.name != "params")
+SHIPPED_TASKS = frozenset(f"{module.name}:task" for module in pkgutil.walk_packages(coar.tasks.__path__, "coar.tasks.")
+                          if not module.ispkg and module.name != "coar.tasks.params")
 """The task functions that come with coar: the only ones a command may reopen without being told."""
 
 
