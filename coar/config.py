@@ -17,7 +17,7 @@ import yaml
 
 from coar.constants import DEFAULT_TASK_FUNCTION, OUTPUT_FUNCTION_NAMES
 from coar.edit.spec import check_edits
-from coar.masks import shard_ranges
+from coar.masks import collection_jobs
 from coar.resources import RunShape, check_needs
 from coar.spec import import_object, module_exists, parse_spec
 
@@ -28,6 +28,8 @@ validates with, workflow/schemas/config.schema.yaml), so an installed coar finds
 # 'package.module' or 'package.module:function', identifiers only: nothing a shell interprets.
 SPEC_PATTERN = re.compile(r"[A-Za-z_][A-Za-z0-9_]*(\.[A-Za-z_][A-Za-z0-9_]*)*(:[A-Za-z_][A-Za-z0-9_]*)?")
 RUN_PATTERN = re.compile(r"[A-Za-z0-9_.-]+")
+MAX_COLLECTION_JOBS = 10_000
+"""Most collection jobs a config may make: Snakemake plans 10,000 jobs in about 90 s on 2 cores."""
 
 
 class ConfigError(ValueError):
@@ -52,6 +54,7 @@ def check_config(config: dict) -> None:
     if config["shards"] is not None and config["shards"] > config["masks"]:
         raise ConfigError(f"config key 'shards': {config['shards']} shards for {config['masks']} masks; "
                           "use at most one shard per mask")
+    _check_job_count(config)
     _check_sizes(config)
     if config["device"] == "cuda":
         _check_gpu()
@@ -144,11 +147,23 @@ def _check_finite(value: object, key: str) -> None:
         _check_finite(sub, f"{key}.{name}" if key and isinstance(name, str) else f"{key}[{name}]" if key else name)
 
 
+def _check_job_count(config: dict) -> None:
+    """Snakemake plans every job before it runs one (about 10 ms each on a laptop core): a config
+    of millions of shards would sit silent for hours before its first job, so it is refused."""
+    jobs = collection_jobs(config)
+    if jobs > MAX_COLLECTION_JOBS:
+        key = "shards" if config["shards"] is not None else "shard_masks"
+        raise ConfigError(f"config key {key!r}: {config['masks']} masks make {jobs} collection jobs, more than "
+                          f"the {MAX_COLLECTION_JOBS} Snakemake can plan in reasonable time; use at least "
+                          f"{-(-config['masks'] // MAX_COLLECTION_JOBS)} masks per job (config key 'shard_masks', "
+                          "with 'shards: null') or fewer masks")
+
+
 def _check_sizes(config: dict) -> None:
     """The least memory and disk any run of this config needs (one example, one component),
     against this machine's; `coar prepare` checks again with the real sizes."""
     try:
-        check_needs(RunShape.of_config(config).needs(), Path("results") / config["run"], "config key 'masks'")
+        check_needs(RunShape.of_config(config).needs(), Path("results") / config["run"])
     except ValueError as error:
         raise ConfigError(str(error)) from None
 

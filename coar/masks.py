@@ -119,6 +119,13 @@ def shard_rows(config: dict) -> list[tuple[int, int]]:
     return shard_ranges(config["masks"], shard_masks=config["shard_masks"])
 
 
+def collection_jobs(config: dict) -> int:
+    """How many collection jobs `config` makes (as len(shard_rows(config)), without listing them)."""
+    if config["shards"] is not None:
+        return config["shards"]
+    return -(-config["masks"] // config["shard_masks"])
+
+
 def largest_shard(config: dict) -> int:
     """The most rows any collection job of `config` holds (as `shard_rows`, without listing them)."""
     if config["shards"] is not None:

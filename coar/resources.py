@@ -20,6 +20,17 @@ from coar.solver.memory import job_memory
 PYTHON_MIB = 1500
 """Python, torch and the task's libraries in a collection job (MiB)."""
 
+HELDOUT_KEY = "evaluation.heldout_masks"
+FIXES = {
+    ("memory", "masks"): "use smaller shards (config key 'shard_masks', or more 'shards'), fewer masks (config key "
+                         "'masks'), or run where more memory is allocated",
+    ("memory", HELDOUT_KEY): f"use fewer held-out masks per alpha (config key {HELDOUT_KEY!r}), or run where more "
+                             "memory is allocated",
+    ("disk", "masks"): "use fewer masks (config key 'masks') or free some space",
+    ("disk", HELDOUT_KEY): f"use fewer held-out masks per alpha (config key {HELDOUT_KEY!r}) or free some space",
+}
+"""What to change when a run needs too much memory or disk, by the config key that grows it."""
+
 
 def collect_mem_mib(rows: int, n_examples: int, n_components: int, task_mib: float = 0.0,
                     cache_mib: float = 0.0) -> float:
@@ -35,6 +46,10 @@ class RunNeeds:
 
     collect_bytes: int
     disk_bytes: int
+    collect_key: str = "masks"
+    """The config key whose value the largest collection job grows with ('masks' or 'evaluation.heldout_masks')."""
+    disk_key: str = "masks"
+    """The config key whose rows take most of the disk."""
 
 
 @dataclass(frozen=True)
@@ -66,26 +81,31 @@ class RunShape:
         row_bytes = n_components + 4 * n_examples
         collect = collect_mem_mib(max(rows, self.heldout_masks), n_examples, n_components, task_mib, self.cache_mib)
         attributions = self.attribution_files * 4 * n_examples * (n_components + 1)
-        disk = (self.masks + rows + self.alphas * self.heldout_masks) * row_bytes + attributions + 2 * task_mib * 2**20
-        return RunNeeds(int(collect * 2**20), int(disk))
+        training, heldout = (self.masks + rows) * row_bytes, self.alphas * self.heldout_masks * row_bytes
+        disk = training + heldout + attributions + 2 * task_mib * 2**20
+        return RunNeeds(int(collect * 2**20), int(disk),
+                        collect_key=HELDOUT_KEY if self.heldout_masks > rows else "masks",
+                        disk_key=HELDOUT_KEY if heldout > training else "masks")
 
 
-def check_needs(needs: RunNeeds, results: str | Path, where: str) -> None:
+
+def check_needs(needs: RunNeeds, results: str | Path, where: str | None = None) -> None:
     """Refuse, with the numbers, a run whose collection job needs more memory than this machine
-    or allocation has, or whose results need more disk than is free where they go."""
+    or allocation has, or whose results need more disk than is free where they go. The message
+    starts with `where`, or else names the config key that makes the run this large."""
     memory = job_memory()
     if needs.collect_bytes > memory.bytes:
-        raise ValueError(f"{where}: a collection job needs about {needs.collect_bytes / 1e9:.3g} GB of memory but "
-                         f"this machine has {memory}; use smaller shards (config key 'shard_masks', or more "
-                         "'shards'), fewer masks (config key 'masks'), or run where more memory is allocated")
+        raise ValueError(f"{where or f'config key {needs.collect_key!r}'}: a collection job needs about "
+                         f"{needs.collect_bytes / 1e9:.3g} GB of memory but this machine has {memory}; "
+                         f"{FIXES['memory', needs.collect_key]}")
     folder = Path(results).absolute()
     while not folder.exists():
         folder = folder.parent
     free = shutil.disk_usage(folder).free
     if needs.disk_bytes > free:
-        raise ValueError(f"{where}: the run's results need about {needs.disk_bytes / 1e9:.3g} GB of disk but "
-                         f"{folder} has {free / 1e9:.3g} GB free; use fewer masks (config key 'masks') or "
-                         "free some space")
+        raise ValueError(f"{where or f'config key {needs.disk_key!r}'}: the run's results need about "
+                         f"{needs.disk_bytes / 1e9:.3g} GB of disk but {folder} has {free / 1e9:.3g} GB free; "
+                         f"{FIXES['disk', needs.disk_key]}")
 
 
 def check_prepared_run(run_dir: str | Path, shape: RunShape) -> RunNeeds:

@@ -4,6 +4,7 @@ runs that cannot fit the machine, unreadable files; and one default per shared o
 import inspect
 import pickle
 import shlex
+import shutil
 
 import h5py
 
@@ -130,16 +131,31 @@ def config_with(**changes) -> dict:
     ({"solver__example_block": 2.0}, r"config key 'solver.example_block': 2.0 must be a whole number"),
     ({"loader__cache_mb": float("inf")}, r"config key 'loader.cache_mb': inf is not a finite number"),
     ({"evaluation__alphas": [0.1, float("nan")]}, r"config key 'evaluation.alphas\[1\]': nan is not a finite"),
-    ({"edit__fix_errors": {"tolerance": float("inf")}}, r"config key 'edit.fix_errors.tolerance': inf is not"),
+    ({"edits": [{"name": "forget_3", "target": {"label": 3}, "reference": {"rest": True}, "direction": "lower",
+                 "tolerance": float("inf")}]},
+     r"config key 'edits\[0\].tolerance': inf is not a finite number"),
     ({"masks": 10**14, "shards": 400}, r"config key 'masks': a collection job needs about 3.75e\+03 GB of memory but this "
                                 r"machine has .* GB .*use smaller shards"),
-    ({"masks": 10**13, "shards": 10**9}, r"config key 'masks': the run's results need about 5e\+04 GB of disk but "
-                                         r".* GB free; use fewer masks"),
+    ({"evaluation__heldout_masks": 10**13}, r"config key 'evaluation.heldout_masks': a collection job needs about "
+                                            r".* GB of memory .*use fewer held-out masks per alpha"),
+    ({"masks": 10**10, "shards": None, "shard_masks": 1000}, r"config key 'shard_masks': 10000000000 masks make "
+                                                             r"10000000 collection jobs.*at least 1000000 masks per job"),
+    ({"masks": 10**6, "shards": 10**5}, r"config key 'shards': 1000000 masks make 100000 collection jobs"),
 ])
 def test_check_config_refuses_non_finite_and_absurd_values_naming_the_key(changes, message):
     config = config_with(**changes)  # the schema lets each of these through: check_config must refuse it
     with pytest.raises(ConfigError, match=message):
         check_config(config)
+
+
+@pytest.mark.parametrize("changes, key", [({"masks": 10**9, "shards": 10**4}, "masks"),
+                                          ({"evaluation__heldout_masks": 10**8}, "evaluation.heldout_masks")])
+def test_a_run_larger_than_the_free_disk_is_refused_naming_the_key_that_makes_it_large(changes, key, monkeypatch):
+    free = shutil.disk_usage("/")._replace(free=10**9)
+    monkeypatch.setattr("coar.resources.shutil.disk_usage", lambda path: free)
+    with pytest.raises(ConfigError, match=rf"config key '{key}': the run's results need about .* GB of disk but "
+                                          rf".* has 1 GB free; use fewer .*config key '{key}'"):
+        check_config(config_with(**changes))
 
 
 def test_the_start_up_size_check_counts_every_shard_and_held_out_row():
