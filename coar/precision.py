@@ -8,12 +8,26 @@ fill rounded to that dtype. Outputs are stored as float32 whatever the precision
 from __future__ import annotations
 
 import contextlib
+import logging
 from typing import ContextManager
 
 import torch
 
 PRECISIONS = ("fp32", "bf16", "fp16")
 _DTYPES = {"bf16": torch.bfloat16, "fp16": torch.float16}
+CPU_INSTRUCTIONS = {"bf16": ("_is_avx512_bf16_supported", "_is_amx_tile_supported"),
+                    "fp16": ("_is_amx_fp16_supported",)}
+"""torch.cpu's probes of the instructions that run each low precision natively on a CPU."""
+
+log = logging.getLogger("coar")
+
+
+def cpu_runs_natively(precision: str) -> bool:
+    """Whether this CPU has instructions for `precision`'s matrix products (AVX512-BF16 or AMX).
+    Without them torch emulates the dtype: passes measured 5-6x slower than fp32 on an AVX2
+    CPU (docs/performance.md)."""
+    probes = [getattr(torch.cpu, name, None) for name in CPU_INSTRUCTIONS.get(precision, ())]
+    return any(probe() for probe in probes if probe is not None)
 
 
 def check_precision(precision: str, device: str | torch.device) -> None:
@@ -40,6 +54,12 @@ def check_precision(precision: str, device: str | torch.device) -> None:
         raise ValueError(
             f"precision {precision!r} is not supported on {device.type}: autocast ran a matmul in {got}; use precision: fp32"
         )
+    if device.type == "cpu" and not cpu_runs_natively(precision):
+        log.warning("precision %s on a CPU without %s instructions (torch CPU capability %s): torch emulates it, and "
+                    "the passes may be several times slower than fp32 (docs/performance.md); precision: fp32 is "
+                    "faster here", precision, " or ".join(n.strip("_").removeprefix("is_").removesuffix("_supported")
+                                                          for n in CPU_INSTRUCTIONS[precision]),
+                    torch.backends.cpu.get_cpu_capability())
 
 
 def autocast(precision: str, device: str | torch.device) -> ContextManager:

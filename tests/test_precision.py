@@ -119,3 +119,16 @@ def test_collect_refuses_an_unsupported_precision_before_loading_anything(tmp_pa
     with pytest.raises(ValueError, match="unknown precision"):
         steps.collect(tmp_path, tmp_path / "x.h5", task_spec="tests.tasks_for_tests:task", task_params={}, shard=0, shards=1, masks=2, alpha=0.2, seed=0, ablation="weight",
                       output_fn=None, masks_per_pass=1, max_batch=8, device="cpu", precision="fp8")
+
+
+@pytest.mark.parametrize("native", [False, True])
+def test_bf16_on_a_cpu_without_bf16_instructions_is_run_with_a_warning_that_fp32_is_faster(native, monkeypatch, caplog):
+    for probe in precision_mod.CPU_INSTRUCTIONS["bf16"]:
+        monkeypatch.setattr(torch.cpu, probe, lambda: native, raising=False)
+    with caplog.at_level("WARNING", logger="coar"):
+        check_precision("bf16", "cpu")
+    warned = [r.getMessage() for r in caplog.records if "precision bf16" in r.getMessage()]
+    if native:
+        assert warned == []
+    else:
+        assert len(warned) == 1 and "avx512_bf16 or amx_tile" in warned[0] and "fp32 is faster" in warned[0]
