@@ -302,7 +302,7 @@ def _parser() -> argparse.ArgumentParser:
                    "checked against prepare.json; needed unless the run's task is shipped with coar")
     s.add_argument("--task-params", default=None, type=json.loads, help="with --task: its params as a JSON object")
 
-    s = add("export", "Write a finished run's attributions as CSV, Parquet or npz (coar.export).", run_dir=False)
+    s = add("export", "Write a finished run's attributions as CSV, Parquet or npz (module coar.export; in Python: coar.open(run).to_pandas()).", run_dir=False)
     s.add_argument("run", metavar="RUN", help="run folder (results/<run>)")
     s.add_argument("--format", choices=EXPORT_FORMATS, default="csv", help="parquet needs pyarrow")
     s.add_argument("--out", default=None, help="file to write; default: RUN/attributions.<format>")
