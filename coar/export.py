@@ -2,13 +2,16 @@
 
 CSV and Parquet hold the wide table (one row per example: its id, bias, then one column per
 component name, "module[unit]"); npz holds the arrays and the component table:
-weight, bias, example_ids, component_names, modules, units, kinds. Every file is written under a
-temporary name and renamed into place when complete.
+weight, bias, example_ids, component_names, modules, units, kinds, layers, and `info`, how the
+attributions were made (the result's `info` as a JSON string: encoding, method, alpha, seed,
+ablation, output function, fingerprints). Every file is written under a temporary name and
+renamed into place when complete.
 """
 
 from __future__ import annotations
 
 import csv
+import json
 from pathlib import Path
 
 import numpy as np
@@ -36,7 +39,8 @@ def export(result: Attributions, path: str | Path, fmt: str) -> Path:
                 c = result.components
                 np.savez(f, weight=result.weight, bias=result.bias, example_ids=np.asarray(result.example_ids),
                          component_names=np.asarray([r.name for r in c]), modules=np.asarray([r.module for r in c]),
-                         units=np.asarray([r.unit for r in c], dtype=np.int64), kinds=np.asarray([r.kind for r in c]))
+                         units=np.asarray([r.unit for r in c], dtype=np.int64), kinds=np.asarray([r.kind for r in c]),
+                         layers=np.asarray([r.layer for r in c], dtype=np.int64), info=np.asarray(json.dumps(result.info)))
         elif fmt == "parquet":
             result.to_pandas("wide").to_parquet(tmp)
         else:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import csv
+import json
 
 import numpy as np
 import pytest
@@ -109,6 +110,8 @@ def test_export_csv_and_npz_hold_the_runs_weights(run_dir, tmp_path):
     with np.load(tmp_path / "a.npz") as data:
         np.testing.assert_array_equal(data["weight"], result.weight)
         assert data["component_names"].tolist() == [c.name for c in result.components]
+        assert data["layers"].tolist() == [c.layer for c in result.components]
+        assert json.loads(str(data["info"])) == result.info and result.info["encoding"] == "1 = ablated"
 
 
 def test_export_parquet_without_pyarrow_says_what_to_install(run_dir, tmp_path, capsys):
