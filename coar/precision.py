@@ -15,9 +15,9 @@ import torch
 
 PRECISIONS = ("fp32", "bf16", "fp16")
 _DTYPES = {"bf16": torch.bfloat16, "fp16": torch.float16}
-CPU_INSTRUCTIONS = {"bf16": ("_is_avx512_bf16_supported", "_is_amx_tile_supported"),
-                    "fp16": ("_is_amx_fp16_supported",)}
-"""torch.cpu's probes of the instructions that run each low precision natively on a CPU."""
+CPU_INSTRUCTIONS = {"bf16": {"avx512_bf16": "_is_avx512_bf16_supported", "amx_tile": "_is_amx_tile_supported"},
+                    "fp16": {"amx_fp16": "_is_amx_fp16_supported"}}
+"""The instructions that run each low precision natively on a CPU, and torch.cpu's probe of each."""
 
 log = logging.getLogger("coar")
 
@@ -26,7 +26,7 @@ def cpu_runs_natively(precision: str) -> bool:
     """Whether this CPU has instructions for `precision`'s matrix products (AVX512-BF16 or AMX).
     Without them torch emulates the dtype: passes measured 5-6x slower than fp32 on an AVX2
     CPU (docs/performance.md)."""
-    probes = [getattr(torch.cpu, name, None) for name in CPU_INSTRUCTIONS.get(precision, ())]
+    probes = [getattr(torch.cpu, name, None) for name in CPU_INSTRUCTIONS.get(precision, {}).values()]
     return any(probe() for probe in probes if probe is not None)
 
 
@@ -57,8 +57,7 @@ def check_precision(precision: str, device: str | torch.device) -> None:
     if device.type == "cpu" and not cpu_runs_natively(precision):
         log.warning("precision %s on a CPU without %s instructions (torch CPU capability %s): torch emulates it, and "
                     "the passes may be several times slower than fp32 (docs/performance.md); precision: fp32 is "
-                    "faster here", precision, " or ".join(n.strip("_").removeprefix("is_").removesuffix("_supported")
-                                                          for n in CPU_INSTRUCTIONS[precision]),
+                    "faster here", precision, " or ".join(CPU_INSTRUCTIONS[precision]),
                     torch.backends.cpu.get_cpu_capability())
 
 

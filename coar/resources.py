@@ -88,7 +88,6 @@ class RunShape:
                         disk_key=HELDOUT_KEY if heldout > training else "masks")
 
 
-
 def check_needs(needs: RunNeeds, results: str | Path, where: str | None = None) -> None:
     """Refuse, with the numbers, a run whose collection job needs more memory than this machine
     or allocation has, or whose results need more disk than is free where they go. The message

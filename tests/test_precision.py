@@ -123,7 +123,7 @@ def test_collect_refuses_an_unsupported_precision_before_loading_anything(tmp_pa
 
 @pytest.mark.parametrize("native", [False, True])
 def test_bf16_on_a_cpu_without_bf16_instructions_is_run_with_a_warning_that_fp32_is_faster(native, monkeypatch, caplog):
-    for probe in precision_mod.CPU_INSTRUCTIONS["bf16"]:
+    for probe in precision_mod.CPU_INSTRUCTIONS["bf16"].values():
         monkeypatch.setattr(torch.cpu, probe, lambda: native, raising=False)
     with caplog.at_level("WARNING", logger="coar"):
         check_precision("bf16", "cpu")
