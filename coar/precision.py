@@ -8,7 +8,7 @@ fill rounded to that dtype. Outputs are stored as float32 whatever the precision
 from __future__ import annotations
 
 import contextlib
-import logging
+import warnings
 from typing import ContextManager
 
 import torch
@@ -18,8 +18,6 @@ _DTYPES = {"bf16": torch.bfloat16, "fp16": torch.float16}
 CPU_INSTRUCTIONS = {"bf16": {"avx512_bf16": "_is_avx512_bf16_supported", "amx_tile": "_is_amx_tile_supported"},
                     "fp16": {"amx_fp16": "_is_amx_fp16_supported"}}
 """The instructions that run each low precision natively on a CPU, and torch.cpu's probe of each."""
-
-log = logging.getLogger("coar")
 
 
 def cpu_runs_natively(precision: str) -> bool:
@@ -55,10 +53,11 @@ def check_precision(precision: str, device: str | torch.device) -> None:
             f"precision {precision!r} is not supported on {device.type}: autocast ran a matmul in {got}; use precision: fp32"
         )
     if device.type == "cpu" and not cpu_runs_natively(precision):
-        log.warning("precision %s on a CPU without %s instructions (torch CPU capability %s): torch emulates it, and "
-                    "the passes may be several times slower than fp32 (docs/performance.md); precision: fp32 is "
-                    "faster here", precision, " or ".join(CPU_INSTRUCTIONS[precision]),
-                    torch.backends.cpu.get_cpu_capability())
+        # a warning, not a log line: Python shows it once per process, however many passes check
+        warnings.warn(f"coar: precision {precision} on a CPU without {' or '.join(CPU_INSTRUCTIONS[precision])} "
+                      f"instructions (torch CPU capability {torch.backends.cpu.get_cpu_capability()}): torch emulates "
+                      "it, and the passes may be several times slower than fp32 (docs/performance.md); precision: "
+                      "fp32 is faster here", stacklevel=1)
 
 
 def autocast(precision: str, device: str | torch.device) -> ContextManager:
