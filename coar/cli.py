@@ -4,6 +4,9 @@
     coar collect  --run-dir results/digits --task coar.tasks.digits:task --shard 0 --shards 4 --masks 4000 --alpha 0.05 --out shard-0.h5
     coar merge    --run-dir results/digits --masks 4000 --expect-alpha 0.05 --out dataset.h5 shard-*.h5
     coar fit      --run-dir results/digits --data dataset.h5 --expect-alpha 0.05 --out attributions.h5
+    coar fit-round --run-dir results/digits --round 1 --previous rounds/round-0.h5 --heldout heldout/alpha-0.05.h5 \
+                   --min-gain 0.005 --confidence 0.95 --max-masks 20000 --out-state rounds/round-1.h5 \
+                   --out-score rounds/round-1.json shards/shard-1.h5
     coar evaluate --run-dir results/digits --attributions attributions.h5 --train-alpha 0.05 --heldout 0.05=h.h5
     coar summarize --run-dir results/digits --evaluation evaluation.json --out summary.md --plot plots/correlation_histogram.png
     coar baseline --run-dir results/digits --method loo --out baselines/loo.h5
@@ -203,7 +206,9 @@ def _parser() -> argparse.ArgumentParser:
     _provenance_options(s, alpha="expect")
 
     s = add("fit", "Fit one linear model per example (attributions) on a dataset, streamed in row chunks.")
-    s.add_argument("--data", required=True, help="merged dataset file")
+    source = s.add_mutually_exclusive_group(required=True)
+    source.add_argument("--data", help="merged dataset file")
+    source.add_argument("--state", help="instead: the last round's statistics of a masks: auto run (fit-round)")
     s.add_argument("--out", required=True, help="attributions HDF5 file to write")
     s.add_argument("--method", choices=SOLVER_METHODS, default="ols")
     s.add_argument("--backend", choices=SOLVER_BACKENDS, default="auto")
@@ -214,6 +219,24 @@ def _parser() -> argparse.ArgumentParser:
     s.add_argument("--memory-budget", type=_memory_budget, default=None,
                    help="GB for the fit's arrays, or 'auto': the job's cgroup or SLURM limit (else physical memory, at most half) "
                         "less the process's own resident memory and a margin")
+
+    s = add("fit-round", "One round of a masks: auto run: add the round's shards to the previous round's statistics, "
+                         "fit, score on held-out masks and decide whether to stop.")
+    s.add_argument("--round", type=int, required=True, help="this round's number, from 0")
+    s.add_argument("--previous", default=None, help="the previous round's statistics (not for round 0)")
+    s.add_argument("--heldout", required=True, help="held-out masks and outputs at the training alpha")
+    s.add_argument("--out-state", required=True, help="this round's statistics (HDF5) to write")
+    s.add_argument("--out-score", required=True, help="this round's score and decision (JSON) to write")
+    s.add_argument("--method", choices=SOLVER_METHODS, default="ols")
+    s.add_argument("--backend", choices=SOLVER_BACKENDS, default="auto")
+    s.add_argument("--chunk-rows", type=int, default=4096)
+    s.add_argument("--example-block", type=int, default=None, help="as for fit: the round refuses a fit of several blocks")
+    s.add_argument("--memory-budget", type=_memory_budget, default=None, help="as for fit")
+    s.add_argument("--min-gain", type=float, required=True, help="masks_auto.min_gain")
+    s.add_argument("--confidence", type=float, required=True, help="masks_auto.confidence")
+    s.add_argument("--max-masks", type=int, required=True, help="the mask budget (whole rounds)")
+    _provenance_options(s, alpha="expect")
+    s.add_argument("shards", nargs="+", help="this round's shard files")
 
     s = add("evaluate", "Correlate attribution predictions with true outputs on held-out masks.")
     s.add_argument("--attributions", required=True)
@@ -228,6 +251,8 @@ def _parser() -> argparse.ArgumentParser:
     s.add_argument("--timings", nargs="*", default=[], help="Snakemake benchmark files of the steps")
     s.add_argument("--out", required=True, help="summary.md to write")
     s.add_argument("--plot", required=True, help="PNG of the per-example correlations to write (linked from summary.md)")
+    s.add_argument("--rounds", nargs="*", default=[], help="masks: auto: every round's score (fit-round), in order")
+    s.add_argument("--curve", default=None, help="masks: auto: PNG of the correlation against masks to write")
     _provenance_options(s, alpha="train")
 
     s = add("baseline", "Attribute with a baseline method (leave-one-out, grad x param, conductance, internal influence).")
@@ -365,6 +390,7 @@ def _run(args: argparse.Namespace) -> None:
               else show.export_run(args.run, args.format, args.out))
         return
     from coar import steps  # imported late so `coar --help` is instant
+    from coar.rounds import StopRule
     from coar.fastpath import FastPath
 
     if args.command == "prepare":
@@ -386,17 +412,26 @@ def _run(args: argparse.Namespace) -> None:
                       fast_path=FastPath(fold_bn=args.fold_bn, channels_last=args.channels_last, compile=args.compile))
     elif args.command == "merge":
         steps.merge(args.run_dir, args.shards, args.out, args.masks, _expected(args))
+    elif args.command == "fit" and args.state:
+        print(json.dumps(steps.fit_state(args.run_dir, args.state, args.out, method=args.method, backend=args.backend,
+                                         expected=_expected(args))))
     elif args.command == "fit":
         print(json.dumps(steps.fit(args.run_dir, args.data, args.out, method=args.method, backend=args.backend,
                                    chunk_rows=args.chunk_rows, example_block=args.example_block,
                                    memory_budget=args.memory_budget, expected=_expected(args))))
+    elif args.command == "fit-round":
+        steps.fit_round(args.run_dir, args.shards, args.out_state, args.out_score, round=args.round,
+                        previous=args.previous, heldout=args.heldout,
+                        rule=StopRule(args.min_gain, args.confidence, args.max_masks), method=args.method,
+                        backend=args.backend, chunk_rows=args.chunk_rows, example_block=args.example_block,
+                        memory_budget=args.memory_budget, expected=_expected(args))
     elif args.command == "evaluate":
         result = steps.evaluate(args.run_dir, args.attributions, dict(args.heldout), args.train_alpha, args.out,
                                 _expected(args), args.training_data)
         print(f"mean held-out correlation at alpha={args.train_alpha:g}: {result['mean_correlation']:.3f}")
     elif args.command == "summarize":
         print(steps.summarize(args.run_dir, args.evaluation, args.timings, args.out, args.plot, args.train_alpha,
-                              _expected(args)))
+                              _expected(args), rounds=args.rounds, curve=args.curve))
     elif args.command == "baseline":
         print(json.dumps(steps.baseline(args.run_dir, args.out, task_spec=args.task, task_params=args.task_params,
                                         method=args.method, ablation=args.ablation,

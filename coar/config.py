@@ -17,7 +17,7 @@ import yaml
 
 from coar.constants import DEFAULT_TASK_FUNCTION, OUTPUT_FUNCTION_NAMES
 from coar.edit.spec import check_edits
-from coar.masks import collection_jobs
+from coar.masks import collection_jobs, is_auto, mask_budget, round_masks
 from coar.resources import RunShape, check_needs
 from coar.spec import import_object, module_exists, parse_spec
 
@@ -51,7 +51,9 @@ def check_config(config: dict) -> None:
     if config["shards"] is None and config["shard_masks"] is None:
         raise ConfigError("config keys 'shards' and 'shard_masks' are both null; set shard_masks (masks per "
                           "collection job) or shards (number of jobs)")
-    if config["shards"] is not None and config["shards"] > config["masks"]:
+    if is_auto(config):
+        _check_rounds(config)
+    elif config["shards"] is not None and config["shards"] > config["masks"]:
         raise ConfigError(f"config key 'shards': {config['shards']} shards for {config['masks']} masks; "
                           "use at most one shard per mask")
     _check_job_count(config)
@@ -117,12 +119,18 @@ def _check_spec(key: str, spec: str, default_attr: str | None, kind: str) -> Non
                           "install it or put it on PYTHONPATH")
 
 
-def check_masks_for_method(masks: int, method: str, n_components: int) -> None:
-    """OLS needs more masks than components; refused naming the key and the fix."""
+def check_masks_for_method(masks: int, method: str, n_components: int, key: str = "masks") -> None:
+    """OLS needs more masks than components; refused naming the key (`masks`, or for `masks:
+    auto` its budget `masks_auto.max_masks`) and the fix."""
     if method == "ols" and masks <= n_components:
-        raise ConfigError(f"config key 'masks': {masks} masks for {n_components} components, but solver.method "
-                          f"ols needs more masks than components; use masks >= {n_components + 1}, "
+        raise ConfigError(f"config key {key!r}: {masks} masks for {n_components} components, but solver.method "
+                          f"ols needs more masks than components; use {key} >= {n_components + 1}, "
                           "or solver.method: ridge or lasso")
+
+
+def masks_key(config: dict) -> str:
+    """The config key that sets how many training masks a run may collect."""
+    return "masks_auto.max_masks" if is_auto(config) else "masks"
 
 
 def evaluation_alphas(config: dict) -> list[float]:
@@ -153,10 +161,21 @@ def _check_job_count(config: dict) -> None:
     jobs = collection_jobs(config)
     if jobs > MAX_COLLECTION_JOBS:
         key = "shards" if config["shards"] is not None else "shard_masks"
-        raise ConfigError(f"config key {key!r}: {config['masks']} masks make {jobs} collection jobs, more than "
+        raise ConfigError(f"config key {key!r}: {mask_budget(config)} masks make {jobs} collection jobs, more than "
                           f"the {MAX_COLLECTION_JOBS} Snakemake can plan in reasonable time; use at least "
-                          f"{-(-config['masks'] // MAX_COLLECTION_JOBS)} masks per job (config key 'shard_masks', "
+                          f"{-(-mask_budget(config) // MAX_COLLECTION_JOBS)} masks per job (config key 'shard_masks', "
                           "with 'shards: null') or fewer masks")
+
+
+def _check_rounds(config: dict) -> None:
+    """`masks: auto` grows in rounds of whole shards of shard_masks masks."""
+    if config["shards"] is not None:
+        raise ConfigError("config key 'shards': masks: auto collects in rounds of shards of shard_masks masks; "
+                          "set shards: null")
+    size, shard = round_masks(config), config["shard_masks"]
+    if size % shard:
+        raise ConfigError(f"config key 'masks_auto.round_masks': {size} masks per round is not a whole number of "
+                          f"shards of {shard} masks (shard_masks); use a multiple of {shard}")
 
 
 def _check_sizes(config: dict) -> None:

@@ -159,6 +159,34 @@ def _dataset_datasets(meta: Mapping) -> dict[str, tuple[tuple[int, ...], object]
 
 
 _DATASET = _Layout("coar.dataset.v2", _RUN_ATTRS | _DATASET_ONLY, _dataset_datasets)
+
+# A run that collects and fits in rounds (`masks: auto`, coar.rounds): after each round, the
+# solver's streamed statistics of every row so far (coar.solver.SplitStream.state, one group per
+# part: "train", and "val" for penalised methods), and the round's per-example held-out correlations.
+_ROUND_ONLY: dict[str, type] = {
+    "round": Integral, "row_stop": Integral, "method": str, "val_every": Integral, "block_rows": Integral,
+    "gram": bool, "train_count": Integral, "train_held": Integral, "val_count": Integral, "val_held": Integral,
+}
+_STATS_FIELDS = ("mean_x", "mean_y", "sxx", "sxx_diag", "sxy", "syy", "held_x", "held_y")
+
+
+def _round_parts(meta: Mapping) -> tuple[str, ...]:
+    return ("train",) if meta["val_every"] == 0 else ("train", "val")
+
+
+def _round_datasets(meta: Mapping) -> dict[str, tuple[tuple[int, ...], object]]:
+    N, n, f64 = meta["n_components"], meta["n_examples"], np.dtype(np.float64)
+    shapes = {"mean_x": (N,), "mean_y": (n,), "sxx": (N, N), "sxx_diag": (N,), "sxy": (N, n), "syy": (n,)}
+    datasets = {"heldout_correlation": ((n,), f64)}
+    for part in _round_parts(meta):
+        datasets |= {f"{part}/{k}": (shape, f64) for k, shape in shapes.items() if k != "sxx" or meta["gram"]}
+        datasets[f"{part}/held_x"] = ((meta[f"{part}_held"], N), np.dtype(bool))
+        datasets[f"{part}/held_y"] = ((meta[f"{part}_held"], n), np.dtype(np.float32))
+    return datasets
+
+
+_ROUND = _Layout("coar.round.v1", _RUN_ATTRS | _ROUND_ONLY, _round_datasets,
+                 ("heldout_correlation", *(f"{part}/{k}" for part in ("train", "val") for k in _STATS_FIELDS)))
 _ATTRIBUTIONS = _Layout(
     "coar.attributions.v2",
     _ATTRIBUTION_ONLY | _SIZES | _LABEL_DIGESTS,
@@ -308,6 +336,49 @@ def write_attributions(
         writer.write(0, weight, bias, lam)
 
 
+def write_round_state(path: PathLike, state: Mapping, correlation: np.ndarray, meta: Mapping) -> None:
+    """Write a round's file: `state` from coar.solver.SplitStream.state(), the round's held-out
+    correlation per example (NaN where undefined), and `meta`: the run's attributes (those of
+    its shards, without row ranges) with round, row_stop and method."""
+    parts = ("train",) if not state["val_every"] else ("train", "val")
+    meta = {**meta, "val_every": state["val_every"], "block_rows": state["block_rows"], "gram": state["gram"],
+            "val_count": 0, "val_held": 0,
+            **{f"{part}_count": state[f"{part}/count"] for part in parts},
+            **{f"{part}_held": state[f"{part}/held_x"].shape[0] for part in parts}}
+    meta = _checked_attrs(_ROUND, meta)
+    if state["offset"] != meta["row_stop"] or (state["n_components"], state["n_examples"]) != (meta["n_components"], meta["n_examples"]):
+        raise ValueError(f"the statistics cover {state['offset']} rows of {state['n_components']} components x "
+                         f"{state['n_examples']} examples, the meta says {meta['row_stop']} rows of "
+                         f"{meta['n_components']} x {meta['n_examples']}")
+    arrays = {"heldout_correlation": np.asarray(correlation, np.float64)}
+    arrays |= {f"{part}/{k}": state[f"{part}/{k}"] for part in parts for k in _STATS_FIELDS if f"{part}/{k}" in state}
+    if any(arrays[f"{part}/held_y"].dtype != np.float32 for part in parts):
+        raise ValueError("held outputs must be float32 (as collected): a cast would change the statistics")
+    expected = _ROUND.datasets(meta)
+    if wrong := [f"{k} {arrays[k].shape} {arrays[k].dtype}" for k in expected
+                 if (arrays[k].shape, arrays[k].dtype) != expected[k]]:
+        raise ValueError(f"round statistics of unexpected shapes or dtypes: {wrong}")
+    with atomic_h5(path, sum(a.nbytes for a in arrays.values())) as f:
+        for name, data in arrays.items():
+            f.create_dataset(name, data=data, chunks=True if data.size else None, fletcher32=bool(data.size))
+        _write_attrs(f, _ROUND, meta)
+
+
+def read_round_state(path: PathLike, expect: Mapping) -> tuple[dict, np.ndarray, dict]:
+    """(state for SplitStream.from_state, held-out correlation per example, meta) of a round's
+    file, after the checks every reader makes and against `expect`."""
+    with _reading(path) as f:
+        meta = _read_meta(f, path, _ROUND)
+        check_expected(path, meta, expect)
+        arrays = {name: _verified(f, path, name) for name in _ROUND.datasets(meta)}
+    state = {"offset": meta["row_stop"], "n_components": meta["n_components"], "n_examples": meta["n_examples"],
+             "val_every": meta["val_every"], "block_rows": meta["block_rows"], "gram": meta["gram"]}
+    for part in _round_parts(meta):
+        state[f"{part}/count"] = meta[f"{part}_count"]
+    state |= {k: v for k, v in arrays.items() if k != "heldout_correlation"}
+    return state, arrays["heldout_correlation"], meta
+
+
 def merge_shards(paths: Iterable[PathLike], out_path: PathLike, expect: Mapping, m: int) -> dict:
     """Check the shards, then write a dataset file that refers to them (no copy); return its attrs.
 
@@ -445,14 +516,20 @@ class RowReader:
     """
 
     def __init__(
-        self, paths: PathLike | Iterable[PathLike], chunk_rows: int, expect: Mapping | None = None
+        self, paths: PathLike | Iterable[PathLike], chunk_rows: int, expect: Mapping | None = None,
+        first_row: int = 0,
     ) -> None:
         if isinstance(chunk_rows, bool) or not isinstance(chunk_rows, Integral) or chunk_rows < 1:
             raise ValueError(f"chunk_rows must be a positive integer, got {chunk_rows!r}")
         self.chunk_rows = int(chunk_rows)
         self.columns = slice(None)
-        self.sources = _row_sources(paths, expect or {}, None, (_SHARD, _DATASET))
+        self.sources = _row_sources(paths, expect or {}, None, (_SHARD, _DATASET), first_row)
         self._stamps = [_stamp(path) for path, _ in self.sources]
+
+    @property
+    def run_attrs(self) -> dict:
+        """How the rows were made (see `run_attrs_of`)."""
+        return _run_attrs(self.sources[0][1])
 
     @property
     def n_rows(self) -> int:
@@ -477,7 +554,7 @@ class RowReader:
 def run_attrs_of(paths: PathLike | Iterable[PathLike], expect: Mapping | None = None) -> dict:
     """How the rows of shards or a merged dataset were made (alpha, seed, ablation, output_fn,
     precision, fingerprints, sizes), after validating every file as `iter_chunks` does."""
-    return _run_attrs(_row_sources(paths, expect or {}, None, (_SHARD, _DATASET))[0][1])
+    return RowReader(paths, 1, expect).run_attrs
 
 
 def read_dataset(path: PathLike, expect: Mapping | None = None) -> tuple[np.ndarray, np.ndarray, dict]:
@@ -577,7 +654,7 @@ def _read_meta(f: h5py.File, path: PathLike, layout: _Layout) -> dict:
         )
     for name, (shape, dtype) in layout.datasets(attrs).items():
         problem = _dataset_problem(f, name, shape, dtype)
-        if problem is None and name in layout.checksummed and not f[name].fletcher32:
+        if problem is None and name in layout.checksummed and f[name].size and not f[name].fletcher32:
             problem = f"dataset {name!r} carries no checksum (written by an older coar)"
         if problem:
             raise FormatError(
@@ -645,9 +722,11 @@ def check_expected(path: PathLike, meta: Mapping, expect: Mapping) -> None:
 
 
 def _row_sources(
-    paths: PathLike | Iterable[PathLike], expect: Mapping, m: int | None, layouts: tuple[_Layout, ...]
+    paths: PathLike | Iterable[PathLike], expect: Mapping, m: int | None, layouts: tuple[_Layout, ...],
+    first_row: int = 0,
 ) -> list[tuple[str, dict]]:
-    """Validated (path, meta) of row files in row order; they must come from one run and tile 0..m."""
+    """Validated (path, meta) of row files in row order; they must come from one run and tile
+    first_row..m."""
     paths = [paths] if isinstance(paths, (str, os.PathLike)) else list(paths)
     if not paths:
         names = " or ".join(lay.name for lay in layouts)
@@ -670,7 +749,7 @@ def _row_sources(
                 "delete the stale files and rerun the steps that make them"
             )
     sources.sort(key=lambda s: _row_range(s[1]))
-    _check_tiling(sources, m)
+    _check_tiling(sources, m, first_row)
     return sources
 
 
@@ -715,9 +794,9 @@ def _row_range(meta: Mapping) -> tuple[int, int]:
     return (meta["row_start"], meta["row_stop"]) if "row_start" in meta else (0, meta["m"])
 
 
-def _check_tiling(sources: list[tuple[str, dict]], m: int | None) -> None:
-    """FormatError naming every gap, overlap and overshoot unless the row ranges tile 0..m."""
-    problems, covered, last = [], 0, None
+def _check_tiling(sources: list[tuple[str, dict]], m: int | None, first_row: int = 0) -> None:
+    """FormatError naming every gap, overlap and overshoot unless the row ranges tile first_row..m."""
+    problems, covered, last = [], first_row, None
     for path, meta in sources:
         start, stop = _row_range(meta)
         if start > covered:
@@ -733,7 +812,7 @@ def _check_tiling(sources: list[tuple[str, dict]], m: int | None) -> None:
         problems.append(f"rows {covered}..{m} are missing (after {last})")
     if problems:
         raise FormatError(
-            f"the files do not tile rows 0..{covered if m is None else m} exactly: {'; '.join(problems)}; "
+            f"the files do not tile rows {first_row}..{covered if m is None else m} exactly: {'; '.join(problems)}; "
             "rerun the collect step for missing rows and delete stray or stale files"
         )
 

@@ -111,23 +111,42 @@ def _require_int(name: str, value: object, minimum: int) -> None:
         raise ValueError(f"{name} must be an integer >= {minimum}, got {value!r}")
 
 
+def is_auto(config: dict) -> bool:
+    """True when the config grows its masks in rounds (`masks: auto`, coar.rounds)."""
+    return config["masks"] == "auto"
+
+
+def round_masks(config: dict) -> int:
+    """Masks per round of a `masks: auto` run: masks_auto.round_masks, or one shard's."""
+    return config["masks_auto"]["round_masks"] or config["shard_masks"]
+
+
+def mask_budget(config: dict) -> int:
+    """The most training masks the config can collect: `masks`, or for `masks: auto` its
+    max_masks rounded up to whole rounds."""
+    if not is_auto(config):
+        return config["masks"]
+    size = round_masks(config)
+    return -(-config["masks_auto"]["max_masks"] // size) * size
+
+
 def shard_rows(config: dict) -> list[tuple[int, int]]:
     """Each collection job's [start, stop) mask rows: `shards` equal shards when set, else shards
-    of `shard_masks` rows (coar.masks.shard_ranges)."""
+    of `shard_masks` rows (coar.masks.shard_ranges), up to the mask budget."""
     if config["shards"] is not None:
-        return shard_ranges(config["masks"], config["shards"])
-    return shard_ranges(config["masks"], shard_masks=config["shard_masks"])
+        return shard_ranges(mask_budget(config), config["shards"])
+    return shard_ranges(mask_budget(config), shard_masks=config["shard_masks"])
 
 
 def collection_jobs(config: dict) -> int:
-    """How many collection jobs `config` makes (as len(shard_rows(config)), without listing them)."""
+    """How many collection jobs `config` makes at most (as len(shard_rows(config)), without listing them)."""
     if config["shards"] is not None:
         return config["shards"]
-    return -(-config["masks"] // config["shard_masks"])
+    return -(-mask_budget(config) // config["shard_masks"])
 
 
 def largest_shard(config: dict) -> int:
     """The most rows any collection job of `config` holds (as `shard_rows`, without listing them)."""
     if config["shards"] is not None:
-        return -(-config["masks"] // config["shards"])
-    return min(config["shard_masks"], config["masks"])
+        return -(-mask_budget(config) // config["shards"])
+    return min(config["shard_masks"], mask_budget(config))

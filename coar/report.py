@@ -16,6 +16,7 @@ import numpy as np
 from coar import plots
 from coar.atomic import atomic_path
 from coar.evaluate import correlation_table, format_value, module_totals, predict
+from coar.rounds import RoundScore, curve_markdown
 
 
 class FigurePaths(NamedTuple):
@@ -45,9 +46,10 @@ def write_text(path: str | Path, text: str) -> None:
 
 
 def summary_markdown(run_name: str, info: Mapping, evaluation: Mapping, seconds: Mapping[str, float],
-                     plot_link: str) -> str:
+                     plot_link: str, rounds: Sequence[RoundScore] = (), curve_link: str | None = None) -> str:
     """summary.md: the run's task and sizes (`info`, from prepare), the held-out scores per alpha
-    (`evaluation`), step timings, and a link to the correlation histogram."""
+    (`evaluation`), the rounds of a `masks: auto` run and their curve, step timings, and a link to
+    the correlation histogram."""
     ev, task_info = evaluation, info.get("task_info", {})
     lines = [
         f"# coar run `{run_name}`",
@@ -67,6 +69,12 @@ def summary_markdown(run_name: str, info: Mapping, evaluation: Mapping, seconds:
         values = (r[k] for k in ("mean_correlation", "median_correlation", "mean_rank_correlation", "mean_absolute_error"))
         lines.append(f"| {alpha} | {r['n_masks']} | {'not counted' if same is None else same} | "
                      + " | ".join(format_value(v) for v in values) + f" | {r['undefined_correlations']} |")
+    if rounds:
+        lines += ["", f"## Masks chosen by `masks: auto` (held-out correlation at alpha {ev['alpha']:g} after each round)",
+                  "", curve_markdown(rounds)]
+        if curve_link:
+            lines += ["", f"![held-out correlation against training masks]({curve_link})"]
+        lines.append("")
     if seconds:
         lines += ["", "| step | wall seconds |", "|---|---|"] + [f"| {k} | {v:.1f} |" for k, v in seconds.items()]
     lines += ["", f"![per-example correlations]({plot_link})", ""]
@@ -74,12 +82,17 @@ def summary_markdown(run_name: str, info: Mapping, evaluation: Mapping, seconds:
 
 
 def write_summary(run_name: str, info: Mapping, evaluation: Mapping, timings: Sequence[str | Path],
-                  out: str | Path, plot: str | Path) -> str:
-    """Draw the correlation histogram at `plot`, write summary.md at `out` (linking the plot
-    relative to it) and return its text."""
+                  out: str | Path, plot: str | Path, rounds: Sequence[RoundScore] = (),
+                  curve: str | Path | None = None) -> str:
+    """Draw the correlation histogram at `plot` (and, for a `masks: auto` run, its `rounds`'
+    curve at `curve`), write summary.md at `out` (linking the plots relative to it) and return its text."""
     plots.correlation_histogram(evaluation["by_alpha"], plot)
-    text = summary_markdown(run_name, info, evaluation, step_seconds(timings),
-                            Path(os.path.relpath(plot, Path(out).parent)).as_posix())
+    link = lambda path: Path(os.path.relpath(path, Path(out).parent)).as_posix()
+    if rounds and curve is not None:
+        plots.masks_curve([r.masks for r in rounds], [r.mean for r in rounds], [r.low for r in rounds],
+                          [r.high for r in rounds], rounds[-1].masks, curve)
+    text = summary_markdown(run_name, info, evaluation, step_seconds(timings), link(plot), rounds,
+                            link(curve) if rounds and curve is not None else None)
     write_text(out, text)
     return text
 

@@ -14,7 +14,7 @@ import shutil
 from dataclasses import dataclass
 from pathlib import Path
 
-from coar.masks import largest_shard
+from coar.masks import largest_shard, mask_budget
 from coar.solver.memory import job_memory
 
 PYTHON_MIB = 1500
@@ -68,7 +68,7 @@ class RunShape:
     def of_config(cls, config: dict) -> "RunShape":
         """The shape of a run of `config` (after the schema has filled in its defaults)."""
         evaluation = config["evaluation"]
-        return cls(config["masks"], largest_shard(config), evaluation["heldout_masks"],
+        return cls(mask_budget(config), largest_shard(config), evaluation["heldout_masks"],
                    1 + (len(evaluation["alphas"]) or 2),  # the training alpha and the others (at most)
                    1 + len(evaluation["baselines"]), config["loader"]["cache_mb"])
 

@@ -27,7 +27,7 @@ from coar.batching import resolve_max_batch
 from coar.components import discover
 from coar.config import check_masks_for_method
 from coar.constants import BASELINE_METHODS, DEFAULT_MASKS_PER_PASS, DEFAULT_MAX_BATCH
-from coar.evaluate import compare as compare_methods
+from coar.evaluate import compare as compare_methods, correlation as correlation_of, predict
 from coar.exactness import OnProblem, check_components
 from coar.examples import first_inputs, stack
 from coar.finite import nonfinite_problem
@@ -36,12 +36,14 @@ from coar.forward import check_pass_rows, run_masked
 from coar.masks import count_rows_in, sample_masks, shard_ranges
 from coar.outputs import resolve_output_fn
 from coar.precision import autocast, check_precision
+from coar.rounds import RoundScore, StopRule, judge
 from coar.run import COMPONENTS, FINGERPRINTS, PREPARE, PROVENANCE, Run
 from coar.saved_task import LoaderOptions
 from coar.task import check_labels, load_task
 
-if TYPE_CHECKING:  # drawing loads matplotlib: only the steps that draw import coar.report
+if TYPE_CHECKING:  # drawing loads matplotlib, the solver cupy when present: only the steps that need them import them
     from coar.report import FigurePaths
+    from coar.solver import SplitStream
 
 
 def resolve_device(device: str) -> torch.device:
@@ -201,6 +203,86 @@ def fit_dataset(data: str | Path, out: str | Path, expect: dict, components: Seq
             "n_blocks": plan.n_blocks, "memory_budget": str(plan.budget)}
 
 
+def fit_round(run_dir: str | Path, shards: Sequence[str | Path], out_state: str | Path, out_score: str | Path, *,
+              round: int, previous: str | Path | None, heldout: str | Path, rule: StopRule, method: str, backend: str,
+              chunk_rows: int, example_block: int | None = None, memory_budget: float | None = None,
+              expected: dict | None = None) -> dict:
+    """One round of a `masks: auto` run (coar.rounds): the `previous` round's statistics (None for
+    round 0) and this round's `shards`, solved, scored on the `heldout` masks at the training
+    alpha and judged by `rule`. Writes the round's statistics (out_state) and its score and
+    decision (out_score, JSON, with how the rows were made)."""
+    from coar import solver
+
+    run = Run(run_dir)
+    expect = {**run.expect, **(expected or {})}
+    if (previous is None) != (round == 0):
+        raise ValueError(f"round {round} {'needs' if round else 'takes no'} previous round's statistics")
+    if previous is None:
+        stream, before, first_row = _first_round_stream(expect, method, backend, example_block, memory_budget), None, 0
+    else:
+        state, before, meta = h5format.read_round_state(previous, {**expect, "round": round - 1, "method": method})
+        stream, first_row = solver.SplitStream.from_state(state, backend=backend), meta["row_stop"]
+    reader = h5format.RowReader(shards, chunk_rows, expect, first_row=first_row)
+    made = reader.run_attrs
+    if previous is not None:  # this round's rows continue the previous round's, made the same way
+        h5format.check_expected(previous, meta, made)
+    for X, Y in reader():
+        stream.push(X, Y)
+    masks, correlation = stream.offset, np.full(run.n_examples, np.nan)
+    if method != "ols" or masks > run.n_components:  # else OLS has no unique solution yet: not scored
+        train, val = stream.snapshot()
+        result = solver.fit_stats(train, method, val=val)
+        heldout_masks, heldout_outputs = _read_rows(heldout, _heldout_expect(run.expect, expected, made["alpha"]))
+        correlation = correlation_of(heldout_outputs, predict(result.weight, result.bias, heldout_masks))
+    score = judge(round, masks, correlation, before, rule)
+    h5format.write_round_state(out_state, stream.state(), correlation,
+                               {**made, "round": round, "row_stop": masks, "method": method})
+    write_json(out_score, {**score.to_json(), **made, "method": method})
+    print(f"coar fit-round: round {round}, {masks} masks: mean held-out correlation "
+          f"{'not scored' if score.mean is None else f'{score.mean:.4f}'}; {'stop' if score.stop else 'go on'}: "
+          f"{score.reason}", flush=True)
+    return score.to_json()
+
+
+def _first_round_stream(expect: dict, method: str, backend: str, example_block: int | None,
+                        memory_budget: float | None) -> SplitStream:
+    """The empty statistics of a `masks: auto` run, laid out as a fixed run's fit would take them
+    (coar.rounds): refused when that fit would not take every example in one block."""
+    from coar import solver
+    from coar.solver.stats import default_block_rows
+
+    n_components, n_examples = expect["n_components"], expect["n_examples"]
+    plan = solver.plan_fit(n_components, n_examples, method, backend=backend, example_block=example_block,
+                           max_memory_bytes=None if memory_budget is None else int(memory_budget * 1e9))
+    if not plan.closed_form or plan.n_blocks > 1:
+        raise ValueError(f"masks: auto keeps the statistics of all {n_examples} examples between rounds, but the "
+                         f"fit's memory allows only this ({plan}); give the job more memory, or set masks to a "
+                         "number (config key 'masks')")
+    return solver.SplitStream(None if method == "ols" else solver.VAL_EVERY, backend=backend, gram=True,
+                              block_rows=default_block_rows(n_components, plan.example_block))
+
+
+def fit_state(run_dir: str | Path, state: str | Path, out: str | Path, *, method: str, backend: str,
+              expected: dict | None = None) -> dict:
+    """The fit step of a `masks: auto` run: solve the final round's statistics (`state`) and write
+    attributions.h5 as `fit` does, the same bit for bit as a fixed run of as many masks."""
+    from coar import solver
+
+    start = time.perf_counter()
+    run = Run(run_dir)
+    expect = {**run.expect, **(expected or {})}
+    stats, _, meta = h5format.read_round_state(state, {**expect, "method": method})
+    train, val = solver.SplitStream.from_state(stats, backend=backend).finish()
+    result = solver.fit_stats(train, method, val=val)
+    attrs = {"encoding": h5format.ENCODING, "solver": f"coar.solver backend={backend}", "method": method,
+             "n_masks": meta["row_stop"], **{k: meta[k] for k in PROVENANCE}, **{k: expect[k] for k in FINGERPRINTS}}
+    with h5format.attributions_writer(out, run.components.table(), run.example_ids, attrs) as writer:
+        writer.write(0, result.weight, result.bias, result.lam)
+    print(f"coar fit: {method} on the statistics of {meta['row_stop']} masks (round {meta['round']}) written after "
+          f"{time.perf_counter() - start:.1f} s", flush=True)
+    return {"seconds": time.perf_counter() - start, "method": method, "n_masks": meta["row_stop"], "round": meta["round"]}
+
+
 def _read_rows(path: str | Path, expect: dict) -> tuple[np.ndarray, np.ndarray]:
     """All (masks, outputs) rows of a shard or dataset file, validated against `expect`; refused
     if an output is NaN or infinite (a correlation over such rows means nothing)."""
@@ -260,17 +342,26 @@ def evaluate(run_dir: str | Path, attributions: str | Path, heldout: dict[float,
 
 
 def summarize(run_dir: str | Path, evaluation: str | Path, timings: Sequence[str | Path], out: str | Path,
-              plot: str | Path, train_alpha: float | None = None, expected: dict | None = None) -> str:
-    """A short Markdown summary of the run at `out` and a correlation histogram at `plot` (coar.report).
+              plot: str | Path, train_alpha: float | None = None, expected: dict | None = None,
+              rounds: Sequence[str | Path] = (), curve: str | Path | None = None) -> str:
+    """A short Markdown summary of the run at `out` and a correlation histogram at `plot` (coar.report);
+    for a `masks: auto` run its `rounds`' scores (fit-round, in order) as a table and a curve at `curve`.
 
-    evaluation.json must record the provenance the config gives (`expected`, alpha `train_alpha`):
-    a stale one is refused, naming key and both values, rather than presented as this config's."""
+    evaluation.json and the rounds must record the provenance the config gives (`expected`, alpha
+    `train_alpha`): a stale one is refused, naming key and both values, rather than presented as
+    this config's."""
     from coar import report
 
     run = Run(run_dir)
+    made_with = _made_with(expected, train_alpha)
     result = json.loads(Path(evaluation).read_text())
-    h5format.check_expected(evaluation, result, _made_with(expected, train_alpha))
-    return report.write_summary(run.name, run.info, result, timings, out, plot)
+    h5format.check_expected(evaluation, result, made_with)
+    scores = []
+    for i, path in enumerate(rounds):
+        score = json.loads(Path(path).read_text())
+        h5format.check_expected(path, score, {**made_with, **run.expect, "round": i})
+        scores.append(RoundScore.from_json(score))
+    return report.write_summary(run.name, run.info, result, timings, out, plot, scores, curve)
 
 
 def _made_with(expected: dict | None, train_alpha: float | None) -> dict:

@@ -10,15 +10,17 @@ problem solved from streamed sufficient statistics (see coar.solver.stats).
 """
 
 from .backend import Backend, get_backend
-from .estimators import Fit, FitPlan, closed_form_bytes, fit, fit_blocks, fit_stats, plan_fit
+from .estimators import VAL_EVERY, Fit, FitPlan, closed_form_bytes, fit, fit_blocks, fit_stats, plan_fit
 from .iterative import StreamedDesign
-from .stats import GramStats, split_stats
+from .stats import GramStats, SplitStream, split_stats
 
 __all__ = [
+    "VAL_EVERY",
     "Backend",
     "Fit",
     "FitPlan",
     "GramStats",
+    "SplitStream",
     "StreamedDesign",
     "closed_form_bytes",
     "fit",

@@ -39,6 +39,8 @@ from .stats import (
 
 Solver = Literal["auto", "closed_form", "iterative"]
 PathPoint = tuple[Any, Any, Any]  # (lambda per example, validation SSE per example, weights)
+VAL_EVERY = 10
+"""Ridge and lasso choose their penalty on every VAL_EVERY-th mask row (coar.solver.stats.split_stats)."""
 _STREAM_BYTES = 16 << 24  # row blocks of masks and outputs in flight (default_block_rows)
 
 
@@ -161,7 +163,7 @@ def fit_blocks(
     method: Method = "ols",
     *,
     lambdas: Any | None = None,
-    val_every: int | None = 10,
+    val_every: int | None = VAL_EVERY,
     backend: BackendName | Backend = "auto",
     solver: Solver = "auto",
     max_memory_bytes: int | None = None,

@@ -274,40 +274,126 @@ def split_stats(
     validation statistics are None. Small chunks are regrouped into blocks of block_rows rows.
     NaN or infinite outputs anywhere in the stream are reported together at the end.
     """
-    if val_every is not None and val_every < 2:
-        raise ValueError(f"val_every must be at least 2 (or None: no validation), got {val_every}")
-    backend = get_backend(backend)
-    parts = ("train",) if val_every is None else ("train", "val")
-    stats: dict[str, GramStats] = {}
-    pending: dict[str, _Blocks] = {}
-    scratch = Scratch(backend.xp)
-    shape = None
-    bad_rows, bad_examples = [], []
-    offset = 0
+    stream = SplitStream(val_every, backend=backend, gram=gram, block_rows=block_rows)
     for X, Y in chunks:
-        X, Y = check_chunk(X, Y, offset=offset, shape=shape)
-        if shape is None:
-            shape = (X.shape[1], Y.shape[1])
-            for part in parts:
-                stats[part] = GramStats(*shape, backend=backend, gram=gram, block_rows=block_rows)
-                pending[part] = _Blocks(stats[part].block_rows)
+        stream.push(X, Y)
+    return stream.finish()
+
+
+class SplitStream:
+    """`split_stats` fed chunk by chunk, whose state can be saved between chunks and resumed in
+    another process (`state`, `from_state`): what a run that collects and fits in rounds keeps.
+
+    Rows are accumulated in blocks of exactly block_rows rows of each part, in stream order; the
+    rows of a part's last, incomplete block are held until it fills. Whatever the chunking and
+    wherever the stream was saved and resumed, the same rows in the same order therefore give
+    the same statistics bit for bit as one `split_stats` pass over them.
+    """
+
+    def __init__(
+        self,
+        val_every: int | None,
+        *,
+        backend: BackendName | Backend = "auto",
+        gram: bool = True,
+        block_rows: int | None = None,
+    ) -> None:
+        if val_every is not None and val_every < 2:
+            raise ValueError(f"val_every must be at least 2 (or None: no validation), got {val_every}")
+        self.val_every = val_every
+        self.backend = get_backend(backend)
+        self.gram = gram
+        self.block_rows = block_rows
+        self.parts = ("train",) if val_every is None else ("train", "val")
+        self.offset = 0  # rows pushed so far
+        self.shape: tuple[int, int] | None = None
+        self._stats: dict[str, GramStats] = {}
+        self._pending: dict[str, _Blocks] = {}
+        self._scratch = Scratch(self.backend.xp)
+        self._bad_rows: list[np.ndarray] = []
+        self._bad_examples: list[np.ndarray] = []
+
+    def push(self, X: np.ndarray, Y: np.ndarray) -> None:
+        """Add the next rows of the stream: X (r, N) 0/1 masks, Y (r, n) outputs."""
+        X, Y = check_chunk(X, Y, offset=self.offset, shape=self.shape)
+        if self.shape is None:
+            self._start((X.shape[1], Y.shape[1]))
         rows, examples = nonfinite_outputs(Y)
         if rows.size:
-            bad_rows.append(offset + rows)
-            bad_examples.append(examples)
-        if not bad_rows:
-            for part, X_part, Y_part in _split_chunk(X, Y, offset, val_every):
-                for block in pending[part].push(X_part, Y_part):
-                    stats[part]._accumulate(*block, scratch)
-        offset += X.shape[0]
-    if bad_rows:
-        raise _nonfinite_error(np.concatenate(bad_rows), np.unique(np.concatenate(bad_examples)))
-    if shape is None:
-        raise ValueError("the chunk stream is empty: no masks to fit")
-    for part in parts:
-        for block in pending[part].flush():
-            stats[part]._accumulate(*block, scratch)
-    return stats["train"], stats.get("val")
+            self._bad_rows.append(self.offset + rows)
+            self._bad_examples.append(examples)
+        if not self._bad_rows:
+            for part, X_part, Y_part in _split_chunk(X, Y, self.offset, self.val_every):
+                for block in self._pending[part].push(X_part, Y_part):
+                    self._stats[part]._accumulate(*block, self._scratch)
+        self.offset += X.shape[0]
+
+    def finish(self) -> tuple[GramStats, GramStats | None]:
+        """(train, val) statistics of every row pushed (val None without validation), the held
+        rows added in place: the stream ends here."""
+        self._check()
+        for part in self.parts:
+            for block in self._pending[part].flush():
+                self._stats[part]._accumulate(*block, self._scratch)
+        return self._stats["train"], self._stats.get("val")
+
+    def snapshot(self) -> tuple[GramStats, GramStats | None]:
+        """What `finish` would return now, as copies: the stream can go on."""
+        self._check()
+        copies = {}
+        for part in self.parts:
+            copies[part] = self._stats[part].copy()
+            held = self._pending[part].held()
+            if held is not None:
+                copies[part]._accumulate(*held, self._scratch)
+        return copies["train"], copies.get("val")
+
+    def state(self) -> dict[str, Any]:
+        """The stream's state as numpy arrays and numbers (keys "<part>/<field>" for each part's
+        statistics and held rows), for `from_state`."""
+        self._check()
+        state: dict[str, Any] = {"offset": self.offset, "n_components": self.shape[0], "n_examples": self.shape[1],
+                                 "val_every": 0 if self.val_every is None else self.val_every,
+                                 "block_rows": self._stats["train"].block_rows, "gram": self.gram}
+        to_numpy = self.backend.to_numpy
+        for part in self.parts:
+            stats = self._stats[part]
+            state[f"{part}/count"] = stats.count
+            state.update({f"{part}/{k}": to_numpy(v) for k, v in stats._arrays().items() if v is not None})
+            held = self._pending[part].held()
+            state[f"{part}/held_x"], state[f"{part}/held_y"] = held or (
+                np.zeros((0, self.shape[0]), bool), np.zeros((0, self.shape[1]), np.float32))
+        return state
+
+    @classmethod
+    def from_state(cls, state: dict[str, Any], *, backend: BackendName | Backend = "auto") -> SplitStream:
+        """The stream whose `state()` this is, ready for more rows."""
+        val_every = int(state["val_every"]) or None
+        stream = cls(val_every, backend=backend, gram=bool(state["gram"]), block_rows=int(state["block_rows"]))
+        stream._start((int(state["n_components"]), int(state["n_examples"])))
+        xp = stream.backend.xp
+        for part in stream.parts:
+            stats = stream._stats[part]
+            stats.count = int(state[f"{part}/count"])
+            for key in stats._arrays():
+                if stats._arrays()[key] is not None:
+                    setattr(stats, key, xp.asarray(state[f"{part}/{key}"], dtype=xp.float64))
+            stream._pending[part].push(np.asarray(state[f"{part}/held_x"], dtype=bool),
+                                       np.asarray(state[f"{part}/held_y"]))
+        stream.offset = int(state["offset"])
+        return stream
+
+    def _start(self, shape: tuple[int, int]) -> None:
+        self.shape = shape
+        for part in self.parts:
+            self._stats[part] = GramStats(*shape, backend=self.backend, gram=self.gram, block_rows=self.block_rows)
+            self._pending[part] = _Blocks(self._stats[part].block_rows)
+
+    def _check(self) -> None:
+        if self._bad_rows:
+            raise _nonfinite_error(np.concatenate(self._bad_rows), np.unique(np.concatenate(self._bad_examples)))
+        if self.shape is None:
+            raise ValueError("the chunk stream is empty: no masks to fit")
 
 
 def iter_part(
@@ -414,6 +500,13 @@ class _Blocks:
             X, Y = X[self.rows :], Y[self.rows :]
         self._hold(X, Y)
         return out
+
+    def held(self) -> Chunk | None:
+        """The rows held for the next block (None when there are none), without taking them."""
+        if not self._pieces:
+            return None
+        Xs, Ys = zip(*self._pieces)
+        return np.concatenate(Xs), np.concatenate(Ys)
 
     def flush(self) -> list[Chunk]:
         if not self._pieces:

@@ -66,16 +66,17 @@ rule collect:
 
 
 rule merge:
-    """Check that every shard belongs to this run and the shards tile all m rows; merge them."""
+    """Check that every shard belongs to this run and the shards tile all m rows (masks: auto:
+    those of the rounds it ran); merge them."""
     input:
         run=rules.prepare.output,
-        shards=expand(f"{RUN}/shards/shard-{{shard}}.h5", shard=range(len(SHARD_ROWS))),
+        shards=training_shards,
         checked=rules.check_masks.output,
     output:
         f"{RUN}/dataset.h5",
     params:
         run_dir=run_dir_of_input,
-        masks=config["masks"],
+        masks=lambda wildcards, input: len(input.shards) * config["shard_masks"] if AUTO else config["masks"],
         provenance=provenance_options("expect"),
     log:
         f"{RUN}/logs/merge.log",

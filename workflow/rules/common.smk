@@ -81,7 +81,7 @@ def check_run_masks(run_dir, masks, method, log):
     """coar.config.check_masks_for_method with the prepared run's component count, and the memory
     and disk of the run at its real sizes (coar.resources.check_prepared_run); logged."""
     n_components = Run(run_dir).n_components
-    check_masks_for_method(masks, method, n_components)
+    check_masks_for_method(masks, method, n_components, masks_key(config))
     needs = check_prepared_run(run_dir, RunShape.of_config(config))
     Path(log).write_text(f"{masks} masks for {n_components} components: enough for solver.method {method}; "
                          f"largest collection job {needs.collect_bytes / 1e9:.3g} GB, results "
@@ -106,6 +106,9 @@ STAMPED = {
     "fit": {"method": config["solver"]["method"]},
     "evaluate": {"alphas": ALPHAS, "baselines": config["evaluation"]["baselines"]},
     "edits": {"edits": config["edits"]},
+    # How a masks: auto run scores and stops its rounds (its shards stay, as when a run grows).
+    "rounds": {"method": config["solver"]["method"], "masks_auto": config["masks_auto"], "budget": mask_budget(config),
+               "shard_masks": config["shard_masks"]},
 }
 
 

@@ -29,21 +29,33 @@ rule evaluate:
         " {params.heldout} {params.provenance} --out {output:q} 2>&1 | tee {log:q}"
 
 
-STEP_TIMINGS = [
-    f"{RUN}/benchmarks/prepare.tsv",
-    *expand(f"{RUN}/benchmarks/collect-{{shard}}.tsv", shard=range(len(SHARD_ROWS))),
-    f"{RUN}/benchmarks/merge.tsv",
-    f"{RUN}/benchmarks/fit.tsv",
-    f"{RUN}/benchmarks/evaluate.tsv",
-]
+def step_timings(wildcards=None):
+    """The Snakemake benchmark files of the steps up to evaluate (masks: auto: its rounds too)."""
+    shards = len(training_shards())
+    rounds = [f"{RUN}/benchmarks/fit_round-{r}.tsv" for r in range(len(round_scores()))]
+    return [
+        f"{RUN}/benchmarks/prepare.tsv",
+        *expand(f"{RUN}/benchmarks/collect-{{shard}}.tsv", shard=range(shards)),
+        *rounds,
+        f"{RUN}/benchmarks/merge.tsv",
+        f"{RUN}/benchmarks/fit.tsv",
+        f"{RUN}/benchmarks/evaluate.tsv",
+    ]
+
+
+# masks: auto: the held-out correlation after each round, against the training masks.
+MASKS_CURVE = {"curve": report(f"{RUN}/plots/masks_curve.png", caption="../report/masks_curve.rst",
+                               category="2. Evaluation")} if AUTO else {}
 
 
 rule summarize:
-    """summary.md: task, sizes, correlations per alpha, step timings, and a histogram."""
+    """summary.md: task, sizes, correlations per alpha, a masks: auto run's rounds, step timings,
+    and a histogram (and the rounds' curve)."""
     input:
         run=rules.prepare.output,
         evaluation=rules.evaluate.output,
-        timings=STEP_TIMINGS,
+        timings=step_timings,
+        rounds=round_scores,
     output:
         summary=report(f"{RUN}/summary.md", caption="../report/summary.rst", category="1. Summary"),
         plot=report(
@@ -51,14 +63,16 @@ rule summarize:
             caption="../report/correlation_histogram.rst",
             category="2. Evaluation",
         ),
+        **MASKS_CURVE,
     params:
         run_dir=run_dir_of_input,
         provenance=provenance_options("train"),
+        rounds=lambda wildcards, input, output: f"--rounds {' '.join(map(shlex.quote, input.rounds))} --curve {shlex.quote(output.curve)}" if AUTO else "",
     log:
         f"{RUN}/logs/summarize.log",
     shell:
         "coar summarize --run-dir {params.run_dir:q} --evaluation {input.evaluation:q} --timings {input.timings:q}"
-        " {params.provenance} --out {output.summary:q} --plot {output.plot:q} 2>&1 | tee {log:q}"
+        " {params.provenance} {params.rounds} --out {output.summary:q} --plot {output.plot:q} 2>&1 | tee {log:q}"
 
 
 METHOD_FILES = {"coar": f"{RUN}/attributions.h5", **{m: f"{RUN}/baselines/{m}.h5" for m in BASELINES}}
@@ -96,8 +110,8 @@ rule figures:
         comparison=rules.compare.output.json,
         attributions=list(METHOD_FILES.values()),
         heldout=expand(f"{RUN}/heldout/alpha-{{alpha}}.h5", alpha=ALPHAS),
-        timings=[
-            *STEP_TIMINGS,
+        timings=lambda wildcards: [
+            *step_timings(),
             *expand(f"{RUN}/benchmarks/collect_heldout-{{alpha}}.tsv", alpha=ALPHAS),
             *expand(f"{RUN}/benchmarks/baseline_{{method}}.tsv", method=BASELINES),
             f"{RUN}/benchmarks/compare.tsv",

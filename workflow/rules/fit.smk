@@ -17,21 +17,23 @@ fit_mem_mb = lambda attempt, s: math.ceil(
     ) / 2**20 + RESERVE_MARGIN / 2**20)
 )
 fit_runtime = lambda attempt, s: math.ceil(attempt * (10 + (
-    config["masks"] * s["n_components"] * (s["n_components"] + s["n_examples"])
+    mask_budget(config) * s["n_components"] * (s["n_components"] + s["n_examples"])
     + s["n_components"] ** 3 / 3 + 2 * s["n_components"] ** 2 * s["n_examples"]
 ) / FIT_RATE / 60))
 
 
 rule fit:
-    """One linear model per example on the merged dataset: attributions.h5."""
+    """One linear model per example on the merged dataset: attributions.h5. A masks: auto run
+    solves its last round's statistics instead (the same numbers, without reading the masks again)."""
     input:
         run=rules.prepare.output,
         stamp=config_stamp("fit"),
-        data=rules.merge.output,
+        data=lambda wildcards: round_file(final_round(), "h5") if AUTO else rules.merge.output[0],
     output:
         f"{RUN}/attributions.h5",
     params:
         run_dir=run_dir_of_input,
+        source="--state" if AUTO else "--data",
         solver=config["solver"],
         provenance=provenance_options("expect"),
         example_block=shell_options({"example-block": config["solver"]["example_block"]}),
@@ -43,7 +45,7 @@ rule fit:
         mem_mb=lambda wildcards, attempt: fit_mem_mb(attempt, run_sizes()),
         runtime=lambda wildcards, attempt: fit_runtime(attempt, run_sizes()),
     shell:
-        "coar fit --run-dir {params.run_dir:q} --data {input.data:q} --out {output:q} --method {params.solver[method]:q}"
+        "coar fit --run-dir {params.run_dir:q} {params.source} {input.data:q} --out {output:q} --method {params.solver[method]:q}"
         " --backend {params.solver[backend]:q} --chunk-rows {params.solver[chunk_rows]:q}"
         " --memory-budget {params.solver[memory_budget]:q} {params.example_block} {params.provenance}"
         " 2>&1 | tee {log:q}"

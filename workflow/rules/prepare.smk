@@ -52,7 +52,7 @@ rule check_masks:
     output:
         touch(f"{RUN}/checks/masks.ok"),
     params:
-        masks=config["masks"],
+        masks=mask_budget(config),
         method=config["solver"]["method"],
     log:
         f"{RUN}/logs/check_masks.log",

@@ -1,0 +1,121 @@
+"""`masks: auto`: collect and fit in rounds, and stop when more masks no longer pay.
+
+A round adds `round_masks` training masks (whole shards, collected in parallel). Its fit is
+solved from the streamed statistics of every mask so far (coar.solver.SplitStream: the previous
+round's saved state plus the new rows; no earlier row is read again) and scored on the held-out
+masks at the training alpha: the mean over examples of the per-example correlation, with a
+normal interval over examples. The run stops after the first round whose gain over the previous
+round is, at the given one-sided confidence, below `min_gain` (the examples' paired differences
+give the bound), or when it reaches `max_masks`. Rounds whose fit is not defined yet (OLS with
+no more masks than components) are not scored and never stop the run before the budget.
+
+The statistics take the same rows in the same order, in the same blocks, as a fixed run's fit
+of as many masks, so the final attributions equal that run's bit for bit whenever its fit takes
+every example in one block (what a round needs anyway). The stopping decision looks at the
+held-out masks the evaluation then reports on; it only chooses among fits that never saw them,
+and the curve shows every round's score.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import asdict, dataclass
+from statistics import NormalDist
+from typing import Mapping, Sequence
+
+import numpy as np
+
+
+@dataclass(frozen=True)
+class StopRule:
+    """When a `masks: auto` run stops (config `masks_auto`)."""
+
+    min_gain: float
+    confidence: float
+    max_masks: int
+
+    @classmethod
+    def of_config(cls, config: Mapping, budget: int) -> StopRule:
+        """The rule of a config's `masks_auto` block with its budget (coar.masks.mask_budget)."""
+        auto = config["masks_auto"]
+        return cls(float(auto["min_gain"]), float(auto["confidence"]), int(budget))
+
+
+@dataclass(frozen=True)
+class RoundScore:
+    """One round's place on the curve and the decision taken after it. Correlations are means
+    over the examples whose correlation is defined (`n_examples` of them); None where no fit or
+    no previous round exists."""
+
+    round: int
+    masks: int
+    n_examples: int
+    mean: float | None
+    low: float | None  # two-sided interval at `confidence`
+    high: float | None
+    gain: float | None  # mean paired gain over the previous round
+    gain_bound: float | None  # its one-sided upper bound at `confidence`
+    confidence: float
+    stop: bool
+    reason: str
+
+    def to_json(self) -> dict:
+        return asdict(self)
+
+    @classmethod
+    def from_json(cls, data: Mapping) -> RoundScore:
+        return cls(**{k: data[k] for k in cls.__dataclass_fields__})
+
+
+def judge(round: int, masks: int, correlation: np.ndarray, previous: np.ndarray | None, rule: StopRule) -> RoundScore:
+    """Score a round from its per-example held-out correlations (NaN where undefined; all NaN
+    when the round has no fit) and the previous round's, and decide whether to stop."""
+    defined = correlation[np.isfinite(correlation)]
+    mean, half = _mean_and_half_width(defined, NormalDist().inv_cdf((1 + rule.confidence) / 2))
+    gain = bound = None
+    if previous is not None:
+        both = np.isfinite(correlation) & np.isfinite(previous)
+        gain, width = _mean_and_half_width(correlation[both] - previous[both], NormalDist().inv_cdf(rule.confidence))
+        bound = None if gain is None else gain + width
+    if masks >= rule.max_masks:
+        stop, reason = True, f"reached the budget of {rule.max_masks} masks (masks_auto.max_masks)"
+    elif bound is not None and bound < rule.min_gain:
+        stop, reason = True, (f"gain {gain:+.4f} over the previous round, at most {bound:+.4f} with "
+                              f"{rule.confidence:.0%} confidence: below min_gain {rule.min_gain}")
+    elif mean is None:
+        stop, reason = False, "no fit to score yet (OLS needs more masks than components)"
+    elif bound is None:
+        stop, reason = False, "first scored round: nothing to compare with yet"
+    else:
+        stop, reason = False, (f"gain {gain:+.4f} over the previous round, up to {bound:+.4f} with "
+                               f"{rule.confidence:.0%} confidence: min_gain {rule.min_gain} not ruled out")
+    return RoundScore(round, masks, int(defined.size), mean, None if mean is None else mean - half,
+                      None if mean is None else mean + half, gain, bound, rule.confidence, stop, reason)
+
+
+def _mean_and_half_width(values: np.ndarray, z: float) -> tuple[float | None, float]:
+    """Mean of `values` and z standard errors (0 for fewer than two values); None when empty."""
+    if values.size == 0:
+        return None, 0.0
+    spread = float(np.std(values, ddof=1)) if values.size > 1 else 0.0
+    return float(np.mean(values)), z * spread / math.sqrt(values.size)
+
+
+def curve_markdown(rounds: Sequence[RoundScore]) -> str:
+    """The rounds as a Markdown table: masks, mean held-out correlation with its interval, gain
+    with its bound, and the decision after the last."""
+    level = f"{rounds[0].confidence:.0%}" if rounds else ""
+    lines = [f"| round | masks | mean corr. | {level} interval | gain | gain bound |", "|---|---|---|---|---|---|"]
+    for r in rounds:
+        interval = "" if r.mean is None else f"{r.low:.3f} to {r.high:.3f}"
+        lines.append(f"| {r.round} | {r.masks} | {_num(r.mean, '.3f')} | {interval} | {_num(r.gain, '+.4f')} | "
+                     f"{_num(r.gain_bound, '+.4f')} |")
+    if rounds:
+        last = rounds[-1]
+        lines += ["", f"{'Stopped' if last.stop else 'Not stopped'} after round {last.round} "
+                      f"({last.masks} masks): {last.reason}."]
+    return "\n".join(lines)
+
+
+def _num(value: float | None, spec: str) -> str:
+    return "" if value is None else format(value, spec)

@@ -1,0 +1,75 @@
+# masks: auto (coar/rounds.py): the training masks grow in rounds of ROUND_SHARDS shards (round r
+# holds shards r * ROUND_SHARDS .. (r + 1) * ROUND_SHARDS - 1, collected in parallel). The
+# checkpoint fit_round adds a round's shards to the previous round's statistics, fits, scores the
+# fit on the held-out masks at the training alpha and writes its decision; Snakemake then reads
+# the decisions again (final_round) and asks for the next round, or goes on to fit and merge the
+# shards of the rounds done. A fixed run (masks: a number) never runs fit_round.
+ROUND_SHARDS = round_masks(config) // config["shard_masks"] if AUTO else 0
+TRAIN_HELDOUT = f"{RUN}/heldout/alpha-{config['alpha']:g}.h5"
+
+
+def round_file(round, suffix):
+    """Round `round`'s statistics (h5) or score and decision (json)."""
+    return f"{RUN}/rounds/round-{round}.{suffix}"
+
+
+def shard_files(count):
+    """The first `count` training shards."""
+    return expand(f"{RUN}/shards/shard-{{shard}}.h5", shard=range(count))
+
+
+def final_round():
+    """The round at which the masks: auto run stopped (each unknown decision is a checkpoint to run first)."""
+    round = 0
+    while not json.loads(Path(checkpoints.fit_round.get(round=round).output.score).read_text())["stop"]:
+        round += 1
+    return round
+
+
+def training_shards(wildcards=None):
+    """Every training shard: all of a fixed run's; a masks: auto run's up to the round it stopped at."""
+    return shard_files((final_round() + 1) * ROUND_SHARDS if AUTO else len(SHARD_ROWS))
+
+
+def round_scores(wildcards=None):
+    """Every round's score and decision, in order (none for a fixed run)."""
+    return [round_file(r, "json") for r in range(final_round() + 1)] if AUTO else []
+
+
+checkpoint fit_round:
+    """Round r of a masks: auto run: its shards added to round r - 1's statistics, fitted, scored
+    on the held-out masks and judged (continue or stop)."""
+    input:
+        run=rules.prepare.output,
+        stamp=config_stamp("rounds"),
+        heldout=TRAIN_HELDOUT,
+        previous=lambda wildcards: [round_file(int(wildcards.round) - 1, "h5")] if int(wildcards.round) else [],
+        shards=lambda wildcards: shard_files((int(wildcards.round) + 1) * ROUND_SHARDS)[int(wildcards.round) * ROUND_SHARDS:],
+    output:
+        state=f"{RUN}/rounds/round-{{round}}.h5",
+        score=f"{RUN}/rounds/round-{{round}}.json",
+    wildcard_constraints:
+        round=r"\d+",
+    params:
+        run_dir=run_dir_of_input,
+        solver=config["solver"],
+        previous=lambda wildcards, input: shell_options({"previous": input.previous[0] if input.previous else None}),
+        options=shell_options({
+            "example-block": config["solver"]["example_block"],
+            "min-gain": config["masks_auto"]["min_gain"],
+            "confidence": config["masks_auto"]["confidence"],
+            "max-masks": mask_budget(config),
+        }),
+        provenance=provenance_options("expect"),
+    log:
+        f"{RUN}/logs/fit_round-{{round}}.log",
+    benchmark:
+        f"{RUN}/benchmarks/fit_round-{{round}}.tsv"
+    resources:
+        mem_mb=lambda wildcards, attempt: fit_mem_mb(attempt, run_sizes()),
+    shell:
+        "coar fit-round --run-dir {params.run_dir:q} --round {wildcards.round:q} {params.previous}"
+        " --heldout {input.heldout:q} --out-state {output.state:q} --out-score {output.score:q}"
+        " --method {params.solver[method]:q} --backend {params.solver[backend]:q} --chunk-rows {params.solver[chunk_rows]:q}"
+        " --memory-budget {params.solver[memory_budget]:q} {params.options} {params.provenance} {input.shards:q}"
+        " 2>&1 | tee {log:q}"
