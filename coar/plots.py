@@ -125,14 +125,14 @@ def step_timings(seconds: Mapping[str, float], path: str | Path) -> None:
 
 
 def masks_curve(masks: list[int], mean: list[float | None], low: list[float | None], high: list[float | None],
-                stopped_at: int, path: str | Path) -> None:
-    """Mean held-out correlation against training masks, with its interval, for a `masks: auto`
-    run's rounds (unscored rounds left out); the round it stopped at is marked."""
+                level: str, stopped_at: int, path: str | Path) -> None:
+    """Mean held-out correlation against training masks, with its `level` interval (e.g. "95%"),
+    for a `masks: auto` run's rounds (unscored rounds left out); the round it stopped at is marked."""
     scored = [i for i, v in enumerate(mean) if v is not None]
     x = np.array([masks[i] for i in scored])
     y, lo, hi = (np.array([v[i] for i in scored], dtype=float) for v in (mean, low, high))
     fig, ax = figure(figsize=(6, 3.5))
-    ax.fill_between(x, lo, hi, alpha=0.25, label="interval over examples")
+    ax.fill_between(x, lo, hi, alpha=0.25, label=f"{level} interval over examples")
     ax.plot(x, y, marker="o", label="mean held-out correlation")
     ax.axvline(stopped_at, color="grey", linestyle="--", linewidth=1, label=f"stopped at {stopped_at} masks")
     ax.set_xlabel("training masks")

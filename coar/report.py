@@ -90,7 +90,7 @@ def write_summary(run_name: str, info: Mapping, evaluation: Mapping, timings: Se
     link = lambda path: Path(os.path.relpath(path, Path(out).parent)).as_posix()
     if rounds and curve is not None:
         plots.masks_curve([r.masks for r in rounds], [r.mean for r in rounds], [r.low for r in rounds],
-                          [r.high for r in rounds], rounds[-1].masks, curve)
+                          [r.high for r in rounds], f"{rounds[0].confidence:.0%}", rounds[-1].masks, curve)
     text = summary_markdown(run_name, info, evaluation, step_seconds(timings), link(plot), rounds,
                             link(curve) if rounds and curve is not None else None)
     write_text(out, text)

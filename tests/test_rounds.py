@@ -7,12 +7,15 @@ import h5py
 import numpy as np
 import pytest
 
+from coar import h5format
 from coar.config import ConfigError, check_config
+from coar.h5format import FormatError
 from coar.masks import mask_budget, shard_rows
 from coar.rounds import RoundScore, StopRule, curve_markdown, judge
 from coar.solver import SplitStream, fit, fit_stats, split_stats
 from tests.snakemake_runs import TINY, snakemake
 from tests.test_config import config
+from tests.test_trust import N_COMPONENTS, N_EXAMPLES, flip_a_byte, shard_meta
 
 RULE = StopRule(min_gain=0.005, confidence=0.95, max_masks=10_000)
 
@@ -136,3 +139,35 @@ def test_an_auto_run_grows_in_rounds_and_ends_with_the_fixed_runs_attributions_b
     with h5py.File(grown) as a, h5py.File(run / "attributions.h5") as b:
         assert a.attrs["n_masks"] == b.attrs["n_masks"] == 400
         assert np.array_equal(a["weight"][()], b["weight"][()]) and np.array_equal(a["bias"][()], b["bias"][()])
+
+
+def write_round(path, rows: int = 50, **overrides) -> SplitStream:
+    """A round file of `rows` random rows (held rows too: blocks of 16), as fit-round writes it."""
+    X, Y = random_rows(rows, N_COMPONENTS, N_EXAMPLES)
+    stream = SplitStream(None, backend="numpy", block_rows=16)
+    stream.push(X, Y)
+    meta = {k: v for k, v in shard_meta().items() if k not in ("shard", "row_start")}
+    h5format.write_round_state(path, stream.state(), np.linspace(0, 1, N_EXAMPLES),
+                               {**meta, "row_stop": rows, "round": 0, "method": "ols", **overrides})
+    return stream
+
+
+def test_a_round_file_gives_back_the_statistics_it_was_written_with(tmp_path):
+    written = write_round(tmp_path / "round-0.h5")
+    state, correlation, meta = h5format.read_round_state(tmp_path / "round-0.h5", {"round": 0, "seed": 0})
+    train, _ = SplitStream.from_state(state, backend="numpy").finish()
+    expected, _ = written.finish()
+    assert np.array_equal(train.sxx, expected.sxx) and np.array_equal(train.sxy, expected.sxy)
+    assert meta["row_stop"] == 50 and np.array_equal(correlation, np.linspace(0, 1, N_EXAMPLES))
+
+
+def test_a_round_file_of_another_round_or_seed_or_with_a_flipped_bit_is_refused(tmp_path):
+    path = tmp_path / "round-0.h5"
+    write_round(path)
+    with pytest.raises(FormatError, match=r"round-0\.h5 was made with round 0 but this run has 1"):
+        h5format.read_round_state(path, {"round": 1})
+    with pytest.raises(FormatError, match="seed 0 but this run has 1"):
+        h5format.read_round_state(path, {"seed": 1})
+    flip_a_byte(path, "train/sxy")
+    with pytest.raises(FormatError, match=r"dataset 'train/sxy' .* fail their checksum"):
+        h5format.read_round_state(path, {})

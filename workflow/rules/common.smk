@@ -77,6 +77,53 @@ def fast_path_options(fast):
     return "".join(f" --{'' if fast[k] else 'no-'}{k.replace('_', '-')}" for k in ("fold_bn", "channels_last", "compile"))
 
 
+# masks: auto (rules/rounds.smk): round r holds training shards r * ROUND_SHARDS .. (r + 1) * ROUND_SHARDS - 1.
+ROUND_SHARDS = round_masks(config) // config["shard_masks"] if AUTO else 0
+TRAIN_HELDOUT = f"{RUN}/heldout/alpha-{config['alpha']:g}.h5"
+
+
+def round_file(round, suffix):
+    """Round `round`'s statistics (h5) or score and decision (json)."""
+    return f"{RUN}/rounds/round-{round}.{suffix}"
+
+
+def shard_files(count):
+    """The first `count` training shards."""
+    return expand(f"{RUN}/shards/shard-{{shard}}.h5", shard=range(count))
+
+
+def final_round():
+    """The round at which the masks: auto run stopped (each unknown decision is a checkpoint to run first)."""
+    round = 0
+    while not json.loads(Path(checkpoints.fit_round.get(round=round).output.score).read_text())["stop"]:
+        round += 1
+    return round
+
+
+def training_shards(wildcards=None):
+    """Every training shard: all of a fixed run's; a masks: auto run's up to the round it stopped at."""
+    return shard_files((final_round() + 1) * ROUND_SHARDS if AUTO else len(SHARD_ROWS))
+
+
+def round_scores(wildcards=None):
+    """Every round's score and decision, in order (none for a fixed run)."""
+    return [round_file(r, "json") for r in range(final_round() + 1)] if AUTO else []
+
+
+def step_timings(wildcards=None):
+    """The Snakemake benchmark files of the steps up to evaluate (masks: auto: its rounds too)."""
+    shards = len(training_shards())
+    rounds = [f"{RUN}/benchmarks/fit_round-{r}.tsv" for r in range(len(round_scores()))]
+    return [
+        f"{RUN}/benchmarks/prepare.tsv",
+        *expand(f"{RUN}/benchmarks/collect-{{shard}}.tsv", shard=range(shards)),
+        *rounds,
+        f"{RUN}/benchmarks/merge.tsv",
+        f"{RUN}/benchmarks/fit.tsv",
+        f"{RUN}/benchmarks/evaluate.tsv",
+    ]
+
+
 def check_run_masks(run_dir, masks, method, log):
     """coar.config.check_masks_for_method with the prepared run's component count, and the memory
     and disk of the run at its real sizes (coar.resources.check_prepared_run); logged."""

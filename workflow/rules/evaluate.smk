@@ -29,20 +29,6 @@ rule evaluate:
         " {params.heldout} {params.provenance} --out {output:q} 2>&1 | tee {log:q}"
 
 
-def step_timings(wildcards=None):
-    """The Snakemake benchmark files of the steps up to evaluate (masks: auto: its rounds too)."""
-    shards = len(training_shards())
-    rounds = [f"{RUN}/benchmarks/fit_round-{r}.tsv" for r in range(len(round_scores()))]
-    return [
-        f"{RUN}/benchmarks/prepare.tsv",
-        *expand(f"{RUN}/benchmarks/collect-{{shard}}.tsv", shard=range(shards)),
-        *rounds,
-        f"{RUN}/benchmarks/merge.tsv",
-        f"{RUN}/benchmarks/fit.tsv",
-        f"{RUN}/benchmarks/evaluate.tsv",
-    ]
-
-
 # masks: auto: the held-out correlation after each round, against the training masks.
 MASKS_CURVE = {"curve": report(f"{RUN}/plots/masks_curve.png", caption="../report/masks_curve.rst",
                                category="2. Evaluation")} if AUTO else {}

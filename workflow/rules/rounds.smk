@@ -3,38 +3,7 @@
 # checkpoint fit_round adds a round's shards to the previous round's statistics, fits, scores the
 # fit on the held-out masks at the training alpha and writes its decision; Snakemake then reads
 # the decisions again (final_round) and asks for the next round, or goes on to fit and merge the
-# shards of the rounds done. A fixed run (masks: a number) never runs fit_round.
-ROUND_SHARDS = round_masks(config) // config["shard_masks"] if AUTO else 0
-TRAIN_HELDOUT = f"{RUN}/heldout/alpha-{config['alpha']:g}.h5"
-
-
-def round_file(round, suffix):
-    """Round `round`'s statistics (h5) or score and decision (json)."""
-    return f"{RUN}/rounds/round-{round}.{suffix}"
-
-
-def shard_files(count):
-    """The first `count` training shards."""
-    return expand(f"{RUN}/shards/shard-{{shard}}.h5", shard=range(count))
-
-
-def final_round():
-    """The round at which the masks: auto run stopped (each unknown decision is a checkpoint to run first)."""
-    round = 0
-    while not json.loads(Path(checkpoints.fit_round.get(round=round).output.score).read_text())["stop"]:
-        round += 1
-    return round
-
-
-def training_shards(wildcards=None):
-    """Every training shard: all of a fixed run's; a masks: auto run's up to the round it stopped at."""
-    return shard_files((final_round() + 1) * ROUND_SHARDS if AUTO else len(SHARD_ROWS))
-
-
-def round_scores(wildcards=None):
-    """Every round's score and decision, in order (none for a fixed run)."""
-    return [round_file(r, "json") for r in range(final_round() + 1)] if AUTO else []
-
+# shards of the rounds done. A fixed run (masks: a number) never runs fit_round. Helpers: common.smk.
 
 checkpoint fit_round:
     """Round r of a masks: auto run: its shards added to round r - 1's statistics, fitted, scored
