@@ -375,8 +375,8 @@ class SplitStream:
         for part in stream.parts:
             stats = stream._stats[part]
             stats.count = int(state[f"{part}/count"])
-            for key in stats._arrays():
-                if stats._arrays()[key] is not None:
+            for key, value in stats._arrays().items():
+                if value is not None:
                     setattr(stats, key, xp.asarray(state[f"{part}/{key}"], dtype=xp.float64))
             stream._pending[part].push(np.asarray(state[f"{part}/held_x"], dtype=bool),
                                        np.asarray(state[f"{part}/held_y"]))
