@@ -11,7 +11,7 @@ same seed, alpha and masks, its training masks are a one-shard run's (`shards: 1
 from __future__ import annotations
 
 import time
-from typing import Any, Sequence
+from typing import TYPE_CHECKING, Any, Sequence
 
 import numpy as np
 import torch
@@ -20,16 +20,22 @@ from torch.utils.data import DataLoader, Dataset
 
 from coar.components import ComponentSet, discover
 from coar.constants import COMPONENT_KINDS, KIND_PRESETS, SOLVER_METHODS
+from coar.config import schema_defaults
 from coar.examples import DatasetExamples, Examples, TensorExamples, first_inputs
 from coar.result import Attributions
+from coar.rounds import RoundScore, StopRule, judge, new_stream, score_stream
+
+if TYPE_CHECKING:
+    from coar.solver import SplitStream
 
 ComponentsSpec = str | Sequence[str] | dict | ComponentSet
 
 
-def attribute(model: nn.Module, examples: Any, *, components: ComponentsSpec = "conv", masks: int = 1000,
+def attribute(model: nn.Module, examples: Any, *, components: ComponentsSpec = "conv", masks: int | str = 1000,
               alpha: float = 0.1, method: str = "ols", output_fn: str = "margin", device: str = "auto",
               precision: str = "fp32", heldout_masks: int = 0, seed: int = 0, ablation: str = "weight",
-              masks_per_pass: int = 8, max_batch: int | str = 512, progress: bool = True) -> Attributions:
+              masks_per_pass: int = 8, max_batch: int | str = 512, masks_auto: dict | None = None,
+              progress: bool = True) -> Attributions:
     """Attribute `model`'s output on `examples` to its components (COAR) and return the result.
 
     examples: a tuple of tensors `(inputs, labels)`, a map-style `torch.utils.data.Dataset` of
@@ -40,6 +46,10 @@ def attribute(model: nn.Module, examples: Any, *, components: ComponentsSpec = "
         patterns (e.g. ["layer4.*"]: units of every kind on the modules they match), a dict
         {"kinds", "include", "exclude"} like a config's `components` block, or a ComponentSet.
     masks, alpha, seed: the training masks (one random stream, as a run with one shard).
+        masks="auto" grows them in rounds as a workflow run with `masks: auto` does (coar.rounds),
+        scored on the `heldout_masks` (required then); `masks_auto` overrides the config block's
+        keys (round_masks, default 1000; min_gain, confidence, max_masks). The result equals
+        that of `masks=info["n_masks"]` bit for bit; `info["rounds"]` holds every round's score.
     method: the solver's estimator; OLS needs more masks than components.
     output_fn: "margin", "lm_margin" or a "package.module:function" spec.
     heldout_masks: > 0 also runs that many held-out masks and records their correlation in
@@ -60,6 +70,13 @@ def attribute(model: nn.Module, examples: Any, *, components: ComponentsSpec = "
 
     if method not in SOLVER_METHODS:
         raise ValueError(f"method must be one of {SOLVER_METHODS}, got {method!r}")
+    auto = masks == "auto"
+    if auto:
+        rule, round_size = _auto_settings(masks_auto or {})
+        if heldout_masks < 2:
+            raise ValueError("masks='auto' scores every round on held-out masks: give heldout_masks (e.g. 100)")
+    elif isinstance(masks, str) or masks_auto is not None:
+        raise ValueError(f"masks must be a number or 'auto' (masks_auto goes with 'auto'), got masks={masks!r}")
     start = time.perf_counter()
     dev = resolve_device(device)
     check_precision(precision, dev)
@@ -67,30 +84,65 @@ def attribute(model: nn.Module, examples: Any, *, components: ComponentsSpec = "
     model = model.eval().to(dev)
     found = resolve_components(model, components)
     found, _ = check_components(model, found, first_inputs(source, 2).to(dev))
-    if method == "ols" and masks <= len(found):
-        raise ValueError(f"{masks} masks for {len(found)} components, but method='ols' needs more masks than "
-                         f"components: use masks >= {len(found) + 1}, or method='ridge'")
+    most = rule.max_masks if auto else masks
+    if method == "ols" and most <= len(found):
+        raise ValueError(f"{most} masks for {len(found)} components, but method='ols' needs more masks than "
+                         f"components: use {'max_masks' if auto else 'masks'} >= {len(found) + 1}, or method='ridge'")
     fn = resolve_output_fn(output_fn)
     fast = prepare_fast(model, found, unit_fills(model, found, ablation), FastPath())
     rows = resolve_max_batch(max_batch, fast.model, first_inputs(source, 1), dev, lambda: autocast(precision, dev))
 
-    def outputs(purpose: str, count: int) -> tuple[np.ndarray, np.ndarray]:
-        x = sample_masks(seed, 0, count, len(found), alpha, purpose)
+    def outputs(purpose: str, count: int, start: int = 0) -> tuple[np.ndarray, np.ndarray]:
+        """Rows start..count of the purpose's mask stream and their outputs."""
+        x = sample_masks(seed, 0, count, len(found), alpha, purpose)[start:]
         y = run_masked(fast.model, found, x, source, None, fn, masks_per_pass=masks_per_pass, max_batch=rows,
                        mode=ablation, fills=fast.fills, progress=progress, precision=precision)
         return x, y
 
-    x, y = outputs("train", masks)
-    fit = solver.fit((x, y), method)
-    ids = [str(i) for i in range(len(source))]
-    info: dict = {"method": method, "n_masks": masks, "alpha": alpha, "seed": seed, "ablation": ablation,
+    heldout = outputs("heldout", heldout_masks) if heldout_masks > 0 else None
+    info: dict = {"method": method, "alpha": alpha, "seed": seed, "ablation": ablation,
                   "output_fn": output_fn, "precision": precision, "device": str(dev)}
+    if auto:
+        stream, scores = _grow(lambda start, stop: outputs("train", stop, start), len(found), len(source), method,
+                               heldout, rule, round_size)
+        train, val = stream.finish()
+        fit = solver.fit_stats(train, method, val=val)
+        info.update(n_masks=stream.offset, rounds=[score.to_json() for score in scores])
+    else:
+        fit = solver.fit(outputs("train", masks), method)
+        info["n_masks"] = masks
+    ids = [str(i) for i in range(len(source))]
     result = Attributions(fit.weight, fit.bias, found, ids, info)
-    if heldout_masks > 0:
-        scores = result.evaluate(*outputs("heldout", heldout_masks))
+    if heldout is not None:
+        scores = result.evaluate(*heldout)
         info.update(heldout=scores, mean_heldout_correlation=scores["mean_correlation"])
     info["seconds"] = time.perf_counter() - start
     return result
+
+
+def _auto_settings(overrides: dict) -> tuple[StopRule, int]:
+    """The stopping rule and round size of `masks="auto"`: the config block masks_auto's defaults
+    (rounds of 1000 masks where a run's default is one shard's), with `overrides`."""
+    settings = {**schema_defaults("masks_auto"), "round_masks": 1000}
+    if unknown := sorted(set(overrides) - set(settings)):
+        raise ValueError(f"unknown masks_auto keys {unknown}; known: {sorted(settings)}")
+    settings.update(overrides)
+    size = int(settings["round_masks"])
+    return StopRule(float(settings["min_gain"]), float(settings["confidence"]),
+                    -(-int(settings["max_masks"]) // size) * size), size
+
+
+def _grow(collect, n_components: int, n_examples: int, method: str, heldout: tuple[np.ndarray, np.ndarray],
+          rule: StopRule, round_size: int) -> tuple[SplitStream, list[RoundScore]]:
+    """Rounds of `round_size` masks (collect(start, stop) gives their rows and outputs) added to
+    one stream of statistics, each scored on `heldout` and judged by `rule`, until it says stop."""
+    stream, scores, before = new_stream(n_components, n_examples, method), [], None
+    while not scores or not scores[-1].stop:
+        stream.push(*collect(stream.offset, stream.offset + round_size))
+        correlation = score_stream(stream, method, *heldout)
+        scores.append(judge(len(scores), stream.offset, correlation, before, rule))
+        before = correlation
+    return stream, scores
 
 
 def as_examples(examples: Any) -> Examples:

@@ -140,6 +140,11 @@ def evaluation_alphas(config: dict) -> list[float]:
     return sorted({float(f"{a:g}") for a in [alpha, *others]})
 
 
+def schema_defaults(block: str) -> dict:
+    """The schema's defaults of the keys of config block `block` (e.g. "masks_auto")."""
+    return {key: node["default"] for key, node in _schema()["properties"][block]["properties"].items()}
+
+
 @lru_cache(maxsize=1)
 def _schema() -> dict:
     return yaml.safe_load(SCHEMA.read_text())

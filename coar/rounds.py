@@ -21,9 +21,14 @@ from __future__ import annotations
 import math
 from dataclasses import asdict, dataclass
 from statistics import NormalDist
-from typing import Mapping, Sequence
+from typing import TYPE_CHECKING, Mapping, Sequence
 
 import numpy as np
+
+from coar.evaluate import correlation, predict
+
+if TYPE_CHECKING:  # the solver loads cupy when present: imported where a round is fitted
+    from coar.solver import SplitStream
 
 
 @dataclass(frozen=True)
@@ -65,6 +70,37 @@ class RoundScore:
     @classmethod
     def from_json(cls, data: Mapping) -> RoundScore:
         return cls(**{k: data[k] for k in cls.__dataclass_fields__})
+
+
+def new_stream(n_components: int, n_examples: int, method: str, *, backend: str = "auto",
+               example_block: int | None = None, max_memory_bytes: int | None = None) -> SplitStream:
+    """The empty statistics of a run that grows in rounds, laid out as a fixed run's fit would
+    take them (same validation split, same blocks); refused when that fit would not take every
+    example in one block, since a round keeps the statistics of all of them."""
+    from coar import solver
+    from coar.solver.stats import default_block_rows
+
+    plan = solver.plan_fit(n_components, n_examples, method, backend=backend, example_block=example_block,
+                           max_memory_bytes=max_memory_bytes)
+    if not plan.closed_form or plan.n_blocks > 1:
+        raise ValueError(f"masks: auto keeps the statistics of all {n_examples} examples between rounds, but the "
+                         f"fit's memory allows only this ({plan}); give the job more memory, or set masks to a "
+                         "number (config key 'masks')")
+    return solver.SplitStream(None if method == "ols" else solver.VAL_EVERY, backend=backend, gram=True,
+                              block_rows=default_block_rows(n_components, plan.example_block))
+
+
+def score_stream(stream: SplitStream, method: str, heldout_masks: np.ndarray, heldout_outputs: np.ndarray) -> np.ndarray:
+    """Per-example held-out correlation of the fit of every row the stream has seen (the stream
+    goes on unchanged); all NaN while OLS has no unique solution (no more masks than components)."""
+    from coar import solver
+
+    n_components, n_examples = stream.shape
+    if method == "ols" and stream.offset <= n_components:
+        return np.full(n_examples, np.nan)
+    train, val = stream.snapshot()
+    fit = solver.fit_stats(train, method, val=val)
+    return correlation(heldout_outputs, predict(fit.weight, fit.bias, heldout_masks))
 
 
 def judge(round: int, masks: int, correlation: np.ndarray, previous: np.ndarray | None, rule: StopRule) -> RoundScore:

@@ -27,7 +27,7 @@ from coar.batching import resolve_max_batch
 from coar.components import discover
 from coar.config import check_masks_for_method
 from coar.constants import BASELINE_METHODS, DEFAULT_MASKS_PER_PASS, DEFAULT_MAX_BATCH
-from coar.evaluate import compare as compare_methods, correlation as correlation_of, predict
+from coar.evaluate import compare as compare_methods
 from coar.exactness import OnProblem, check_components
 from coar.examples import first_inputs, stack
 from coar.finite import nonfinite_problem
@@ -36,14 +36,13 @@ from coar.forward import check_pass_rows, run_masked
 from coar.masks import count_rows_in, sample_masks, shard_ranges
 from coar.outputs import resolve_output_fn
 from coar.precision import autocast, check_precision
-from coar.rounds import RoundScore, StopRule, judge
+from coar.rounds import RoundScore, StopRule, judge, new_stream, score_stream
 from coar.run import COMPONENTS, FINGERPRINTS, PREPARE, PROVENANCE, Run
 from coar.saved_task import LoaderOptions
 from coar.task import check_labels, load_task
 
-if TYPE_CHECKING:  # drawing loads matplotlib, the solver cupy when present: only the steps that need them import them
+if TYPE_CHECKING:  # drawing loads matplotlib: only the steps that draw import coar.report
     from coar.report import FigurePaths
-    from coar.solver import SplitStream
 
 
 def resolve_device(device: str) -> torch.device:
@@ -218,7 +217,9 @@ def fit_round(run_dir: str | Path, shards: Sequence[str | Path], out_state: str 
     if (previous is None) != (round == 0):
         raise ValueError(f"round {round} {'needs' if round else 'takes no'} previous round's statistics")
     if previous is None:
-        stream, before, first_row = _first_round_stream(expect, method, backend, example_block, memory_budget), None, 0
+        stream = new_stream(run.n_components, run.n_examples, method, backend=backend, example_block=example_block,
+                            max_memory_bytes=None if memory_budget is None else int(memory_budget * 1e9))
+        before, first_row = None, 0
     else:
         state, before, meta = h5format.read_round_state(previous, {**expect, "round": round - 1, "method": method})
         stream, first_row = solver.SplitStream.from_state(state, backend=backend), meta["row_stop"]
@@ -228,12 +229,8 @@ def fit_round(run_dir: str | Path, shards: Sequence[str | Path], out_state: str 
         h5format.check_expected(previous, meta, made)
     for X, Y in reader():
         stream.push(X, Y)
-    masks, correlation = stream.offset, np.full(run.n_examples, np.nan)
-    if method != "ols" or masks > run.n_components:  # else OLS has no unique solution yet: not scored
-        train, val = stream.snapshot()
-        result = solver.fit_stats(train, method, val=val)
-        heldout_masks, heldout_outputs = _read_rows(heldout, _heldout_expect(run.expect, expected, made["alpha"]))
-        correlation = correlation_of(heldout_outputs, predict(result.weight, result.bias, heldout_masks))
+    masks = stream.offset
+    correlation = score_stream(stream, method, *_read_rows(heldout, _heldout_expect(run.expect, expected, made["alpha"])))
     score = judge(round, masks, correlation, before, rule)
     h5format.write_round_state(out_state, stream.state(), correlation,
                                {**made, "round": round, "row_stop": masks, "method": method})
@@ -242,24 +239,6 @@ def fit_round(run_dir: str | Path, shards: Sequence[str | Path], out_state: str 
           f"{'not scored' if score.mean is None else f'{score.mean:.4f}'}; {'stop' if score.stop else 'go on'}: "
           f"{score.reason}", flush=True)
     return score.to_json()
-
-
-def _first_round_stream(expect: dict, method: str, backend: str, example_block: int | None,
-                        memory_budget: float | None) -> SplitStream:
-    """The empty statistics of a `masks: auto` run, laid out as a fixed run's fit would take them
-    (coar.rounds): refused when that fit would not take every example in one block."""
-    from coar import solver
-    from coar.solver.stats import default_block_rows
-
-    n_components, n_examples = expect["n_components"], expect["n_examples"]
-    plan = solver.plan_fit(n_components, n_examples, method, backend=backend, example_block=example_block,
-                           max_memory_bytes=None if memory_budget is None else int(memory_budget * 1e9))
-    if not plan.closed_form or plan.n_blocks > 1:
-        raise ValueError(f"masks: auto keeps the statistics of all {n_examples} examples between rounds, but the "
-                         f"fit's memory allows only this ({plan}); give the job more memory, or set masks to a "
-                         "number (config key 'masks')")
-    return solver.SplitStream(None if method == "ols" else solver.VAL_EVERY, backend=backend, gram=True,
-                              block_rows=default_block_rows(n_components, plan.example_block))
 
 
 def fit_state(run_dir: str | Path, state: str | Path, out: str | Path, *, method: str, backend: str,

@@ -60,6 +60,29 @@ def test_tensors_a_dataset_and_a_dataloader_give_the_same_attributions():
     assert [c.module for c in results[0].components][:8] == ["conv1"] * 8 and len(results[0].components) == 24
 
 
+def test_masks_auto_grows_in_rounds_to_the_fixed_result_of_its_final_size_bit_for_bit():
+    torch.manual_seed(1)
+    model = randomize_batchnorm_(ConvAttentionNet()).eval()
+    x, y = torch.randn(6, 3, 8, 8), torch.randint(0, 5, (6,))
+    options = dict(components=["conv1", "conv2"], alpha=0.2, heldout_masks=30, device="cpu", progress=False)
+    grown = coar.attribute(model, (x, y), masks="auto", masks_auto={"round_masks": 20, "max_masks": 200}, **options)
+    rounds = grown.info["rounds"]
+    assert [r["masks"] for r in rounds] == list(range(20, 20 * len(rounds) + 1, 20)) and rounds[-1]["stop"]
+    assert rounds[0]["mean"] is None  # 20 masks for 24 components: no OLS fit to score yet
+    fixed = coar.attribute(model, (x, y), masks=grown.info["n_masks"], **options)
+    assert np.array_equal(grown.weight, fixed.weight) and np.array_equal(grown.bias, fixed.bias)
+    assert grown.info["mean_heldout_correlation"] == fixed.info["mean_heldout_correlation"]
+
+
+def test_masks_auto_needs_heldout_masks_and_known_settings():
+    model, x, y = linear_classifier()
+    with pytest.raises(ValueError, match="masks='auto' scores every round on held-out masks"):
+        coar.attribute(model, (x, y), components="linear", masks="auto", device="cpu", progress=False)
+    with pytest.raises(ValueError, match=r"unknown masks_auto keys \['min_gian'\]"):
+        coar.attribute(model, (x, y), components="linear", masks="auto", heldout_masks=10,
+                       masks_auto={"min_gian": 0.01}, device="cpu", progress=False)
+
+
 def test_components_may_be_kinds_presets_patterns_or_a_config_block():
     model = ConvAttentionNet().eval()
     assert {g.kind for g in resolve_components(model, "conv").groups} == {"conv"}
