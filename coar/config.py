@@ -83,6 +83,33 @@ def check_keys(config: dict) -> None:
     _check_keys(config, _schema(), "")
 
 
+def check_values(config: dict) -> None:
+    """Refuse a value the schema does not allow (a wrong type, a number out of range, a word not
+    among the choices) in one line naming the key, what is wrong and what the key takes; the
+    schema validator would print the whole schema. Run after `check_keys`, before the validation."""
+    import jsonschema
+
+    schema = _schema()
+    error = jsonschema.exceptions.best_match(jsonschema.validators.validator_for(schema)(schema).iter_errors(config))
+    if error is None:
+        return
+    path = list(error.absolute_path)
+    if not path:
+        raise ConfigError(f"config: {error.message} (every key: config/README.md)")
+    node = schema
+    for part in path:
+        node = _resolve(node)
+        node = node.get("items", {}) if isinstance(part, int) else node.get("properties", {}).get(part, {})
+    key = "".join(f"[{p}]" if isinstance(p, int) else f".{p}" for p in path).lstrip(".")
+    takes = " ".join(_resolve(node).get("description", "").split())
+    raise ConfigError(f"config key {key!r}: {error.message}{f' ({takes})' if takes else ''} (every key: config/README.md)")
+
+
+def _resolve(schema: dict) -> dict:
+    """A schema node with its $ref followed."""
+    return _schema()["$defs"][schema["$ref"].rsplit("/", 1)[-1]] if "$ref" in schema else schema
+
+
 def _check_keys(value: object, schema: dict, key: str) -> None:
     if "$ref" in schema:
         schema = _schema()["$defs"][schema["$ref"].rsplit("/", 1)[-1]]

@@ -114,7 +114,7 @@ def judge(round: int, masks: int, correlation: np.ndarray, previous: np.ndarray 
         gain, width = _mean_and_half_width(correlation[both] - previous[both], NormalDist().inv_cdf(rule.confidence))
         bound = None if gain is None else gain + width
     if masks >= rule.max_masks:
-        stop, reason = True, f"reached the budget of {rule.max_masks} masks (masks_auto.max_masks)"
+        stop, reason = True, f"reached the budget of {rule.max_masks} masks (masks_auto.max_masks in whole rounds)"
     elif bound is not None and bound < rule.min_gain:
         stop, reason = True, (f"gain {gain:+.4f} over the previous round, at most {bound:+.4f} with "
                               f"{rule.confidence:.0%} confidence: below min_gain {rule.min_gain}")

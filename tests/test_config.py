@@ -8,7 +8,7 @@ import pytest
 import yaml
 from snakemake.utils import validate
 
-from coar.config import SCHEMA, ConfigError, check_config
+from coar.config import SCHEMA, ConfigError, check_config, check_values
 
 REPO = Path(__file__).resolve().parents[1]
 CONFIG_DOCS = REPO / "config" / "README.md"
@@ -90,6 +90,18 @@ def config(**changes) -> dict:
 def test_check_config_refuses_naming_the_key(changes, message):
     with pytest.raises(ConfigError, match=message):
         check_config(config(**changes))
+
+
+@pytest.mark.parametrize("changes, message", [
+    ({"masks": "Auto"}, r"^config key 'masks': 'Auto' is not one of \['auto'\] \(number of training masks m, or auto"),
+    ({"alpha": 2}, r"^config key 'alpha': 2 is greater than or equal to the maximum of 1 \(probability that each"),
+    ({"masks_auto": {"confidence": 1.5}}, r"^config key 'masks_auto.confidence': 1.5 is greater than"),
+    ({"edits": [{"name": "x"}]}, r"^config key 'edits\[0\]': 'target' is a required property"),
+])
+def test_a_value_the_schema_refuses_is_named_in_one_line_with_what_the_key_takes(changes, message):
+    with pytest.raises(ConfigError, match=message) as refused:
+        check_values(config(**changes))
+    assert "\n" not in str(refused.value)
 
 
 @pytest.mark.parametrize("output_fn", [None, "margin", "lm_margin", "coar.outputs:margin"])

@@ -71,6 +71,9 @@ rule merge:
     input:
         run=rules.prepare.output,
         shards=training_shards,
+        # masks: auto: the last round, so that rounds redone (a changed masks_auto) redo the merge
+        # whatever the rerun triggers, even when the shards it now takes all existed before.
+        last_round=lambda wildcards: round_file(final_round(), "json") if AUTO else [],
         checked=rules.check_masks.output,
     output:
         f"{RUN}/dataset.h5",
