@@ -41,6 +41,7 @@ SCHEMA_ENUM_SOURCES = {
     "properties/device": constants.DEVICES,
     "properties/precision": constants.PRECISIONS,
     "properties/max_batch/oneOf/1": ("auto",),  # or a number of rows
+    "properties/masks/oneOf/1": ("auto",),  # or a number of masks
     "properties/components/properties/unreachable": constants.UNREACHABLE_POLICIES,
     "$defs/edit_spec/properties/direction": constants.EDIT_DIRECTIONS,
     "$defs/edit_spec/properties/k/oneOf/1": ("auto",),  # or a number of components

@@ -411,9 +411,9 @@ TINY = {"run": "inj", "task": {"spec": TASK, "params": {"n": 4}}, "components": 
 
 
 @pytest.mark.parametrize("key, change", [
-    ("['task']['spec']", {"task": {"spec": TASK + "$(touch {marker})", "params": {}}}),
-    ("['output_fn']", {"output_fn": "margin$(touch {marker})"}),
-    ("['run']", {"run": "inj$(touch {marker})"}),
+    ("config key 'task.spec'", {"task": {"spec": TASK + "$(touch {marker})", "params": {}}}),
+    ("config key 'output_fn'", {"output_fn": "margin$(touch {marker})"}),
+    ("config key 'run'", {"run": "inj$(touch {marker})"}),
 ])
 def test_a_command_substitution_in_a_name_is_refused_and_never_runs(tmp_path, key, change):
     marker = tmp_path / "marker"
