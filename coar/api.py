@@ -22,6 +22,7 @@ from coar.components import ComponentSet, discover
 from coar.constants import COMPONENT_KINDS, KIND_PRESETS, SOLVER_METHODS
 from coar.config import schema_defaults
 from coar.examples import DatasetExamples, Examples, TensorExamples, first_inputs
+from coar.masks import whole_rounds
 from coar.result import Attributions
 from coar.rounds import RoundScore, StopRule, judge, new_stream, score_stream
 
@@ -129,7 +130,7 @@ def _auto_settings(overrides: dict) -> tuple[StopRule, int]:
     settings.update(overrides)
     size = int(settings["round_masks"])
     return StopRule(float(settings["min_gain"]), float(settings["confidence"]),
-                    -(-int(settings["max_masks"]) // size) * size), size
+                    whole_rounds(int(settings["max_masks"]), size)), size
 
 
 def _grow(collect, n_components: int, n_examples: int, method: str, heldout: tuple[np.ndarray, np.ndarray],

@@ -111,8 +111,7 @@ def _resolve(schema: dict) -> dict:
 
 
 def _check_keys(value: object, schema: dict, key: str) -> None:
-    if "$ref" in schema:
-        schema = _schema()["$defs"][schema["$ref"].rsplit("/", 1)[-1]]
+    schema = _resolve(schema)
     if not isinstance(value, dict) or "properties" not in schema:
         return
     known = schema["properties"]
@@ -228,8 +227,7 @@ def _wants_integer(schema: dict) -> bool:
 
 def _check_integers(value: object, schema: dict, key: str) -> None:
     """Refuse floats where the schema wants an integer (JSON Schema accepts 400.0 as an integer)."""
-    if "$ref" in schema:
-        schema = _schema()["$defs"][schema["$ref"].rsplit("/", 1)[-1]]
+    schema = _resolve(schema)
     if _wants_integer(schema) and isinstance(value, float):
         raise ConfigError(f"config key {key!r}: {value!r} must be a whole number written without a decimal point "
                           f"(e.g. {int(value) if value.is_integer() else round(value)})")

@@ -340,7 +340,7 @@ def write_round_state(path: PathLike, state: Mapping, correlation: np.ndarray, m
     """Write a round's file: `state` from coar.solver.SplitStream.state(), the round's held-out
     correlation per example (NaN where undefined), and `meta`: the run's attributes (those of
     its shards, without row ranges) with round, row_stop and method."""
-    parts = ("train",) if not state["val_every"] else ("train", "val")
+    parts = _round_parts(state)
     meta = {**meta, "val_every": state["val_every"], "block_rows": state["block_rows"], "gram": state["gram"],
             "val_count": 0, "val_held": 0,
             **{f"{part}_count": state[f"{part}/count"] for part in parts},

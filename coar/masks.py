@@ -126,8 +126,12 @@ def mask_budget(config: dict) -> int:
     max_masks rounded up to whole rounds."""
     if not is_auto(config):
         return config["masks"]
-    size = round_masks(config)
-    return -(-config["masks_auto"]["max_masks"] // size) * size
+    return whole_rounds(config["masks_auto"]["max_masks"], round_masks(config))
+
+
+def whole_rounds(max_masks: int, round_size: int) -> int:
+    """`max_masks` rounded up to whole rounds of `round_size` masks: a run in rounds' budget."""
+    return -(-max_masks // round_size) * round_size
 
 
 def shard_rows(config: dict) -> list[tuple[int, int]]:

@@ -39,12 +39,6 @@ class StopRule:
     confidence: float
     max_masks: int
 
-    @classmethod
-    def of_config(cls, config: Mapping, budget: int) -> StopRule:
-        """The rule of a config's `masks_auto` block with its budget (coar.masks.mask_budget)."""
-        auto = config["masks_auto"]
-        return cls(float(auto["min_gain"]), float(auto["confidence"]), int(budget))
-
 
 @dataclass(frozen=True)
 class RoundScore:

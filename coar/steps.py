@@ -185,11 +185,7 @@ def fit_dataset(data: str | Path, out: str | Path, expect: dict, components: Seq
                            example_block=example_block,
                            max_memory_bytes=None if memory_budget is None else int(memory_budget * 1e9))
     print(f"coar fit: {plan}", flush=True)
-    attrs = {
-        "encoding": h5format.ENCODING, "solver": f"coar.solver backend={backend}", "method": method, "n_masks": reader.n_rows,
-        **(provenance or {}),
-        **{k: expect[k] for k in FINGERPRINTS},
-    }
+    attrs = _fit_attrs(method, backend, reader.n_rows, provenance or {}, expect)
     with h5format.attributions_writer(out, components, example_ids, attrs) as writer:
         blocks = solver.fit_blocks(reader, method=method, backend=backend, plan=plan, progress=lambda text: print(
             f"coar fit: {text} after {time.perf_counter() - start:.1f} s", flush=True))
@@ -253,13 +249,19 @@ def fit_state(run_dir: str | Path, state: str | Path, out: str | Path, *, method
     stats, _, meta = h5format.read_round_state(state, {**expect, "method": method})
     train, val = solver.SplitStream.from_state(stats, backend=backend).finish()
     result = solver.fit_stats(train, method, val=val)
-    attrs = {"encoding": h5format.ENCODING, "solver": f"coar.solver backend={backend}", "method": method,
-             "n_masks": meta["row_stop"], **{k: meta[k] for k in PROVENANCE}, **{k: expect[k] for k in FINGERPRINTS}}
+    attrs = _fit_attrs(method, backend, meta["row_stop"], {k: meta[k] for k in PROVENANCE}, expect)
     with h5format.attributions_writer(out, run.components.table(), run.example_ids, attrs) as writer:
         writer.write(0, result.weight, result.bias, result.lam)
     print(f"coar fit: {method} on the statistics of {meta['row_stop']} masks (round {meta['round']}) written after "
           f"{time.perf_counter() - start:.1f} s", flush=True)
     return {"seconds": time.perf_counter() - start, "method": method, "n_masks": meta["row_stop"], "round": meta["round"]}
+
+
+def _fit_attrs(method: str, backend: str, n_masks: int, provenance: dict, expect: dict) -> dict:
+    """What attributions.h5 records of a fit: encoding, solver, method, masks, how the data were
+    made (`provenance`) and the run's fingerprints (from `expect`)."""
+    return {"encoding": h5format.ENCODING, "solver": f"coar.solver backend={backend}", "method": method,
+            "n_masks": n_masks, **provenance, **{k: expect[k] for k in FINGERPRINTS}}
 
 
 def _read_rows(path: str | Path, expect: dict) -> tuple[np.ndarray, np.ndarray]:

@@ -1,6 +1,7 @@
 """The configuration: config/README.md documents exactly the schema's keys with their real
 defaults, and the start-up checks refuse what the schema cannot judge, naming the key."""
 
+import copy
 import re
 from pathlib import Path
 
@@ -71,7 +72,7 @@ def test_the_docs_test_reads_every_table_row():
 def config(**changes) -> dict:
     """The default config, its defaults filled in by the schema, with `changes` (not validated:
     check_config must refuse them on its own)."""
-    result = dict(DEFAULT_CONFIG)
+    result = copy.deepcopy(DEFAULT_CONFIG)  # the validator fills defaults into nested blocks in place
     validate(result, str(SCHEMA))
     return {**result, **changes}
 
