@@ -60,6 +60,10 @@ is named by a 'package.module:function' spec."""
 EDIT_DIRECTIONS = ("lower", "raise")
 """What an edit (config `edits`) does to its target examples' output: lower it or raise it."""
 
+EDIT_SELECTIONS = ("verified", "prefix")
+"""How an edit chooses its components (coar/edit/selection.py): each candidate checked on the
+validation examples, or the published Welch-t prefix."""
+
 EDIT_SELECTOR_KEYS = ("label", "ids", "misclassified", "group", "rest")
 """How an edit's `target` and `reference` pick examples (coar/edit/selectors.py); `rest`: reference only."""
 

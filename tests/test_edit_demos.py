@@ -95,11 +95,24 @@ def _report(k: int, target_after: float, ratio: float | None, passed: bool) -> d
             "predicted_vs_realised": {"realised_over_predicted": {"target": ratio}}}
 
 
-def test_the_benchmark_tabulates_mean_and_sample_spread_over_seeds(tmp_path):
+def test_the_benchmark_tabulates_mean_and_sample_spread_over_seeds_and_the_seeds_that_met_the_target(tmp_path):
     bench = _benchmark()
-    rows = {"backdoor": [bench.headline(_report(2, 0.6, 0.8, True)), bench.headline(_report(4, 1.0, None, False))]}
+    seeds = [bench.headline(_report(2, 0.6, 0.8, True)), bench.headline(_report(4, 1.0, None, False))]
+    rows = {("backdoor", "verified"): [{"seed": s, **h, "met": bench.met("backdoor", h)} for s, h in enumerate(seeds)]}
     line = bench.table(rows).splitlines()[2]
-    assert line.startswith("| backdoor | 2 | 3.0 ± 1.4 | 20.0 ± 0.0 → 80.0 ± 28.3 |")
-    assert line.endswith("| 0.80 | 1/2 |")
-    config = yaml.safe_load(bench.seed_config("backdoor", 3, tmp_path).read_text())
+    assert line.startswith("| backdoor | verified | 2 | 3.0 ± 1.4 | 20.0 ± 0.0 → 80.0 ± 28.3 |")
+    # seed 0 reaches 60% of triggered digits right (< 80%); seed 1 100% with 1 point of clean accuracy lost
+    assert line.endswith("| 0.80 | 1/2 | 1/2 (target >= 80%, reference loss <= 2; met on [1]) |")
+    config = yaml.safe_load(bench.seed_config("backdoor", 3, "prefix", tmp_path).read_text())
     assert (config["run"], config["seed"], config["task"]["params"]["seed"]) == ("backdoor_s3", 3, 3)
+    assert config["edits"][0]["selection"] == "prefix"
+
+
+def test_the_benchmark_reads_a_per_example_report_as_medians_over_its_examples():
+    examples = [{"k": k, "reference_accuracy": [1.0, after], "test_reference_accuracy": [1.0, 1.0]}
+                for k, after in ((2, 0.99), (4, 0.98), (9, 1.0))]
+    report = {"per_example": {"examples": examples}, "checks": {"passed": True},
+              "metrics": {"target": {"accuracy": [0.0, 2 / 3]}}}
+    h = _benchmark().headline(report)
+    assert h["k"] == 4 and h["target_after"] == pytest.approx(200 / 3)
+    assert h["validation_reference_after"] == pytest.approx(99.0) and h["reference_after"] == 100

@@ -21,7 +21,8 @@ def test_the_schema_shows_the_same_defaults_as_the_spec():
     properties = yaml.safe_load(SCHEMA.read_text())["$defs"]["edit_spec"]["properties"]
     spec = EditSpec.from_config(GOOD).as_dict()
     assert {k: v["default"] for k, v in properties.items() if "default" in v} == {
-        k: spec[k] for k in ("k", "k_max", "tolerance", "components", "max_deviation", "strict")}
+        k: spec[k] for k in ("k", "k_max", "tolerance", "components", "max_deviation", "strict", "selection", "goal",
+                           "per_example")}
 
 
 @pytest.mark.parametrize("change, message", [

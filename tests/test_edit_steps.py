@@ -71,11 +71,13 @@ def test_the_plan_ranks_allowed_components_and_predicts_the_change_for_every_k(r
     assert json.loads((tmp_path / "plan.json").read_text()) == result
 
 
-def test_apply_writes_weights_that_equal_ablating_the_listed_components_by_hand(run, tmp_path):
-    spec = EditSpec.from_config({**EDIT, "k": 3})
+@pytest.mark.parametrize("selection", ["prefix", "verified"])
+def test_apply_writes_weights_that_equal_ablating_the_listed_components_by_hand(run, tmp_path, selection):
+    spec = EditSpec.from_config({**EDIT, "k": 3, "selection": selection})
     edit_steps.plan(run, spec, run / "attributions.h5", tmp_path / "plan.json", task=TASK)
     report = edit_steps.apply(run, spec, tmp_path / "plan.json", run / "attributions.h5", tmp_path, task=TASK)
-    assert report["k"] == 3
+    # the prefix ablates the k given; the verified selection at most k, those that held on validation
+    assert report["k"] == 3 if selection == "prefix" else 0 < report["k"] <= 3
     ablated = json.loads((tmp_path / "ablated.json").read_text())["ablated"]
     model = TinyNet()
     model.load_state_dict(load_file(tmp_path / "weights.safetensors"))
@@ -89,7 +91,7 @@ def test_apply_writes_weights_that_equal_ablating_the_listed_components_by_hand(
 
 
 def test_apply_reports_predicted_and_realised_changes_of_every_example(run, tmp_path):
-    spec = EditSpec.from_config({**EDIT, "k": 3})
+    spec = EditSpec.from_config({**EDIT, "k": 3, "selection": "prefix"})
     edit_steps.plan(run, spec, run / "attributions.h5", tmp_path / "plan.json", task=TASK)
     report = edit_steps.apply(run, spec, tmp_path / "plan.json", run / "attributions.h5", tmp_path, task=TASK)
     examples = report["predicted_vs_realised"]["examples"]
@@ -105,7 +107,7 @@ def test_apply_reports_predicted_and_realised_changes_of_every_example(run, tmp_
 
 
 def test_strict_refuses_to_write_the_model_when_the_prediction_is_missed(run, tmp_path):
-    spec = EditSpec.from_config({**EDIT, "k": 4, "max_deviation": 0.0, "strict": True})
+    spec = EditSpec.from_config({**EDIT, "k": 4, "max_deviation": 0.0, "strict": True, "selection": "prefix"})
     edit_steps.plan(run, spec, run / "attributions.h5", tmp_path / "plan.json", task=TASK)
     with pytest.raises(RuntimeError, match="strict: true.*not written"):
         edit_steps.apply(run, spec, tmp_path / "plan.json", run / "attributions.h5", tmp_path, task=TASK)
@@ -159,7 +161,8 @@ def test_the_command_line_runs_both_steps(run, tmp_path, capsys):
 
 def test_the_edit_library_does_not_depend_on_demo_or_project_tasks():
     library = Path(__file__).resolve().parents[1] / "coar" / "edit"
-    for module in ("spec.py", "selectors.py", "steps.py", "planning.py", "plots.py", "__init__.py"):
+    for module in ("spec.py", "selectors.py", "steps.py", "planning.py", "selection.py", "record.py", "plots.py",
+                   "__init__.py"):
         imports = re.findall(r"^\s*(?:from|import) (coar\.[\w.]+)", (library / module).read_text(), re.M)
         assert not [name for name in imports if name.startswith("coar.tasks")], module
 

@@ -7,9 +7,9 @@ output when component i is ablated) of target examples T and reference examples 
    target outputs than the reference outputs.
 2. `rank`: "fix" raises the target's output (for the correct-class margin: repairs errors), so
    the most positive scores come first; "forget" and "induce" lower it, most negative first.
-3. `prefix_masks`: ablate the first k of that order for every k of a sweep on validation
-   examples, and `choose_k` by a stated rule from the validation metrics per k
-   (coar.edit.steps.apply).
+3. walk that order on validation examples (coar.edit.selection: the published prefix, or each
+   candidate verified before it joins), and `choose_k` by a stated rule from the validation
+   metrics per k (coar.edit.steps.apply).
 4. `apply_edit`: make the ablation permanent on a copy of the model.
 """
 
@@ -53,14 +53,6 @@ def rank(scores: np.ndarray, direction: Direction) -> np.ndarray:
         raise ValueError(f"unknown edit direction {direction!r}; choose from {list(DIRECTIONS)}")
     scores = np.asarray(scores, np.float64)
     return np.argsort(-scores if direction == "fix" else scores, kind="stable")
-
-
-def prefix_masks(order: np.ndarray, ks: Sequence[int], n_components: int) -> np.ndarray:
-    """(len(ks) x N) bool: row j ablates the first ks[j] components of `order`."""
-    masks = np.zeros((len(ks), n_components), dtype=bool)
-    for row, k in enumerate(ks):
-        masks[row, order[:k]] = True
-    return masks
 
 
 @dataclass(frozen=True)

@@ -65,6 +65,24 @@ def _select(spec: EditSpec, key: str, selector: dict, pool: Pool) -> np.ndarray:
     return np.flatnonzero(chosen)
 
 
+def _refuse_empty(spec: EditSpec, key: str, rows: np.ndarray, selector: dict, pool: Pool) -> None:
+    if not len(rows):
+        raise EditConfigError(f"edit {spec.name!r}, key {key!r}: {selector} matches none of {pool.what} "
+                              f"({len(pool.ids)})")
+
+
+def select_reference(spec: EditSpec, pool: Pool) -> np.ndarray:
+    """Positions of the reference examples in `pool`, for an edit whose targets lie elsewhere (a
+    per-example edit's targets are run examples; its reference is checked on validation):
+    `rest: true` is every example the target does not pick. Refused when empty."""
+    if spec.reference.get("rest"):
+        reference = np.setdiff1d(np.arange(len(pool.ids)), _select(spec, "target", spec.target, pool))
+    else:
+        reference = _select(spec, "reference", spec.reference, pool)
+    _refuse_empty(spec, "reference", reference, spec.reference, pool)
+    return reference
+
+
 def select(spec: EditSpec, pool: Pool) -> tuple[np.ndarray, np.ndarray]:
     """Positions of the target and the reference examples in `pool`; refused, naming the edit and
     the key, when either is empty or they overlap."""
@@ -74,9 +92,7 @@ def select(spec: EditSpec, pool: Pool) -> tuple[np.ndarray, np.ndarray]:
     else:
         reference = _select(spec, "reference", spec.reference, pool)
     for key, rows, selector in (("target", target, spec.target), ("reference", reference, spec.reference)):
-        if not len(rows):
-            raise EditConfigError(f"edit {spec.name!r}, key {key!r}: {selector} matches none of {pool.what} "
-                                  f"({len(pool.ids)})")
+        _refuse_empty(spec, key, rows, selector, pool)
     overlap = np.intersect1d(target, reference)
     if len(overlap):
         raise EditConfigError(f"edit {spec.name!r}, keys 'target' and 'reference': {len(overlap)} of {pool.what} "

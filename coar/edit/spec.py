@@ -2,9 +2,11 @@
 
 `EditSpec.from_config` applies the defaults and refuses, naming the edit and the key, whatever
 the config alone shows to be wrong: unknown keys, a malformed selector, `rest` as a target, an
-`ids` file that does not exist, target and reference selecting the same examples. What needs the
-run (k larger than the components, an unknown group, a selector matching nothing) is refused by
-the plan step (coar/edit/steps.py) before any forward pass.
+`ids` file that does not exist, is not UTF-8 text or names no id, target and reference selecting
+the same examples. What needs the run (k larger than the components, an unknown group or label,
+unknown ids, a selector matching nothing, a task without validation examples) is refused once
+prepare has saved the run, before any collection (coar/edit/checks.py, the workflow's
+check_edits rule), and again by the editing steps (coar/edit/steps.py) before any forward pass.
 """
 
 from __future__ import annotations
@@ -13,7 +15,7 @@ import re
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
-from coar.constants import EDIT_DIRECTIONS, EDIT_SELECTOR_KEYS
+from coar.constants import EDIT_DIRECTIONS, EDIT_SELECTIONS, EDIT_SELECTOR_KEYS
 
 NAME_PATTERN = re.compile(r"[A-Za-z0-9_.-]+")
 AUTO = "auto"
@@ -37,6 +39,9 @@ class EditSpec:
     components: list[str] = field(default_factory=lambda: ["*"])  # module name patterns the edit may ablate
     max_deviation: float = 0.5  # most |realised / predicted - 1| of the target's mean output change
     strict: bool = False  # refuse to write the edited model when a check fails
+    selection: str = "verified"  # "verified": each candidate checked on validation; "prefix": the published Welch-t prefix
+    goal: float | None = None  # validation target success at which the selection stops (null: the best within tolerance)
+    per_example: bool = False  # one edit per target example (e.g. each error fixed on its own), reported together
 
     @classmethod
     def from_config(cls, edit: dict) -> "EditSpec":
@@ -72,8 +77,14 @@ class EditSpec:
             value = getattr(self, key)
             if isinstance(value, bool) or not isinstance(value, (int, float)) or value < low:
                 raise self._refuse(key, f"{value!r} must be a number >= {low:g}")
-        if not isinstance(self.strict, bool):
-            raise self._refuse("strict", f"{self.strict!r} must be true or false")
+        for key in ("strict", "per_example"):
+            if not isinstance(getattr(self, key), bool):
+                raise self._refuse(key, f"{getattr(self, key)!r} must be true or false")
+        if self.selection not in EDIT_SELECTIONS:
+            raise self._refuse("selection", f"{self.selection!r} is not one of {list(EDIT_SELECTIONS)}")
+        if self.goal is not None and (isinstance(self.goal, bool) or not isinstance(self.goal, (int, float))
+                                      or not 0 < self.goal <= 1):
+            raise self._refuse("goal", f"{self.goal!r} must be a fraction in (0, 1] of target examples moved, or null")
         if not isinstance(self.components, list) or not self.components or \
                 not all(isinstance(p, str) and p for p in self.components):
             raise self._refuse("components", f"{self.components!r} must be a non-empty list of module name patterns")
@@ -98,8 +109,22 @@ class EditSpec:
                 raise self._refuse(f"{key}.{name}", f"{value!r} must be a {wanted.__name__}")
         if selector.get("rest") is False or ("rest" in selector and len(selector) > 1):
             raise self._refuse(f"{key}.rest", "write `rest: true` alone: every example the target does not select")
-        if "ids" in selector and not Path(selector["ids"]).is_file():
-            raise self._refuse(f"{key}.ids", f"{selector['ids']!r} is not a file (one example id per line)")
+        if "ids" in selector:
+            self._check_ids_file(f"{key}.ids", Path(selector["ids"]))
+
+    def _check_ids_file(self, key: str, path: Path) -> None:
+        """An `ids` file must be UTF-8 text naming at least one id (the run's data check the ids)."""
+        if not path.is_file():
+            raise self._refuse(key, f"{str(path)!r} is not a file (one example id per line)")
+        try:
+            text = path.read_bytes().decode("utf-8")
+        except OSError as error:
+            raise self._refuse(key, f"{str(path)!r} cannot be read ({error.strerror or error})") from None
+        except UnicodeDecodeError as error:
+            raise self._refuse(key, f"{str(path)!r} is not UTF-8 text (byte {error.object[error.start]:#04x} at "
+                                    f"offset {error.start}); give a text file of example ids, one per line") from None
+        if not any(line.strip() for line in text.splitlines()):
+            raise self._refuse(key, f"{str(path)!r} is empty: it names no example id (one per line)")
 
     def as_dict(self) -> dict:
         """The spec with its defaults, as JSON (what plan.json records and the rules pass on)."""
