@@ -17,6 +17,7 @@
                   --correlation-distributions plots/correlation_distributions.png \
                   --predicted-vs-true plots/predicted_vs_true.png --layer-attributions plots/layer_attributions.png \
                   --step-timings plots/step_timings.png
+    coar check-edits --run-dir results/digits --edits '[{"name": "forget_3", ...}]' --task coar.tasks.digits:task
     coar edit-plan  --run-dir results/digits --edit '{"name": "forget_3", ...}' --attributions attributions.h5 \
                     --out edits/forget_3/plan.json
     coar edit-apply --run-dir results/digits --edit '{"name": "forget_3", ...}' --plan edits/forget_3/plan.json \
@@ -24,6 +25,7 @@
     coar selfcheck --device cuda   # the op, run_masked, the cupy solver and a throughput table on one device
     coar show results/digits --example 1610 --top 10 --verify   # largest predicted effects (and realised ones)
     coar show results/digits --component 'blocks.0.conv1[3]'     # the examples it moves most, both signs
+    coar show results/digits --edit forget_3                     # what an edit ablated and what it did
     coar export results/digits --format csv                      # results/digits/attributions.csv
 """
 
@@ -302,6 +304,14 @@ def _parser() -> argparse.ArgumentParser:
         s.add_argument("--threads", type=int, default=None, help="torch CPU threads")
         _task_options(s)
         _provenance_options(s, alpha="expect")
+    s = add("check-edits", "Check every edit of config `edits` against the prepared run, before any collection: "
+                           "components, k, labels, groups, ids and non-empty, disjoint selections (coar.edit.checks).")
+    s.add_argument("--edits", required=True, type=json.loads, help="JSON list: the config's `edits`")
+    s.add_argument("--output-fn", default=None, help="the config's output function (for `misclassified`); "
+                                                     "default: the task's own")
+    s.add_argument("--device", choices=DEVICES, default="auto")
+    s.add_argument("--log", default=None, help="file to write what each edit selects, or the refusal, to")
+    _task_options(s)
     s = add("selfcheck", "Check the mask op, run_masked and the solver on a device, then print a throughput table.",
             run_dir=False)
     s.add_argument("--device", choices=DEVICES, default="auto", help="auto: cuda when a GPU is visible")
@@ -320,6 +330,8 @@ def _parser() -> argparse.ArgumentParser:
     what = s.add_mutually_exclusive_group(required=True)
     what.add_argument("--example", help="example id (example_ids.json), or #N for the example at position N")
     what.add_argument("--component", help="component name, module[unit] (see coar.open(RUN).components)")
+    what.add_argument("--edit", help="an applied edit's name (config `edits`): what it ablated and what it did, "
+                      "its files checked against the digests report.json records")
     s.add_argument("--top", type=int, default=10, help="rows to print (per sign with --component)")
     s.add_argument("--verify", action="store_true",
                    help="with --example: ablate each listed component for real and print the realised change beside it")
@@ -385,9 +397,13 @@ def _run(args: argparse.Namespace) -> None:
     if args.command in ("show", "export"):
         from coar import show
 
-        print(show.show(args.run, args.example, args.component, args.top, args.verify,
-                        None if args.task is None else (args.task, args.task_params or {})) if args.command == "show"
-              else show.export_run(args.run, args.format, args.out))
+        if args.command == "export":
+            print(show.export_run(args.run, args.format, args.out))
+        elif args.edit is not None:
+            print(show.show_edit(args.run, args.edit))
+        else:
+            print(show.show(args.run, args.example, args.component, args.top, args.verify,
+                            None if args.task is None else (args.task, args.task_params or {})))
         return
     from coar import steps  # imported late so `coar --help` is instant
     from coar.rounds import StopRule
@@ -452,6 +468,8 @@ def _run(args: argparse.Namespace) -> None:
             print(path)
     elif args.command in ("edit-plan", "edit-apply"):
         _edit(args)
+    elif args.command == "check-edits":
+        _check_edits(args)
     elif args.command == "selfcheck":
         from coar.selfcheck import selfcheck
 
@@ -481,6 +499,23 @@ def _edit(args: argparse.Namespace) -> None:
                                   task=(args.task, args.task_params), expected=_expected(args), device=args.device,
                                   masks_per_pass=args.masks_per_pass, max_batch=args.max_batch)
         print(json.dumps({k: report[k] for k in ("k", "rule", "checks", "problems")}, indent=1))
+
+
+def _check_edits(args: argparse.Namespace) -> None:
+    """Every edit of config `edits` checked against the prepared run (coar.edit.checks); what
+    each selects, or the refusal, also written to --log."""
+    from coar.edit.checks import check_edits_on_run
+    from coar.edit.spec import check_edits
+
+    try:
+        lines = check_edits_on_run(args.run_dir, check_edits(args.edits), args.task, args.task_params, args.device,
+                                   output_fn=args.output_fn)
+    except Exception as error:
+        if args.log:
+            Path(args.log).write_text(f"refused: {error}\n")
+        raise
+    if args.log:  # the lines were logged (stderr) as they were checked
+        Path(args.log).write_text("".join(f"{line}\n" for line in lines) or "no edits\n")
 
 
 def _expected(args: argparse.Namespace) -> dict:

@@ -30,6 +30,10 @@ SPEC_PATTERN = re.compile(r"[A-Za-z_][A-Za-z0-9_]*(\.[A-Za-z_][A-Za-z0-9_]*)*(:[
 RUN_PATTERN = re.compile(r"[A-Za-z0-9_.-]+")
 MAX_COLLECTION_JOBS = 10_000
 """Most collection jobs a config may make: Snakemake plans 10,000 jobs in about 90 s on 2 cores."""
+DEFAULT_RUN_KEYS = ("edits",)
+"""Keys of config/config.yaml that belong to the default run (the digits CNN) alone, not defaults:
+a config of one's own (`--configfile`, module use) has them only where it names them, so the
+default run's edit of the digit 3 never reaches another run (`fill_defaults`, workflow/Snakefile)."""
 
 
 class ConfigError(ValueError):
@@ -57,6 +61,7 @@ def check_config(config: dict) -> None:
         raise ConfigError(f"config key 'shards': {config['shards']} shards for {config['masks']} masks; "
                           "use at most one shard per mask")
     _check_job_count(config)
+    _check_pass_rows(config)
     _check_sizes(config)
     if config["device"] == "cuda":
         _check_gpu()
@@ -64,9 +69,31 @@ def check_config(config: dict) -> None:
         _check_cupy()
 
 
+def is_default_run(given: dict, config_files: list, defaults_path: str | Path) -> bool:
+    """Whether Snakemake was asked for the default run itself: no config file of one's own
+    (`--configfile`, `config_files`) and no other task among the `--config` values (`given`)."""
+    task = given.get("task")
+    default_spec = yaml.safe_load(Path(defaults_path).read_text())["task"]["spec"]
+    return not config_files and not (isinstance(task, dict) and task.get("spec", default_spec) != default_spec)
+
+
 def fill_defaults(config: dict, defaults_path: str | Path) -> None:
-    """Give `config` (in place) every key of the defaults file it lacks, nested blocks key by key."""
-    _fill(config, yaml.safe_load(Path(defaults_path).read_text()))
+    """Give `config` (in place) every key of the defaults file it lacks, nested blocks key by key,
+    except what belongs to the default run alone: its `edits` (DEFAULT_RUN_KEYS) and, for another
+    task, its task's params. A config of another task that names no `run` is refused: its results
+    would go to the default run's folder."""
+    defaults = yaml.safe_load(Path(defaults_path).read_text())
+    for key in DEFAULT_RUN_KEYS:
+        defaults.pop(key, None)
+    task, default_task = config.get("task"), defaults["task"]
+    if isinstance(task, dict) and task.get("spec", default_task["spec"]) != default_task["spec"]:
+        defaults["task"] = {key: value for key, value in default_task.items() if key != "params"}
+    if "run" not in config and isinstance(task, dict) and {**default_task, **task} != default_task:
+        spec = task.get("spec", default_task["spec"])
+        raise ConfigError(f"config key 'run': not given, so this run of task {spec!r}"
+                          f"{' with other params' if spec == default_task['spec'] else ''} would write into "
+                          f"results/{defaults['run']}/, the default run's folder; name your run (e.g. run: mine)")
+    _fill(config, defaults)
 
 
 def _fill(config: dict, defaults: dict) -> None:
@@ -102,7 +129,22 @@ def check_values(config: dict) -> None:
         node = node.get("items", {}) if isinstance(part, int) else node.get("properties", {}).get(part, {})
     key = "".join(f"[{p}]" if isinstance(p, int) else f".{p}" for p in path).lstrip(".")
     takes = " ".join(_resolve(node).get("description", "").split())
-    raise ConfigError(f"config key {key!r}: {error.message}{f' ({takes})' if takes else ''} (every key: config/README.md)")
+    raise ConfigError(f"config key {key!r}: {error.message}{f' ({takes})' if takes else ''}{_number_as_text(error.instance)} "
+                      "(every key: config/README.md)")
+
+
+def _number_as_text(value: object) -> str:
+    """A hint for a number YAML read as text: PyYAML (as Snakemake) reads 1e9 and 1e+9 as strings."""
+    if not isinstance(value, str):
+        return ""
+    try:
+        number = float(value.replace("_", ""))
+    except ValueError:
+        return ""
+    if not math.isfinite(number):
+        return ""
+    written = f"{int(number)}" if number.is_integer() else repr(number)
+    return f"; YAML reads {value} as text, not a number: write it out, {written}"
 
 
 def _resolve(schema: dict) -> dict:
@@ -195,7 +237,7 @@ def _check_job_count(config: dict) -> None:
         raise ConfigError(f"config key {key!r}: {mask_budget(config)} masks make {jobs} collection jobs, more than "
                           f"the {MAX_COLLECTION_JOBS} Snakemake can plan in reasonable time; use at least "
                           f"{-(-mask_budget(config) // MAX_COLLECTION_JOBS)} masks per job (config key 'shard_masks', "
-                          "with 'shards: null') or fewer masks")
+                          f"with 'shards: null') or fewer masks (config key {masks_key(config)!r})")
 
 
 def _check_rounds(config: dict) -> None:
@@ -207,6 +249,15 @@ def _check_rounds(config: dict) -> None:
     if size % shard:
         raise ConfigError(f"config key 'masks_auto.round_masks': {size} masks per round is not a whole number of "
                           f"shards of {shard} masks (shard_masks); use a multiple of {shard}")
+
+
+def _check_pass_rows(config: dict) -> None:
+    """A forward pass holds masks_per_pass masks of at least one example: at most max_batch rows."""
+    per_pass, max_batch = config["masks_per_pass"], config["max_batch"]
+    if max_batch != "auto" and per_pass > max_batch:
+        raise ConfigError(f"config key 'masks_per_pass': {per_pass} masks in one forward pass make at least {per_pass} "
+                          f"rows (one example each), more than max_batch ({max_batch}) allows; use masks_per_pass "
+                          f"<= {max_batch}, or a larger max_batch")
 
 
 def _check_sizes(config: dict) -> None:

@@ -87,3 +87,25 @@ def tied(params: dict) -> Task:
         torch.manual_seed(0)
         model = TiedNet()
     return Task(model=model, inputs=torch.randn(3, 4, generator=generator), labels=torch.tensor([0, 1, 2]))
+
+
+def with_validation(params: dict) -> Task:
+    """A randomly initialised TinyNet with ``n`` (default 12) examples and ``n_validation`` (default
+    9) validation examples, labels 0, 1, 2 in turn, and groups ``first`` (label 0) and ``others``:
+    a run an edit can be checked on (``validation: false``: none)."""
+    generator = torch.Generator().manual_seed(params.get("seed", 0))
+    n, n_validation = params.get("n", 12), params.get("n_validation", 9)
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(params.get("seed", 0))
+        model = TinyNet()
+    labels, validation_labels = torch.arange(n) % 3, torch.arange(n_validation) % 3
+    validation = params.get("validation", True)
+    return Task(
+        model=model,
+        inputs=torch.randn(n, 4, generator=generator),
+        labels=labels,
+        groups=["first" if y == 0 else "others" for y in labels.tolist()],
+        validation_inputs=torch.randn(n_validation, 4, generator=generator) if validation else None,
+        validation_labels=validation_labels if validation else None,
+        validation_groups=["first" if y == 0 else "others" for y in validation_labels.tolist()] if validation else None,
+    )

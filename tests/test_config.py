@@ -9,7 +9,7 @@ import pytest
 import yaml
 from snakemake.utils import validate
 
-from coar.config import SCHEMA, ConfigError, check_config, check_values
+from coar.config import DEFAULT_RUN_KEYS, SCHEMA, ConfigError, check_config, check_values
 
 REPO = Path(__file__).resolve().parents[1]
 CONFIG_DOCS = REPO / "config" / "README.md"
@@ -40,7 +40,10 @@ def documented_rows() -> dict[str, str]:
 
 
 def effective_default(key: str, node: dict):
-    """What a key is when a user's config does not set it: config/config.yaml's value, else the schema's default."""
+    """What a key is when a user's config does not set it: config/config.yaml's value, else the
+    schema's default (always for the default run's own keys, e.g. its `edits`)."""
+    if key in DEFAULT_RUN_KEYS:
+        return node.get("default", MISSING)
     value = DEFAULT_CONFIG
     for part in key.split("."):
         value = value.get(part, MISSING) if isinstance(value, dict) else MISSING

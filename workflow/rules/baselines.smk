@@ -8,6 +8,7 @@ rule baseline:
     input:
         run=rules.prepare.output,
         stamp=config_stamp("baseline"),
+        **COLLECTION_CHECKS,
     output:
         f"{RUN}/baselines/{{method}}.h5",
     wildcard_constraints:

@@ -40,6 +40,7 @@ rule collect:
     input:
         run=rules.prepare.output,
         stamp=config_stamp("data"),
+        **COLLECTION_CHECKS,
     output:
         f"{RUN}/shards/shard-{{shard}}.h5",
     wildcard_constraints:
@@ -74,7 +75,7 @@ rule merge:
         # masks: auto: the last round, so that rounds redone (a changed masks_auto) redo the merge
         # whatever the rerun triggers, even when the shards it now takes all existed before.
         last_round=lambda wildcards: round_file(final_round(), "json") if AUTO else [],
-        checked=rules.check_masks.output,
+        checked=ancient(CHECKED_MASKS),
     output:
         f"{RUN}/dataset.h5",
     params:
@@ -98,6 +99,7 @@ rule collect_heldout:
     input:
         run=rules.prepare.output,
         stamp=config_stamp("heldout"),
+        **COLLECTION_CHECKS,
     output:
         f"{RUN}/heldout/alpha-{{alpha}}.h5",
     wildcard_constraints:

@@ -9,6 +9,7 @@ from pathlib import Path
 
 from coar.atomic import write_json
 from coar.resources import RunShape, check_prepared_run
+from coar.rounds import read_score
 from coar.run import PROVENANCE, Run
 
 
@@ -77,6 +78,18 @@ def fast_path_options(fast):
     return "".join(f" --{'' if fast[k] else 'no-'}{k.replace('_', '-')}" for k in ("fold_bn", "channels_last", "compile"))
 
 
+# The checks before any collection: prepare -> check_edits (only when the config has edits) ->
+# check_masks -> every collection job (training and held-out shards, baselines) and merge, so a
+# run that cannot fit or an edit it cannot make is refused after prepare and before the first
+# collection. The collection jobs take check_masks' output alone, whether or not the config has
+# edits, and as `ancient`: Snakemake redoes a job whose set of inputs changed, or whose input is
+# redone, so a check redone (an edit added, changed or removed, more masks) redoes the checks,
+# never a finished collection.
+CHECKED_MASKS = f"{RUN}/checks/masks.ok"
+CHECKED_EDITS = f"{RUN}/checks/edits.ok"
+COLLECTION_CHECKS = {"checked": ancient(CHECKED_MASKS)}
+
+
 # masks: auto (rules/rounds.smk): round r holds training shards r * ROUND_SHARDS .. (r + 1) * ROUND_SHARDS - 1.
 ROUND_SHARDS = round_masks(config) // config["shard_masks"] if AUTO else 0
 TRAIN_HELDOUT = f"{RUN}/heldout/alpha-{config['alpha']:g}.h5"
@@ -93,9 +106,11 @@ def shard_files(count):
 
 
 def final_round():
-    """The round at which the masks: auto run stopped (each unknown decision is a checkpoint to run first)."""
+    """The round at which the masks: auto run stopped (each unknown decision is a checkpoint to run
+    first); each decision read through coar.rounds.read_score, which refuses a score file altered
+    after fit-round wrote it or made for another run."""
     round = 0
-    while not json.loads(Path(checkpoints.fit_round.get(round=round).output.score).read_text())["stop"]:
+    while not read_score(checkpoints.fit_round.get(round=round).output.score, {"round": round, **Run(RUN).expect}).stop:
         round += 1
     return round
 

@@ -42,15 +42,17 @@ rule prepare:
 
 
 rule check_masks:
-    """What the masks need, checked as soon as prepare has found the components and before the
-    collection jobs (priority): OLS needs more masks than components, and the memory and disk of
-    the run at its real sizes must fit this machine (coar.resources). Not a parameter of prepare,
-    so changing masks never re-prepares the model; once prepare.json exists the Snakefile also
-    checks the OLS count at start-up."""
+    """What the masks need, checked as soon as prepare has found the components (and, with edits,
+    after check_edits) and before the collection jobs (each takes its output, COLLECTION_CHECKS):
+    OLS needs more masks than components, and the memory and disk of the run at its real sizes
+    must fit this machine (coar.resources). Not a parameter of prepare, so changing masks never
+    re-prepares the model; once prepare.json exists the Snakefile also checks the OLS count at
+    start-up."""
     input:
-        rules.prepare.output.info,
+        info=rules.prepare.output.info,
+        edits_checked=[CHECKED_EDITS] if config["edits"] else [],
     output:
-        touch(f"{RUN}/checks/masks.ok"),
+        touch(CHECKED_MASKS),
     params:
         masks=mask_budget(config),
         method=config["solver"]["method"],
@@ -59,4 +61,4 @@ rule check_masks:
     priority: 100
     localrule: True
     run:
-        check_run_masks(os.path.dirname(input[0]), params.masks, params.method, log[0])
+        check_run_masks(os.path.dirname(input.info), params.masks, params.method, log[0])
