@@ -39,6 +39,16 @@ class ComponentGroup:
         return self.start + self.size
 
 
+def component_names(table: Sequence[tuple[str, int, str]]) -> list[str]:
+    """A unique name per (module, unit, kind) row of a whole component table: "module[unit]", or
+    "module:kind[unit]" where a module holds units of two kinds."""
+    kinds: dict[str, set[str]] = {}
+    for module, _, kind in table:
+        kinds.setdefault(module, set()).add(kind)
+    return [f"{module}:{kind}[{unit}]" if len(kinds[module]) > 1 else f"{module}[{unit}]"
+            for module, unit, kind in table]
+
+
 class ComponentSet:
     """The ordered components of a model: global index <-> (module name, unit, kind)."""
 
@@ -94,6 +104,18 @@ class ComponentSet:
     def table(self) -> list[tuple[str, int, str]]:
         """One (module, unit, kind) row per component, in global index order."""
         return [(g.module, u, g.kind) for g in self.groups for u in range(g.size)]
+
+    def names(self) -> list[str]:
+        """The one name of each component, in global index order, on every surface (the command
+        line, the Python API, exports, the explorer, edit files; each accepts it as input)."""
+        return component_names(self.table())
+
+    def layers(self) -> list[int]:
+        """Each component's layer, in global index order: its module's position among the modules
+        that hold components, 0 nearest the input (not a transformer block's index)."""
+        table = self.table()
+        position = {m: i for i, m in enumerate(dict.fromkeys(m for m, _, _ in table))}
+        return [position[m] for m, _, _ in table]
 
     @property
     def fingerprint(self) -> str:

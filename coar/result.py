@@ -17,6 +17,7 @@ read a result; torch is imported by `ablate` alone.
 from __future__ import annotations
 
 import difflib
+import json
 import re
 from dataclasses import dataclass, field
 from functools import cached_property
@@ -27,6 +28,7 @@ import numpy as np
 
 from coar.attributions import LinearModels
 from coar.components import ComponentSet
+from coar.rounds import RoundScore, read_score
 
 if TYPE_CHECKING:
     from torch import nn
@@ -77,16 +79,6 @@ class Table(list):
         return pd.DataFrame(list(self), columns=type(self[0])._fields if self else None)
 
 
-def component_names(table: Sequence[tuple[str, int, str]]) -> list[str]:
-    """A unique name per component: "module[unit]", or "module:kind[unit]" where a module holds
-    units of two kinds."""
-    kinds: dict[str, set[str]] = {}
-    for module, _, kind in table:
-        kinds.setdefault(module, set()).add(kind)
-    return [f"{module}:{kind}[{unit}]" if len(kinds[module]) > 1 else f"{module}[{unit}]"
-            for module, unit, kind in table]
-
-
 @dataclass(frozen=True)
 class Attributions(LinearModels):
     """Per-example linear models of the ablated output over named components (weight (n, N) and
@@ -110,14 +102,13 @@ class Attributions(LinearModels):
     # ------------------------------------------------------------------ names
     @cached_property
     def components(self) -> Table:
-        """One `Component` row per column of `weight`."""
-        table = self.component_set.table()
-        layers = {m: i for i, m in enumerate(dict.fromkeys(m for m, _, _ in table))}
-        return Table(Component(name, m, u, k, layers[m]) for name, (m, u, k) in zip(self._names, table))
+        """One `Component` row per column of `weight` (names and layers: ComponentSet.names, .layers)."""
+        return Table(Component(name, m, u, k, layer) for name, (m, u, k), layer
+                     in zip(self._names, self.component_set.table(), self.component_set.layers()))
 
     @cached_property
     def _names(self) -> list[str]:
-        return component_names(self.component_set.table())
+        return self.component_set.names()
 
     def example_index(self, example: int | str) -> int:
         """Row of `example`, given by id (a string) or by position (an int)."""
@@ -153,14 +144,17 @@ class Attributions(LinearModels):
 
         return rows(order[:k], 1.0), rows(order[::-1][:k], -1.0)
 
-    def evaluate(self, masks: np.ndarray, outputs: np.ndarray) -> dict:
+    def evaluate(self, masks: np.ndarray, outputs: np.ndarray | None = None) -> dict:
         """How well the predictions track true outputs of ablated models (rows = masks, columns =
-        examples), scored as the workflow's evaluate step does (coar.evaluate.score)."""
+        examples), scored as the workflow's evaluate step does (coar.evaluate.score). Without
+        `outputs`, they are made here: the run's model (`model()`) ablated by each mask, on the
+        run's examples."""
         from coar.evaluate import predict, score
 
-        masks, outputs = np.asarray(masks), np.asarray(outputs)
+        masks = np.asarray(masks)
         if masks.ndim != 2 or masks.shape[1] != self.weight.shape[1]:
             raise ValueError(f"masks must be (rows, {self.weight.shape[1]} components), got {masks.shape}")
+        outputs = self._realised(masks.astype(bool)) if outputs is None else np.asarray(outputs)
         return score(outputs, predict(self.weight, self.bias, masks), list(self.example_ids))
 
     def to_pandas(self, form: str = "long") -> Any:
@@ -182,21 +176,79 @@ class Attributions(LinearModels):
                              "component": columns.pop("name"), **columns, "predicted": self.weight.reshape(-1)})
 
     # ------------------------------------------------------------------ acting
-    def ablate(self, model: nn.Module, components: Sequence[int | str], mode: str | None = None,
+    def model(self, task: str | None = None, task_params: dict | None = None) -> nn.Module:
+        """The run's model: rebuilt by its task function with the run's weights (weights.safetensors),
+        its fingerprint checked against the one prepare recorded (refused, naming both, when they
+        differ). `task` and `task_params` name the task function (the config's task.spec and
+        params); without them the run's own is used when it is a task shipped with coar, since
+        rebuilding runs the task's code and a results folder never chooses code of its own."""
+        return self._reopen(task, task_params).model
+
+    def _reopen(self, task: str | None = None, task_params: dict | None = None) -> Any:
+        from coar.run import Run
+
+        run = Run(self._run_dir())
+        return run.reopen(*run.named_task(task, task_params))
+
+    def _realised(self, masks: np.ndarray) -> np.ndarray:
+        """Outputs (masks x examples) of the run's model ablated by each mask, on the run's examples."""
+        from coar.forward import run_masked
+        from coar.outputs import resolve_output_fn
+
+        prepared = self._reopen()
+        return run_masked(prepared.model, self.component_set, masks, prepared.examples, None,
+                          resolve_output_fn(self.info.get("output_fn") or prepared.output_fn),
+                          mode=self.info.get("ablation", "weight"), reference_inputs=prepared.reference_inputs)
+
+    def ablate(self, model: nn.Module | None, components: Sequence[int | str], mode: str | None = None,
                reference_inputs: Any = None) -> nn.Module:
-        """A copy of `model` with `components` (names or positions) ablated for good, as the
-        published procedure does (coar.edit.planning.apply_edit); `mode` defaults to the
-        ablation the attributions model."""
+        """A copy of `model` (None: the run's own, `model()`) with `components` (names or positions)
+        ablated for good, as the published procedure does (coar.edit.planning.apply_edit); `mode`
+        defaults to the ablation the attributions model."""
         from coar.edit.planning import apply_edit
 
         indices = [self.component_index(c) for c in components]
-        return apply_edit(model, self.component_set, indices, mode or self.info.get("ablation", "weight"),
-                          reference_inputs=reference_inputs)
+        return apply_edit(self.model() if model is None else model, self.component_set, indices,
+                          mode or self.info.get("ablation", "weight"), reference_inputs=reference_inputs)
+
+    @property
+    def rounds(self) -> tuple[RoundScore, ...]:
+        """A `masks: auto` result's rounds (coar.rounds.RoundScore: masks, mean held-out correlation
+        with its interval, gain with its bound, and the decision); empty for a fixed mask count."""
+        return tuple(RoundScore.from_json(r) for r in self.info.get("rounds", ()))
+
+    # ------------------------------------------------------------------ edits
+    def edits(self) -> list[str]:
+        """Names of the run's applied edits (config `edits`: results/<run>/edits/<name>/report.json)."""
+        from coar.edit.record import edit_folders
+
+        return [folder.name for folder in edit_folders(self._run_dir())]
+
+    def edit(self, name: str) -> dict:
+        """The report of the run's edit `name` (report.json as a dict), every file it names checked
+        against the SHA-256 it records (coar.edit.record.read_report); refused when one was altered."""
+        from coar.edit.record import read_report
+        from coar.run import FINGERPRINTS
+
+        folder = self._run_dir() / "edits" / name
+        if not (folder / "report.json").is_file():
+            raise ValueError(f"run {self.info.get('run')!r} has no applied edit {name!r} ({folder}/report.json is "
+                             f"missing); its edits: {self.edits() or 'none'} (snakemake ... edits makes them)")
+        return read_report(folder, {k: self.info[k] for k in FINGERPRINTS})
+
+    def _run_dir(self) -> Path:
+        if "run_dir" not in self.info:
+            raise ValueError("these attributions were not opened from a run folder (coar.open(run_dir)): they have no edits")
+        return Path(self.info["run_dir"])
 
 
 def open_run(run_dir: str | Path) -> Attributions:
     """The attributions of a workflow run's folder (results/<run>), checked against the run's
-    prepare step: sizes, fingerprints, component names and example ids (Run.read_attributions)."""
+    prepare step: sizes, fingerprints, component names and example ids (Run.read_attributions).
+    `info` holds how they were made and, once the run is evaluated, the held-out scores as
+    `coar.attribute` gives them (`heldout`, `mean_heldout_correlation`, from evaluation.json,
+    refused when it was made from other attributions); a `masks: auto` run's rounds are `rounds`."""
+    from coar.h5format import check_expected
     from coar.run import Run
 
     run = Run(run_dir)
@@ -207,7 +259,38 @@ def open_run(run_dir: str | Path) -> Attributions:
     found = run.read_attributions(path, {})
     info = {"run": run.name, "run_dir": str(run.dir), "task": run.info.get("task"),
             "task_params": run.info.get("task_params"), **found.attrs}
+    if run.evaluation.exists():
+        scores = _read_json(run.evaluation, "rerun the workflow's evaluate step (snakemake ... evaluation.json)")
+        check_expected(run.evaluation, scores, {k: found.attrs[k] for k in EVALUATED_FROM if k in found.attrs})
+        info.update(heldout=scores, mean_heldout_correlation=scores["mean_correlation"])
+    rounds = _run_rounds(run)
+    if rounds:
+        info["rounds"] = [r.to_json() for r in rounds]
     return Attributions(found.weight, found.bias, run.components, found.example_ids, info)
+
+
+EVALUATED_FROM = ("alpha", "seed", "ablation", "output_fn", "precision", "method", "n_masks")
+"""What evaluation.json and the attributions it scored both record, and must agree on."""
+
+
+def _read_json(path: Path, fix: str) -> dict:
+    try:
+        value = json.loads(path.read_text(encoding="utf-8"))
+    except (OSError, ValueError) as error:
+        raise ValueError(f"{path} cannot be read as JSON ({error}); {fix}") from None
+    if not isinstance(value, dict):
+        raise ValueError(f"{path} is not a JSON object; {fix}")
+    return value
+
+
+def _run_rounds(run: Any) -> list[RoundScore]:
+    """A masks: auto run's rounds in order, up to the one it stopped at, each checked (coar.rounds.read_score)."""
+    rounds: list[RoundScore] = []
+    while (path := run.dir / "rounds" / f"round-{len(rounds)}.json").exists():
+        rounds.append(read_score(path, {"round": len(rounds), **run.expect}))
+        if rounds[-1].stop:
+            break
+    return rounds
 
 
 def _lookup(key: int | str, names: list[str], what: str) -> int:

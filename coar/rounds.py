@@ -9,6 +9,11 @@ round is, at the given one-sided confidence, below `min_gain` (the examples' pai
 give the bound), or when it reaches `max_masks`. Rounds whose fit is not defined yet (OLS with
 no more masks than components) are not scored and never stop the run before the budget.
 
+Each round's score (rounds/round-<r>.json, `RoundScore` and how its rows were made) carries the
+SHA-256 of its state file and its own digest: the workflow decides from it whether to collect
+more, so `read_score` refuses one altered after fit-round wrote it (a `stop` set by hand would
+otherwise end the run early without a word).
+
 The statistics take the same rows in the same order, in the same blocks, as a fixed run's fit
 of as many masks, so the final attributions equal that run's bit for bit whenever its fit takes
 every example in one block (what a round needs anyway). The stopping decision looks at the
@@ -18,14 +23,19 @@ and the curve shows every round's score.
 
 from __future__ import annotations
 
+import json
 import math
 from dataclasses import asdict, dataclass
+from pathlib import Path
 from statistics import NormalDist
 from typing import TYPE_CHECKING, Mapping, Sequence
 
 import numpy as np
 
+from coar.atomic import write_json
+from coar.digest import file_digest, record_digest
 from coar.evaluate import correlation, predict
+from coar.h5format import FormatError, check_expected
 
 if TYPE_CHECKING:  # the solver loads cupy when present: imported where a round is fitted
     from coar.solver import SplitStream
@@ -46,17 +56,17 @@ class RoundScore:
     over the examples whose correlation is defined (`n_examples` of them); None where no fit or
     no previous round exists."""
 
-    round: int
-    masks: int
-    n_examples: int
-    mean: float | None
+    round: int  # 0, 1, ...
+    masks: int  # training masks fitted so far
+    n_examples: int  # examples whose held-out correlation is defined
+    mean: float | None  # mean held-out correlation at the training alpha
     low: float | None  # two-sided interval at `confidence`
     high: float | None
     gain: float | None  # mean paired gain over the previous round
     gain_bound: float | None  # its one-sided upper bound at `confidence`
     confidence: float
-    stop: bool
-    reason: str
+    stop: bool  # whether the run stopped after this round
+    reason: str  # why it stopped or went on
 
     def to_json(self) -> dict:
         return asdict(self)
@@ -64,6 +74,37 @@ class RoundScore:
     @classmethod
     def from_json(cls, data: Mapping) -> RoundScore:
         return cls(**{k: data[k] for k in cls.__dataclass_fields__})
+
+
+def write_score(path: str | Path, score: RoundScore, made: Mapping, state: str | Path) -> dict:
+    """rounds/round-<r>.json: the score, how its rows were made (`made`), the SHA-256 of the
+    round's state file and, last, the record's own digest. Returns the record."""
+    record = {**score.to_json(), **made, "state_sha256": file_digest(state)}
+    record["digest"] = record_digest(record)
+    write_json(path, record)
+    return record
+
+
+def read_score(path: str | Path, expected: Mapping) -> RoundScore:
+    """A round's score, refused (FormatError naming the file and the fix) when it cannot be
+    read, was altered after fit-round wrote it (its digest, or its state file's beside it,
+    differs), or records other values than `expected` (the run's sizes and fingerprints, how
+    its rows were made, its round number)."""
+    path = Path(path)
+    fix = f"delete {path} and {path.with_suffix('.h5')} and rerun the workflow (the round is fitted again)"
+    try:
+        record = json.loads(path.read_text(encoding="utf-8"))
+        digest = record.pop("digest")
+        score = RoundScore.from_json(record)
+    except (OSError, ValueError, KeyError, TypeError, AttributeError) as error:
+        raise FormatError(f"{path} cannot be read as a masks: auto round's score ({error!r}); {fix}") from None
+    if digest != record_digest(record):
+        raise FormatError(f"{path} was altered after fit-round wrote it (its digest differs); {fix}")
+    state = path.with_suffix(".h5")
+    if state.exists() and file_digest(state) != record.get("state_sha256"):
+        raise FormatError(f"{state} is not the round state {path.name} was scored from (its SHA-256 differs); {fix}")
+    check_expected(path, record, expected)
+    return score
 
 
 def new_stream(n_components: int, n_examples: int, method: str, *, backend: str = "auto",

@@ -6,11 +6,13 @@ model) and the realised change of the example's output is printed beside the pre
 the same for all of them ablated together. Reopening the model runs the task's code: the
 user names the task (`task`), or the run's own is used when it is shipped with coar
 (`coar.run.Run.named_task`). `show --component` prints the examples the
-component raises most and lowers most.
+component raises most and lowers most. `show --edit` prints what an applied edit ablated and
+what it did, its files checked against the digests its report records.
 """
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
 
 from coar.result import Attributions, open_run
@@ -42,6 +44,38 @@ def show(run_dir: str | Path, example: str | None = None, component: str | None 
     predicted = sum(r.predicted for r in rows)
     return (f"{head}\n" + "\n".join(out) +
             f"\nall {len(rows)} ablated together: predicted {predicted:+.4g}, realised {together:+.4g}")
+
+
+def show_edit(run_dir: str | Path, name: str) -> str:
+    """The text `coar show --edit` prints: the rule and k, accuracies before -> after, the ablated components."""
+    result = open_run(run_dir)
+    report = result.edit(name)
+    edit = report["edit"]
+    head = (f"edit {name}: {edit['direction']} the output of {edit['target']} keeping {edit['reference']} within "
+            f"{edit['tolerance']:g} ({report['selection']} selection)")
+    if report.get("per_example"):
+        summary = report["per_example"]
+        rows = [f"  {e['id']:>12}  k = {e['k']:>3}  output {e['output'][0]:+.3f} -> {e['output'][1]:+.3f}  "
+                f"{'moved' if e['fixed'] else 'not moved'}; validation reference accuracy "
+                f"{100 * e['reference_accuracy'][0]:.1f}% -> {100 * e['reference_accuracy'][1]:.1f}%"
+                for e in summary["examples"]]
+        return (f"{head}\neach target example edited on its own: {summary['fixed']} of {summary['n']} moved; median "
+                f"reference accuracy loss {100 * summary['median_reference_loss']:.2f} points on validation, "
+                f"{100 * summary['median_test_reference_loss']:.2f} on the run's examples\n" + "\n".join(rows))
+    lines = [head, f"k = {report['k']} ({report['rule']}); checks {'passed' if report['checks']['passed'] else 'FAILED'}"]
+    lines += [f"  problem: {p}" for p in report["problems"]]
+    for key, label in (("target", "target (run's examples)"), ("reference", "reference (run's examples)"),
+                       ("validation_target", "target (validation)"), ("validation_reference", "reference (validation)")):
+        m = report["metrics"][key]
+        before, after = (float("nan") if v is None else 100 * v for v in m["accuracy"])
+        lines.append(f"  {label:<28} n = {m['n']:>5}  accuracy {before:5.1f}% -> {after:5.1f}%")
+    checks = report["checks"]
+    lines.append(f"  target change on validation: predicted {checks['predicted_target_change']:+.3f}, realised "
+                 f"{checks['realised_target_change']:+.3f}")
+    ablated = json.loads((Path(run_dir) / "edits" / name / "ablated.json").read_text(encoding="utf-8"))["ablated"]
+    names = [result.components[a["index"]].name for a in ablated]
+    lines.append(f"ablated ({len(names)}): " + ", ".join(names))
+    return "\n".join(lines)
 
 
 def realised_changes(run_dir: str | Path, result: Attributions, z: int, components: list[str],

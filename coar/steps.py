@@ -36,7 +36,7 @@ from coar.forward import check_pass_rows, run_masked
 from coar.masks import count_rows_in, sample_masks, shard_ranges
 from coar.outputs import resolve_output_fn
 from coar.precision import autocast, check_precision
-from coar.rounds import RoundScore, StopRule, judge, new_stream, score_stream
+from coar.rounds import StopRule, judge, new_stream, read_score, score_stream, write_score
 from coar.run import COMPONENTS, FINGERPRINTS, PREPARE, PROVENANCE, Run
 from coar.saved_task import LoaderOptions
 from coar.task import check_labels, load_task
@@ -230,7 +230,7 @@ def fit_round(run_dir: str | Path, shards: Sequence[str | Path], out_state: str 
     score = judge(round, masks, correlation, before, rule)
     h5format.write_round_state(out_state, stream.state(), correlation,
                                {**made, "round": round, "row_stop": masks, "method": method})
-    write_json(out_score, {**score.to_json(), **made, "method": method})
+    write_score(out_score, score, {**made, "method": method}, out_state)
     print(f"coar fit-round: round {round}, {masks} masks: mean held-out correlation "
           f"{'not scored' if score.mean is None else f'{score.mean:.4f}'}; {'stop' if score.stop else 'go on'}: "
           f"{score.reason}", flush=True)
@@ -339,9 +339,7 @@ def summarize(run_dir: str | Path, evaluation: str | Path, timings: Sequence[str
     h5format.check_expected(evaluation, result, made_with)
     scores = []
     for i, path in enumerate(rounds):
-        score = json.loads(Path(path).read_text())
-        h5format.check_expected(path, score, {**made_with, **run.expect, "round": i})
-        scores.append(RoundScore.from_json(score))
+        scores.append(read_score(path, {**made_with, **run.expect, "round": i}))
     return report.write_summary(run.name, run.info, result, timings, out, plot, scores, curve)
 
 

@@ -9,6 +9,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+from safetensors.torch import load_file
 import torch
 from torch import nn
 from torch.utils.data import DataLoader, TensorDataset
@@ -117,3 +118,7 @@ def test_the_python_api_page_runs_as_written(tiny_run, monkeypatch, capsys):
     out = capsys.readouterr().out
     assert "held-out correlation:" in out and "layer4.1.conv2[" in out
     assert namespace["run"].info["run"] == "tiny" and len(namespace["frame"]) == namespace["run"].weight.size
+    weights = load_file(tiny_run / "results" / "tiny" / "weights.safetensors")
+    state = namespace["model"].state_dict()
+    assert state.keys() == weights.keys() and all(torch.equal(state[k], weights[k]) for k in weights)
+    assert "predicted vs realised on 20 masks:" in out and "['forget_3']" in out

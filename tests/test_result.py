@@ -11,7 +11,8 @@ from torch import nn
 import coar
 from coar.components import discover
 from coar.evaluate import predict, score
-from coar.result import Attributions, component_names
+from coar.components import component_names
+from coar.result import Attributions
 
 
 def small_model() -> nn.Module:

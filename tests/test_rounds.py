@@ -2,16 +2,18 @@
 that grows in rounds and ends with the fixed run's attributions."""
 
 import json
+import os
 
 import h5py
 import numpy as np
 import pytest
 
+import coar
 from coar import h5format
 from coar.config import ConfigError, check_config
 from coar.h5format import FormatError
 from coar.masks import mask_budget, shard_rows
-from coar.rounds import RoundScore, StopRule, curve_markdown, judge
+from coar.rounds import RoundScore, StopRule, curve_markdown, judge, read_score, write_score
 from coar.solver import SplitStream, fit, fit_stats, split_stats
 from tests.snakemake_runs import TINY, snakemake
 from tests.test_config import config
@@ -129,6 +131,18 @@ def test_an_auto_run_grows_in_rounds_and_ends_with_the_fixed_runs_attributions_b
     summary = (run / "summary.md").read_text()
     assert "## Masks chosen by `masks: auto`" in summary and "| 3 | 400 |" in summary
     assert (run / "plots" / "masks_curve.png").stat().st_size > 0
+    opened = coar.open(run)
+    assert [r.masks for r in opened.rounds] == [100, 200, 300, 400] and opened.rounds[-1].stop
+    assert opened.info["mean_heldout_correlation"] == json.loads((run / "evaluation.json").read_text())["mean_correlation"]
+
+    # a decision edited by hand (its time kept) ends nothing: the next invocation refuses the file
+    score = run / "rounds" / "round-1.json"
+    edited, stat = json.loads(score.read_text()), score.stat()
+    score.write_text(json.dumps({**edited, "stop": True}))
+    os.utime(score, ns=(stat.st_atime_ns, stat.st_mtime_ns))
+    result = snakemake(tmp_path, f"results/{TINY['run']}/summary.md", config=auto)
+    assert result.returncode != 0 and "round-1.json was altered after fit-round wrote it" in result.stderr
+    score.write_text(json.dumps(edited))
 
     grown = run / "attributions-auto.h5"
     (run / "attributions.h5").rename(grown)
@@ -150,6 +164,25 @@ def write_round(path, rows: int = 50, **overrides) -> SplitStream:
     h5format.write_round_state(path, stream.state(), np.linspace(0, 1, N_EXAMPLES),
                                {**meta, "row_stop": rows, "round": 0, "method": "ols", **overrides})
     return stream
+
+
+def test_a_round_score_is_read_back_as_written_and_refused_when_altered_or_of_another_run(tmp_path):
+    write_round(tmp_path / "round-0.h5")
+    score = judge(0, 50, np.linspace(0.5, 0.9, N_EXAMPLES), None, StopRule(0.01, 0.95, 100))
+    record = write_score(tmp_path / "round-0.json", score, {"seed": 0, "n_examples": N_EXAMPLES}, tmp_path / "round-0.h5")
+    assert read_score(tmp_path / "round-0.json", {"round": 0, "seed": 0}) == score
+    with pytest.raises(FormatError, match="round-0.json was made with seed 0 but this run has 1"):
+        read_score(tmp_path / "round-0.json", {"seed": 1})
+    (tmp_path / "round-0.json").write_text(json.dumps({**record, "stop": True}))
+    with pytest.raises(FormatError, match="round-0.json was altered after fit-round wrote it"):
+        read_score(tmp_path / "round-0.json", {})
+    (tmp_path / "round-0.json").write_text(json.dumps(record))
+    write_round(tmp_path / "round-0.h5", rows=60)  # another state beside the score
+    with pytest.raises(FormatError, match="round-0.h5 is not the round state round-0.json was scored from"):
+        read_score(tmp_path / "round-0.json", {})
+    (tmp_path / "round-0.json").write_text("{not json")
+    with pytest.raises(FormatError, match="round-0.json cannot be read .* delete .* and rerun"):
+        read_score(tmp_path / "round-0.json", {})
 
 
 def test_a_round_file_gives_back_the_statistics_it_was_written_with(tmp_path):
