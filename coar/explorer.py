@@ -3,7 +3,10 @@
 COAR's answer is per example and per component; the page lets a user look at it: the examples
 with their held-out correlation under every method, one example's strongest components and a
 layer-by-unit heatmap of its attributions, one component's most-moved examples and the spread of
-its effects, the methods x alphas table, and a run's edits when it has some.
+its effects, the methods x alphas table, and a run's edits when it has some: what each chose and
+whether its checks held, then the curves and per-example changes behind the choice. A component
+has the one name and layer the command line, the Python API and exports give it
+(ComponentSet.names() and .layers(); component_labels), in every label, link and address.
 
 The page is one file that opens from a file system or an e-mail attachment: its styles, its
 script, the plotting library (plotly.js's cartesian bundle, vendored under explorer_assets/ with
@@ -15,7 +18,8 @@ INLINE_THUMB_BYTES; beyond that they are written to a folder beside the page (TH
 when shown.
 
 Everything is read as data (JSON, HDF5, safetensors): nothing from the run folder executes code,
-and the task's own code is never run (thumbnails come from the saved example tensors only).
+and the task's own code is never run (thumbnails come from the saved example tensors only). An
+edit's files are trusted only as far as its report's SHA-256 digests vouch for them (_edits).
 """
 
 from __future__ import annotations
@@ -35,9 +39,11 @@ import numpy as np
 
 from coar import h5format
 from coar.atomic import atomic_path
+from coar.edit import record
 from coar.evaluate import predict
 from coar.run import Run
-from coar.saved_task import ARRAYS
+from coar.components import ComponentSet
+from coar.saved_task import ARRAYS, open_arrays
 
 ASSETS = Path(__file__).with_name("explorer_assets")
 PLOTLY = "plotly-cartesian.min.js"
@@ -55,8 +61,8 @@ HELDOUT_MIN_POINTS = 8  # per example, however many examples
 INLINE_THUMB_BYTES = 4 << 20
 THUMB_PIXELS = 64  # longest side of a thumbnail
 MAX_TOKENS = 128  # token ids shown per example
-EDIT_FILES = ("plan.json", "report.json")
-EDIT_FILE_BYTES = 4 << 20
+EDIT_FILE_BYTES = 4 << 20  # a plan.json beyond it is named, not shown
+EDIT_POINTS = 4000  # per edit, examples in its predicted-vs-realised plot
 BLOCK_ELEMENTS = 1 << 24  # weight entries handled at once (bounds temporaries)
 
 
@@ -71,7 +77,7 @@ class RunData:
     comparison: dict | None  # comparison.json
     evaluation: dict | None  # evaluation.json
     heldout: tuple[np.ndarray, np.ndarray] | None  # first masks and outputs at the training alpha
-    edits: dict[str, dict[str, object]]  # edit name -> {file stem: JSON}
+    edits: dict[str, dict]  # edit name -> {report, ablated, plan}: see _edits
 
 
 def read_run(run_dir: str | Path, heldout_rows: int) -> RunData:
@@ -90,7 +96,7 @@ def read_run(run_dir: str | Path, heldout_rows: int) -> RunData:
         heldout = next(h5format.iter_chunks(run.heldout(alpha), heldout_rows, expect))
     return RunData(run=run, weight=attr.weight, bias=attr.bias, alpha=alpha,
                    comparison=_json_or_none(run.comparison), evaluation=_json_or_none(run.evaluation),
-                   heldout=heldout, edits=_edits(run.dir))
+                   heldout=heldout, edits=_edits(run))
 
 
 def _json_or_none(path: Path) -> dict | None:
@@ -105,19 +111,41 @@ def _json_or_none(path: Path) -> dict | None:
     return value
 
 
-def _edits(run_dir: Path) -> dict[str, dict[str, object]]:
-    """edits/<name>/{plan,report}.json as plain JSON; files over EDIT_FILE_BYTES are named, not read."""
-    found: dict[str, dict[str, object]] = {}
-    for folder in sorted(p for p in (run_dir / "edits").glob("*") if p.is_dir()):
-        for name in EDIT_FILES:
-            path = folder / name
-            if not path.is_file():
-                continue
-            size = path.stat().st_size
-            value = (_json_or_none(path) if size <= EDIT_FILE_BYTES
-                     else {"not shown": f"{path.name} is {size} bytes (over {EDIT_FILE_BYTES})"})
-            found.setdefault(folder.name, {})[path.stem] = _finite(value)
+def _edits(run: Run) -> dict[str, dict]:
+    """Every applied edit (edits/<name>/ holding report.json), for the Edits view: its report, read
+    only through coar.edit.record.read_report (every file it names checked against its SHA-256, so an
+    altered weights file refuses the page, naming the file); the components it ablated (ablated.json,
+    read when the report vouches for it); plan.json as plain JSON (over EDIT_FILE_BYTES: named, not
+    read). An edit planned but not applied has no report and is left out."""
+    found: dict[str, dict] = {}
+    for folder in record.edit_folders(run.dir):
+        report = record.read_report(folder, run.fingerprints)
+        ablated = (record.read_json_file(folder / record.ABLATED, "an edit's ablated.json", record.RERUN)
+                   if record.ABLATED in report["files"] else None)
+        found[folder.name] = _finite({"report": _thinned(report), "ablated": ablated, "plan": _plan(folder / record.PLAN)})
     return found
+
+
+def _plan(path: Path) -> dict | None:
+    """plan.json as plain JSON (None when absent); one over EDIT_FILE_BYTES is named, not read."""
+    if not path.is_file():
+        return None
+    size = path.stat().st_size
+    if size > EDIT_FILE_BYTES:
+        return {"not shown": f"{path.name} is {size} bytes (over {EDIT_FILE_BYTES})"}
+    return record.read_json_file(path, "an edit's plan.json", "rerun its plan step (snakemake ... --forcerun edit_plan)")
+
+
+def _thinned(report: dict) -> dict:
+    """The report with at most EDIT_POINTS of its per-example (predicted, realised) changes, evenly
+    spaced over the examples; "n_examples" beside them says how many it holds."""
+    pairs = report.get("predicted_vs_realised")
+    examples = pairs.get("examples") if isinstance(pairs, dict) else None
+    if not isinstance(examples, list):
+        return report
+    keep = np.unique(np.linspace(0, len(examples) - 1, min(len(examples), EDIT_POINTS)).round().astype(int))
+    shown = {**pairs, "examples": [examples[i] for i in keep], "n_examples": len(examples)}
+    return {**report, "predicted_vs_realised": shown}
 
 
 def _finite(value: object) -> object:
@@ -262,12 +290,9 @@ def _correlations(data: RunData) -> dict:
 def _examples_view(run: Run) -> tuple[list | None, bool, int]:
     """(labels, whether inputs are images, token ids to show per example) from the saved example
     tensors (a Dataset task saves none: no labels, thumbnails or tokens)."""
-    path = run.dir / ARRAYS
-    if not path.exists():
+    if not (run.dir / ARRAYS).exists():
         return None, False, 0
-    from safetensors import safe_open
-
-    with safe_open(str(path), "np") as f:
+    with open_arrays(run.dir) as f:  # a file that is not safetensors is refused, naming it
         keys = set(f.keys())
         labels = f.get_tensor("labels") if "labels" in keys else None
         inputs = f.get_slice("inputs") if "inputs" in keys else None
@@ -283,9 +308,7 @@ def _examples_view(run: Run) -> tuple[list | None, bool, int]:
 
 
 def _input_rows(run: Run, start: int, stop: int) -> np.ndarray:
-    from safetensors import safe_open
-
-    with safe_open(str(run.dir / ARRAYS), "np") as f:
+    with open_arrays(run.dir) as f:
         return f.get_slice("inputs")[start:stop]
 
 
@@ -328,6 +351,24 @@ def _thumbnails(run: Run, page: Path) -> dict | None:
     return {"inline": ["data:image/png;base64," + base64.b64encode(p).decode() for p in inline]}
 
 
+def component_labels(components: ComponentSet) -> tuple[list[dict], dict]:
+    """The components' one name and layer on every surface (ComponentSet.names() and .layers(),
+    as the command line, the Python API and exports print them), compactly: per group its `name`
+    (what precedes "[unit]" in each of its names: the module, or "module:kind") and `layer`. Every
+    name is checked against that form; should one differ, the page holds the whole list instead
+    ({"names": [...], "layers": [...]}) and a group's `name` only labels its heatmap row."""
+    names, layers = components.names(), components.layers()
+    groups, compact = [], True
+    for g in components.groups:
+        first = names[g.start]
+        prefix = first[: -len("[0]")] if first.endswith("[0]") else f"{g.module}:{g.kind}"
+        compact = compact and all(names[g.start + u] == f"{prefix}[{u}]" for u in range(g.size)) \
+            and len(set(layers[g.start:g.stop])) == 1
+        groups.append({"module": g.module, "kind": g.kind, "start": g.start, "size": g.size,
+                       "name": prefix, "layer": layers[g.start]})
+    return groups, ({} if compact else {"names": names, "layers": layers})
+
+
 def page_data(data: RunData, page: Path) -> dict:
     """The JSON the page's script reads (typed arrays as base64)."""
     run, weight = data.run, data.weight
@@ -348,6 +389,7 @@ def page_data(data: RunData, page: Path) -> dict:
             predicted[a:b] = predict(weight[a:b], data.bias[a:b], masks).T
         heldout = {"alpha": data.alpha, "points": int(points), "true": _b64(outputs.T, "f4"),
                    "predicted": _b64(predicted, "f4")}
+    labelled, full = component_labels(run.components)
     token_ids = None
     if tokens:
         token_ids = _input_rows(run, 0, n)[:, :tokens].tolist()
@@ -361,7 +403,10 @@ def page_data(data: RunData, page: Path) -> dict:
         "ids": run.example_ids,
         "labels": labels,
         "intercept": _b64(data.bias, "f4"),
-        "groups": [{"module": g.module, "kind": g.kind, "start": g.start, "size": g.size} for g in groups],
+        "groups": labelled,
+        "n_layers": len({g["module"] for g in labelled}),
+        "component_names": full.get("names"),
+        "component_layers": full.get("layers"),
         "correlations": _correlations(data),
         "top": {"k": int(top_index.shape[1]), "index": _b64(top_index, "i4"), "value": _b64(top_value, "f4")},
         "heatmap": {"bins": bins, "cells": _b64(cells, "i1"), "scale": _b64(scale, "f4")},

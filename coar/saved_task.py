@@ -129,13 +129,25 @@ def _refuse(run_dir: Path, what: str, key: str, found: str | None, recorded: str
 
 
 def _unreadable(path: Path, what: str, error: Exception) -> ValueError:
-    return ValueError(f"{path} is not a safetensors file of {what} ({error}); rerun the prepare step")
+    return ValueError(f"{path} is not a readable safetensors file of {what} ({error}); rerun the prepare step "
+                      "(or restore the file)")
 
 
 def _load_arrays(run_dir: Path) -> dict[str, torch.Tensor]:
     path = _file(run_dir, ARRAYS)
     try:
         return load_file(path)
+    except (SafetensorError, OSError, ValueError) as error:
+        raise _unreadable(path, "examples", error) from None
+
+
+def open_arrays(run_dir: str | Path, framework: str = "np"):
+    """examples.safetensors opened lazily (safetensors' safe_open, a context manager) for readers
+    that take a slice at a time, such as the explorer; a file that is not one is refused naming it,
+    as `reopen` refuses it. Its header is checked here, so slices read later fit the file."""
+    path = _file(Path(run_dir), ARRAYS)
+    try:
+        return safe_open(str(path), framework)
     except (SafetensorError, OSError, ValueError) as error:
         raise _unreadable(path, "examples", error) from None
 

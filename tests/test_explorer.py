@@ -1,19 +1,26 @@
 """The attribution explorer (coar/explorer.py): what the page holds, that it is one self-contained
-file that fetches nothing, that changed inputs are refused, and a click-through in headless
-Chromium: examples -> one example -> its top component -> back, with no console error."""
+file that fetches nothing, that changed or unreadable inputs are refused naming the file, and in
+headless Chromium: a click-through (examples -> one example -> its top component -> back, with no
+console error), the components named and layered as the command line and the Python API name them,
+one colour per method in every plot, and module names as categories whatever they look like."""
 
 import json
 import re
 import shutil
 from pathlib import Path
+from urllib.parse import quote
 
 import numpy as np
 import pytest
 
+import coar
 from coar import explorer
+from coar.cli import main
+from coar.components import ComponentGroup, ComponentSet
 from coar.evaluate import predict
 from coar.h5format import FormatError, iter_chunks, read_attributions
 from coar.run import Run
+from coar.task import Task
 from tests.browser import browser_problem, headless_chromium, open_page, requested_urls, severe_console_entries, wait_for
 from tests.snakemake_runs import TINY
 
@@ -77,6 +84,38 @@ def test_per_example_held_out_points_fit_their_budget_at_fifty_thousand_examples
                                                                     explorer.HELDOUT_MIN_POINTS * 8 * 50_000)
 
 
+def rebuilt_labels(groups: list[dict], full: dict) -> tuple[list[str], list[int]]:
+    """The names and layers the page's script makes of component_labels' output (explorer.js
+    componentName and componentLayer)."""
+    if full:
+        return full["names"], full["layers"]
+    return ([f"{g['name']}[{u}]" for g in groups for u in range(g["size"])],
+            [g["layer"] for g in groups for _ in range(g["size"])])
+
+
+def test_the_page_names_and_layers_components_as_the_api_does_in_a_few_bytes_per_module():
+    two_kinds = ComponentSet([ComponentGroup("attn", "head", 2, 0), ComponentGroup("attn", "linear", 3, 2),
+                              ComponentGroup("fc", "linear", 2, 5)])
+    groups, full = explorer.component_labels(two_kinds)
+    assert full == {} and [g["name"] for g in groups] == ["attn:head", "attn:linear", "fc"]
+    assert rebuilt_labels(groups, full) == (two_kinds.names(), two_kinds.layers())
+    assert two_kinds.layers() == [0, 0, 0, 0, 0, 1, 1], "a layer is a module's position, whatever its kinds"
+    starts = np.cumsum([0] + RESNET50_CONV_FILTERS)
+    resnet = ComponentSet([ComponentGroup(f"layer{j // 12}.{j % 12 // 3}.conv{j % 3 + 1}", "conv", size, int(start))
+                           for j, (size, start) in enumerate(zip(RESNET50_CONV_FILTERS, starts))])
+    groups, full = explorer.component_labels(resnet)
+    assert full == {} and rebuilt_labels(groups, full) == (resnet.names(), resnet.layers())
+    assert len(json.dumps(groups)) < 8_000, "22,720 names and layers in a few KB, not one string each"
+
+
+def test_names_of_another_form_go_into_the_page_whole(monkeypatch):
+    components = ComponentSet([ComponentGroup("fc", "linear", 2, 0)])
+    monkeypatch.setattr(ComponentSet, "names", lambda self: ["first", "second"])
+    groups, full = explorer.component_labels(components)
+    assert full == {"names": ["first", "second"], "layers": [0, 0]}
+    assert rebuilt_labels(groups, full) == (["first", "second"], [0, 0])
+
+
 # ----------------------------------------------------------------------------- the tiny run's page
 
 
@@ -120,24 +159,14 @@ def test_the_page_holds_every_examples_top_components_and_each_methods_correlati
     assert len(data["thumbs"]["inline"]) == run.n_examples and data["labels"] is not None
     made = {edit.name for edit in (tiny_run / RUN / "edits").iterdir()}
     assert made and set(data["edits"]) == made, "the tiny config's edits are made before the page"
-    assert all(set(shown) == {"plan", "report"} for shown in data["edits"].values())
+    assert all(set(shown) == {"report", "ablated", "plan"} for shown in data["edits"].values())
 
 
 def copy_run(tiny_run: Path, tmp_path: Path) -> Path:
-    run = tmp_path / "run"
+    """A copy of the tiny run under its own name (an edit's report names the run it was made for)."""
+    run = tmp_path / TINY["run"]
     shutil.copytree(tiny_run / RUN, run, ignore=shutil.ignore_patterns("shards", "dataset.h5", "baselines", explorer.PAGE))
     return run
-
-
-def test_edit_plans_and_reports_are_shown_as_they_are_when_a_run_has_them(tiny_run, tmp_path):
-    run = copy_run(tiny_run, tmp_path)
-    (run / "edits" / "forget_class").mkdir(parents=True)
-    report = {"target": "class 3", "curve": [{"k": 1, "accuracy": 0.5}, {"k": 2, "accuracy": float("nan")}]}
-    (run / "edits" / "forget_class" / "report.json").write_text(json.dumps(report))
-    data = page_json(explorer.build(run))
-    assert data["edits"]["forget_class"] == {"report": {"target": "class 3", "curve": [{"k": 1, "accuracy": 0.5},
-                                                                                      {"k": 2, "accuracy": None}]}}
-    assert set(data["edits"]) == {"forget_class"} | {edit.name for edit in (tiny_run / RUN / "edits").iterdir()}
 
 
 def test_attributions_of_another_model_are_refused_naming_the_file(tiny_run, tmp_path):
@@ -161,6 +190,16 @@ def test_held_out_outputs_of_another_output_function_are_refused_naming_the_file
         explorer.build(run)
 
 
+def test_coar_explore_on_examples_that_are_not_safetensors_names_the_file_and_what_to_do(tiny_run, tmp_path, capsys):
+    run = copy_run(tiny_run, tmp_path)
+    (run / "examples.safetensors").write_bytes(b"\xff" * 64)  # a header length no file holds
+    assert main(["explore", str(run), "--no-open"]) == 1
+    error = capsys.readouterr().err
+    assert f"{run / 'examples.safetensors'} is not a readable safetensors file of examples" in error
+    assert "header too large" in error and "rerun the prepare step (or restore the file)" in error
+    assert not (run / explorer.PAGE).exists()
+
+
 def test_coar_explore_builds_a_missing_page_and_says_where_it_is_without_a_display(tiny_run, tmp_path, monkeypatch, capsys):
     from coar.cli import main
 
@@ -182,7 +221,7 @@ def test_in_chromium_search_an_example_open_it_click_its_top_component_and_go_ba
     attributions = read_attributions(run.attributions, run.expect)
     example = 5
     example_id = run.example_ids[example]
-    module, unit, _ = attributions.components[int(np.abs(attributions.weight[example]).argmax())]
+    name = run.components.names()[int(np.abs(attributions.weight[example]).argmax())]
     with headless_chromium() as driver:
         open_page(driver, tiny_page)
         box = driver.find_element("id", "example-search")
@@ -192,9 +231,9 @@ def test_in_chromium_search_an_example_open_it_click_its_top_component_and_go_ba
         links[0].click()
         assert wait_for(driver, "document.getElementById('example-title')?.textContent") == f"Example {example_id}"
         top = driver.find_element("css selector", "#top-components a.component-link")
-        assert top.text == f"{module}:{unit}"
+        assert top.text == name
         top.click()
-        assert wait_for(driver, "document.getElementById('component-title')?.textContent") == f"Component {module}:{unit}"
+        assert wait_for(driver, "document.getElementById('component-title')?.textContent") == f"Component {name}"
         assert driver.find_elements("css selector", "#moves-up a.example-link")
         driver.back()
         assert wait_for(driver, "document.getElementById('example-title')?.textContent") == f"Example {example_id}"
@@ -206,3 +245,131 @@ def test_in_chromium_search_an_example_open_it_click_its_top_component_and_go_ba
         assert severe_console_entries(driver) == []
         fetched = [url for url in requested_urls(driver) if not url.startswith(("file:", "data:"))]
         assert fetched == [], f"the page asked for {fetched}"
+
+
+def run_js(driver, hash_: str, ready: str) -> None:
+    """Go to `hash_` (its argument URI-encoded, as the page's links are) and wait until `ready` holds."""
+    view, _, argument = hash_.partition("/")
+    driver.execute_script(f"location.hash = {json.dumps(view)} + ({json.dumps(argument)} ? '/' + "
+                          f"encodeURIComponent({json.dumps(argument)}) : '')")
+    wait_for(driver, ready)
+
+
+@pytest.mark.skipif(browser_problem() is not None, reason=str(browser_problem()))
+def test_in_chromium_the_name_coar_show_prints_is_the_pages_name_link_and_address_of_that_component(tiny_run, tiny_page):
+    from coar.show import show
+
+    result = coar.open(tiny_run / RUN)
+    first = result.example_ids[0]
+    top = result.top(first, 1)[0]
+    assert top.component in show(tiny_run / RUN, example=first), "what `coar show --example` prints"
+    modules = len({c.module for c in result.components})
+    with headless_chromium() as driver:
+        open_page(driver, tiny_page)
+        run_js(driver, f"#example/{first}", "document.getElementById('example-title')")
+        assert top.component in driver.execute_script("return document.body.innerText;")
+        row = driver.execute_script("return [...document.querySelectorAll('#top-components tr')[1].cells].map(c => c.textContent);")
+        assert row[1:4] == [top.component, str(top.layer), top.kind]
+        link = driver.find_element("css selector", "#top-components a.component-link").get_attribute("href")
+        assert link.endswith("#component/" + quote(top.component, safe=""))
+        run_js(driver, f"#component/{top.component}", "document.getElementById('component-title')")
+        assert driver.find_element("id", "component-title").text == f"Component {top.component}"
+        assert driver.find_element("id", "component-layer").text == f"{top.layer} (0 nearest the input) of {modules} modules"
+        # the name pasted into the header's box (spaces and all) opens the same page
+        run_js(driver, "#examples", "document.getElementById('examples-table')")
+        driver.find_element("id", "component-search").send_keys(f" {top.component} \n")
+        assert wait_for(driver, "document.getElementById('component-title')?.textContent") == f"Component {top.component}"
+        # an address of older pages (module:unit) is not found, and the page names the component it meant
+        run_js(driver, f"#component/{top.module}:{top.unit}", "document.getElementById('similar-components')")
+        assert driver.find_element("css selector", "#similar-components a.component-link").text == top.component
+        assert severe_console_entries(driver) == []
+
+
+def trace_colours(driver, selector: str) -> list[dict]:
+    """Per plot matching `selector`: trace name -> the colour plotly drew it in (its full data: a box's
+    line, other traces' markers)."""
+    return driver.execute_script(f"""
+        return [...document.querySelectorAll({json.dumps(selector)})].map(node => Object.fromEntries(
+            node._fullData.filter(t => t.name !== 'y = x').map(t => [t.name, (t.type === 'box' ? t.line : t.marker).color])));""")
+
+
+@pytest.mark.skipif(browser_problem() is not None, reason=str(browser_problem()))
+def test_in_chromium_each_method_has_one_colour_in_every_plot_and_coar_against_each_has_its_diagonal(tiny_run, tiny_page):
+    methods = json.loads(Run(tiny_run / RUN).comparison.read_text())["methods"]
+    with headless_chromium() as driver:
+        open_page(driver, tiny_page)
+        plots = trace_colours(driver, ".correlation-histogram")
+        run_js(driver, "#methods", "document.querySelector('.methods-scatter .main-svg')")
+        plots += trace_colours(driver, ".box-plot") + trace_colours(driver, ".methods-scatter")
+        swatches = driver.execute_script("return Object.fromEntries([...document.querySelectorAll('#methods-table .method')]"
+                                         ".map(m => [m.dataset.method, getComputedStyle(m.firstChild).backgroundColor]));")
+        diagonal, points = driver.execute_script("""
+            const data = document.querySelector('.methods-scatter').data;
+            return [data.find(t => t.name === 'y = x'), data.filter(t => t.name !== 'y = x').flatMap(t => [...t.x, ...t.y])];""")
+        run_js(driver, f"#example/{Run(tiny_run / RUN).example_ids[0]}", "document.querySelector('.heldout-plot .main-svg')")
+        plots += trace_colours(driver, ".heldout-plot")
+        assert severe_console_entries(driver) == []
+    assert len(plots) == 1 + 3 + 1 + 1 and set(plots[0]) == set(methods) and set(plots[4]) == set(methods[1:])
+    colour = {m: plots[0][m] for m in methods}
+    assert len(set(colour.values())) == len(methods), "one colour each"
+    for plot in plots[1:5]:
+        assert {m: colour[m] for m in plot} == plot, "the same colour in every plot"
+    assert plots[5] == {"held-out mask": colour["coar"]}, "COAR's predictions on an example's masks in COAR's colour"
+    rgb = {m: "rgb({}, {}, {})".format(*(int(c[i:i + 2], 16) for i in (1, 3, 5))) for m, c in colour.items()}
+    assert swatches == rgb, "the methods table's swatches are the plots' colours"
+    finite = [v for v in points if v is not None]
+    assert diagonal["x"] == diagonal["y"] and diagonal["x"][0] <= min(finite) and diagonal["x"][1] >= max(finite)
+
+
+# ----------------------------------------------------------------------------- an nn.Sequential's run
+
+SEQUENTIAL = "tests.test_explorer:sequential"
+
+
+def sequential(params: dict) -> Task:
+    """An nn.Sequential MLP, whose modules are named "0", "2" and "4", on 24 random examples."""
+    import torch
+    from torch import nn
+
+    generator = torch.Generator().manual_seed(0)
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(0)
+        model = nn.Sequential(nn.Linear(4, 8), nn.ReLU(), nn.Linear(8, 6), nn.ReLU(), nn.Linear(6, 3))
+    return Task(model=model, inputs=torch.randn(24, 4, generator=generator), labels=torch.arange(24) % 3)
+
+
+@pytest.fixture(scope="module")
+def sequential_page(tmp_path_factory) -> Path:
+    """The page of a run of `sequential` (prepare, collect, merge, fit: no evaluation, no baselines)."""
+    from coar import steps
+
+    run = tmp_path_factory.mktemp("sequential") / "mlp"
+    steps.prepare(SEQUENTIAL, {}, "linear", ["*"], [], run)
+    assert main(["collect", "--run-dir", str(run), "--out", str(run / "shard.h5"), "--masks", "60", "--alpha", "0.2",
+                 "--task", SEQUENTIAL, "--task-params", "{}", "--device", "cpu"]) == 0
+    assert main(["merge", "--run-dir", str(run), "--masks", "60", "--out", str(run / "dataset.h5"), str(run / "shard.h5")]) == 0
+    assert main(["fit", "--run-dir", str(run), "--data", str(run / "dataset.h5"), "--out", str(run / "attributions.h5")]) == 0
+    return explorer.build(run)
+
+
+def test_an_nn_sequentials_modules_keep_their_names_in_the_page(sequential_page):
+    groups = page_json(sequential_page)["groups"]
+    assert [(g["name"], g["layer"]) for g in groups] == [("0", 0), ("2", 1), ("4", 2)]
+
+
+@pytest.mark.skipif(browser_problem() is not None, reason=str(browser_problem()))
+def test_in_chromium_an_nn_sequentials_heatmap_rows_are_its_module_names(sequential_page):
+    first = page_json(sequential_page)["ids"][0]
+    with headless_chromium() as driver:
+        open_page(driver, sequential_page)
+        run_js(driver, f"#example/{first}", "document.querySelector('.heatmap-plot .ytick')")
+        axis = driver.execute_script("""
+            const node = document.querySelector('.heatmap-plot');
+            return {type: node._fullLayout.yaxis.type,
+                    ticks: [...node.querySelectorAll('.ytick text')].sort((a, b) => a.getBoundingClientRect().top -
+                                                                               b.getBoundingClientRect().top).map(t => t.textContent)};""")
+        # top to bottom, layer 0 first; a numeric axis would run from -1 to 5 with double-height rows
+        assert axis == {"type": "category", "ticks": ["0", "2", "4"]}
+        names = driver.execute_script("return [...document.querySelectorAll('#top-components a.component-link')].map(a => a.text);")
+        assert names and all(re.fullmatch(r"[024]\[[0-9]+\]", name) for name in names), names
+        assert severe_console_entries(driver) == []
