@@ -10,6 +10,7 @@ import subprocess
 import h5py
 import numpy as np
 import pytest
+import yaml
 
 from tests.snakemake_runs import SNAKEFILE, TEST_CONFIG, TINY, snakemake
 
@@ -24,6 +25,20 @@ def test_dry_run_of_the_default_config_plans_every_step(tmp_path):
     for rule in ["prepare", "collect", "merge", "collect_heldout", "fit", "evaluate", "summarize", "edit_plan",
                  "edit_apply", "explorer"]:
         assert f"rule {rule}:" in result.stdout
+
+
+def test_the_rules_are_in_snakefmt_format():
+    result = subprocess.run(["snakefmt", "--check", str(SNAKEFILE.parent)], capture_output=True, text=True)
+    assert result.returncode == 0, result.stdout + result.stderr  # snakefmt workflow reformats them
+
+
+def test_the_workflow_catalog_file_declares_the_standardized_usage_and_the_report():
+    catalog = yaml.safe_load((SNAKEFILE.parents[1] / ".snakemake-workflow-catalog.yml").read_text())
+    usage = catalog["usage"]
+    assert usage["report"] is True and "--configfile" in usage["mandatory-flags"]["flags"]
+    assert set(usage["software-stack-deployment"]) == {"conda", "singularity", "singularity+conda"}
+    for needed in ("workflow/Snakefile", "config/README.md", "workflow/report"):
+        assert (SNAKEFILE.parents[1] / needed).exists()
 
 
 def test_lint_finds_nothing_but_the_missing_conda_environments(tmp_path):

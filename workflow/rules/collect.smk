@@ -38,29 +38,31 @@ rule collect:
     parameter about the masks is its own row range, so a run grown to more masks at a fixed
     shard size (shard_masks) keeps it."""
     input:
+        **COLLECTION_CHECKS,
         run=rules.prepare.output,
         stamp=config_stamp("data"),
-        **COLLECTION_CHECKS,
     output:
         f"{RUN}/shards/shard-{{shard}}.h5",
+    log:
+        f"{RUN}/logs/collect-{{shard}}.log",
+    benchmark:
+        f"{RUN}/benchmarks/collect-{{shard}}.tsv"
     wildcard_constraints:
         shard=r"\d+",
+    # Above held-out collection and the baselines: when cores are scarce, the fit's data comes first.
+    priority: 1
+    threads: 1
+    resources:
+        **COLLECT_GPU,
+        mem_mb=lambda wildcards, attempt: collect_mem_mb(shard_size(wildcards), attempt, run_sizes()),
+        runtime=lambda wildcards, attempt, threads: collect_runtime(
+            shard_size(wildcards), attempt, threads, run_sizes()
+        ),
     params:
         run_dir=run_dir_of_input,
         rows=lambda wildcards: "{}:{}".format(*SHARD_ROWS[int(wildcards.shard)]),
         alpha=config["alpha"],
         options=collect_options("train"),
-    log:
-        f"{RUN}/logs/collect-{{shard}}.log",
-    benchmark:
-        f"{RUN}/benchmarks/collect-{{shard}}.tsv"
-    threads: 1
-    # Above held-out collection and the baselines: when cores are scarce, the fit's data comes first.
-    priority: 1
-    resources:
-        mem_mb=lambda wildcards, attempt: collect_mem_mb(shard_size(wildcards), attempt, run_sizes()),
-        runtime=lambda wildcards, attempt, threads: collect_runtime(shard_size(wildcards), attempt, threads, run_sizes()),
-        **COLLECT_GPU,
     shell:
         "coar collect --run-dir {params.run_dir:q} --out {output:q} --shard {wildcards.shard:q} --rows {params.rows:q}"
         " --alpha {params.alpha:q} {params.options} --threads {threads} 2>&1 | tee {log:q}"
@@ -78,14 +80,14 @@ rule merge:
         checked=ancient(CHECKED_MASKS),
     output:
         f"{RUN}/dataset.h5",
-    params:
-        run_dir=run_dir_of_input,
-        masks=lambda wildcards, input: len(input.shards) * config["shard_masks"] if AUTO else config["masks"],
-        provenance=provenance_options("expect"),
     log:
         f"{RUN}/logs/merge.log",
     benchmark:
         f"{RUN}/benchmarks/merge.tsv"
+    params:
+        run_dir=run_dir_of_input,
+        masks=lambda wildcards, input: len(input.shards) * config["shard_masks"] if AUTO else config["masks"],
+        provenance=provenance_options("expect"),
     shell:
         "coar merge --run-dir {params.run_dir:q} --masks {params.masks:q} --out {output:q} {params.provenance}"
         " {input.shards:q} 2>&1 | tee {log:q}"
@@ -97,27 +99,27 @@ rule collect_heldout:
     and counted at evaluate (evaluation.json, summary.md), since dropping them would bias the
     held-out set. Needs no training data: it may run beside the training shards."""
     input:
+        **COLLECTION_CHECKS,
         run=rules.prepare.output,
         stamp=config_stamp("heldout"),
-        **COLLECTION_CHECKS,
     output:
         f"{RUN}/heldout/alpha-{{alpha}}.h5",
+    log:
+        f"{RUN}/logs/collect_heldout-{{alpha}}.log",
+    benchmark:
+        f"{RUN}/benchmarks/collect_heldout-{{alpha}}.tsv"
     wildcard_constraints:
         alpha=r"[0-9.e-]+",
+    threads: 1
+    resources:
+        **COLLECT_GPU,
+        mem_mb=lambda wildcards, attempt: collect_mem_mb(HELDOUT_ROWS, attempt, run_sizes()),
+        runtime=lambda wildcards, attempt, threads: collect_runtime(HELDOUT_ROWS, attempt, threads, run_sizes()),
     params:
         run_dir=run_dir_of_input,
         masks=config["evaluation"]["heldout_masks"],
         options=collect_options("heldout"),
         stream=lambda wildcards: ALPHAS.index(wildcards.alpha),
-    log:
-        f"{RUN}/logs/collect_heldout-{{alpha}}.log",
-    benchmark:
-        f"{RUN}/benchmarks/collect_heldout-{{alpha}}.tsv"
-    threads: 1
-    resources:
-        mem_mb=lambda wildcards, attempt: collect_mem_mb(HELDOUT_ROWS, attempt, run_sizes()),
-        runtime=lambda wildcards, attempt, threads: collect_runtime(HELDOUT_ROWS, attempt, threads, run_sizes()),
-        **COLLECT_GPU,
     shell:
         "coar collect --run-dir {params.run_dir:q} --out {output:q} --masks {params.masks:q}"
         " --alpha {wildcards.alpha:q} --stream {params.stream:q} {params.options}"

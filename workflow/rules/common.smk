@@ -47,35 +47,41 @@ def loader_options():
 def collect_options(purpose):
     """Command-line options shared by training and held-out collection."""
     c = config
-    options = shell_options({
-        "seed": c["seed"],
-        "ablation": c["ablation"],
-        "masks-per-pass": c["masks_per_pass"],
-        "max-batch": c["max_batch"],
-        "device": c["device"],
-        "purpose": purpose,
-        "output-fn": c["output_fn"],
-        "precision": c["precision"],
-    })
+    options = shell_options(
+        {
+            "seed": c["seed"],
+            "ablation": c["ablation"],
+            "masks-per-pass": c["masks_per_pass"],
+            "max-batch": c["max_batch"],
+            "device": c["device"],
+            "purpose": purpose,
+            "output-fn": c["output_fn"],
+            "precision": c["precision"],
+        }
+    )
     return f"{options} {task_options()} {loader_options()}{fast_path_options(c['fast_path'])}"
 
 
 def baseline_options():
     """Command-line options of the baseline jobs."""
     c = config
-    options = shell_options({
-        "ablation": c["ablation"],
-        "masks-per-pass": c["masks_per_pass"],
-        "max-batch": c["max_batch"],
-        "device": c["device"],
-        "output-fn": c["output_fn"],
-    })
+    options = shell_options(
+        {
+            "ablation": c["ablation"],
+            "masks-per-pass": c["masks_per_pass"],
+            "max-batch": c["max_batch"],
+            "device": c["device"],
+            "output-fn": c["output_fn"],
+        }
+    )
     return f"{options} {task_options()} {loader_options()}"
 
 
 def fast_path_options(fast):
     """--fold-bn / --no-fold-bn etc. from the config's fast_path block."""
-    return "".join(f" --{'' if fast[k] else 'no-'}{k.replace('_', '-')}" for k in ("fold_bn", "channels_last", "compile"))
+    return "".join(
+        f" --{'' if fast[k] else 'no-'}{k.replace('_', '-')}" for k in ("fold_bn", "channels_last", "compile")
+    )
 
 
 # The checks before any collection: prepare -> check_edits (only when the config has edits) ->
@@ -145,9 +151,11 @@ def check_run_masks(run_dir, masks, method, log):
     n_components = Run(run_dir).n_components
     check_masks_for_method(masks, method, n_components, masks_key(config))
     needs = check_prepared_run(run_dir, RunShape.of_config(config))
-    Path(log).write_text(f"{masks} masks for {n_components} components: enough for solver.method {method}; "
-                         f"largest collection job {needs.collect_bytes / 1e9:.3g} GB, results "
-                         f"{needs.disk_bytes / 1e9:.3g} GB of disk\n")
+    Path(log).write_text(
+        f"{masks} masks for {n_components} components: enough for solver.method {method}; "
+        f"largest collection job {needs.collect_bytes / 1e9:.3g} GB, results "
+        f"{needs.disk_bytes / 1e9:.3g} GB of disk\n"
+    )
 
 
 # Config stamps: the config values each group of steps depends on, in a file named by their
@@ -162,15 +170,23 @@ STAMPED = {
     # Not masks nor shard sizes: a grown run keeps its finished shards (each collect job's rows are
     # its params, and merge checks that the shards tile the rows).
     "data": {"task": config["task"], **{k: config[k] for k in PROVENANCE}},
-    "heldout": {"task": config["task"], **{k: config[k] for k in PROVENANCE if k != "alpha"}, "alphas": ALPHAS,
-                "heldout_masks": config["evaluation"]["heldout_masks"]},
+    "heldout": {
+        "task": config["task"],
+        **{k: config[k] for k in PROVENANCE if k != "alpha"},
+        "alphas": ALPHAS,
+        "heldout_masks": config["evaluation"]["heldout_masks"],
+    },
     "baseline": {"task": config["task"], "ablation": config["ablation"], "output_fn": config["output_fn"]},
     "fit": {"method": config["solver"]["method"]},
     "evaluate": {"alphas": ALPHAS, "baselines": config["evaluation"]["baselines"]},
     "edits": {"edits": config["edits"]},
     # How a masks: auto run scores and stops its rounds (its shards stay, as when a run grows).
-    "rounds": {"method": config["solver"]["method"], "masks_auto": config["masks_auto"], "budget": mask_budget(config),
-               "shard_masks": config["shard_masks"]},
+    "rounds": {
+        "method": config["solver"]["method"],
+        "masks_auto": config["masks_auto"],
+        "budget": mask_budget(config),
+        "shard_masks": config["shard_masks"],
+    },
 }
 
 

@@ -12,7 +12,6 @@ import json
 import re
 import shlex
 
-
 EDITS = {edit["name"]: edit for edit in config["edits"]}
 names_pattern = lambda names: "|".join(re.escape(name) for name in names) or "(?!)"  # (?!): no edit, no match
 EDIT_NAMES = names_pattern(EDITS)
@@ -22,8 +21,9 @@ WHOLE_NAMES = names_pattern([name for name, edit in EDITS.items() if not edit.ge
 
 
 # How the passes run (a max_batch of 'auto' leaves the command's default), and the edit's config entry as JSON.
-EDIT_PASS_OPTIONS = shell_options({"device": config["device"],
-                                   "max-batch": config["max_batch"] if isinstance(config["max_batch"], int) else None})
+EDIT_PASS_OPTIONS = shell_options(
+    {"device": config["device"], "max-batch": config["max_batch"] if isinstance(config["max_batch"], int) else None}
+)
 edit_json = lambda wildcards: shlex.quote(json.dumps(EDITS[wildcards.name]))
 
 
@@ -40,16 +40,17 @@ rule check_edits:
         stamp=config_stamp("edits"),
     output:
         touch(CHECKED_EDITS),
-    params:
-        run_dir=run_dir_of_input,
-        edits=shlex.quote(json.dumps(config["edits"])),
-        options=shell_options({"device": "auto" if config["device"] == "cuda" else config["device"],
-                               "output-fn": config["output_fn"]}),
-        task=task_options(),
     log:
         f"{RUN}/logs/check_edits.log",
     priority: 100
     localrule: True
+    params:
+        run_dir=run_dir_of_input,
+        edits=shlex.quote(json.dumps(config["edits"])),
+        options=shell_options(
+            {"device": "auto" if config["device"] == "cuda" else config["device"], "output-fn": config["output_fn"]}
+        ),
+        task=task_options(),
     shell:
         "coar check-edits --run-dir {params.run_dir:q} --edits {params.edits} {params.options} {params.task}"
         " --log {log:q}"
@@ -64,19 +65,19 @@ rule edit_plan:
         checked=rules.check_edits.output,
     output:
         f"{RUN}/edits/{{name}}/plan.json",
+    log:
+        f"{RUN}/logs/edit_plan-{{name}}.log",
+    benchmark:
+        f"{RUN}/benchmarks/edit_plan-{{name}}.tsv"
     wildcard_constraints:
         name=EDIT_NAMES,
+    threads: 1
     params:
         run_dir=run_dir_of_input,
         edit=edit_json,
         options=EDIT_PASS_OPTIONS,
         provenance=provenance_options("expect"),
         task=task_options(),
-    log:
-        f"{RUN}/logs/edit_plan-{{name}}.log",
-    benchmark:
-        f"{RUN}/benchmarks/edit_plan-{{name}}.tsv"
-    threads: 1
     shell:
         "coar edit-plan --run-dir {params.run_dir:q} --attributions {input.attributions:q} --out {output:q}"
         " --edit {params.edit} {params.options} {params.task} {params.provenance} --threads {threads} 2>&1 | tee {log:q}"
@@ -94,8 +95,13 @@ rule edit_apply:
         ablated=f"{RUN}/edits/{{name}}/ablated.json",
         report=f"{RUN}/edits/{{name}}/report.json",
         plot=f"{RUN}/edits/{{name}}/metric_vs_k.png",
+    log:
+        f"{RUN}/logs/edit_apply-{{name}}.log",
+    benchmark:
+        f"{RUN}/benchmarks/edit_apply-{{name}}.tsv"
     wildcard_constraints:
         name=WHOLE_NAMES,
+    threads: 1
     params:
         run_dir=run_dir_of_input,
         edit=edit_json,
@@ -104,11 +110,6 @@ rule edit_apply:
         task=task_options(),
         masks_per_pass=config["masks_per_pass"],
         out_dir=lambda wildcards, output: os.path.dirname(output.report),
-    log:
-        f"{RUN}/logs/edit_apply-{{name}}.log",
-    benchmark:
-        f"{RUN}/benchmarks/edit_apply-{{name}}.tsv"
-    threads: 1
     shell:
         "coar edit-apply --run-dir {params.run_dir:q} --attributions {input.attributions:q} --plan {input.plan:q}"
         " --out-dir {params.out_dir:q} --masks-per-pass {params.masks_per_pass} --edit {params.edit} {params.options}"
@@ -128,4 +129,3 @@ rule edits:
     """Every edit of config `edits`."""
     input:
         expand(f"{RUN}/edits/{{name}}/report.json", name=list(EDITS)),
-

@@ -1,7 +1,7 @@
 report: "../report/workflow.rst"
 
-import shlex
 
+import shlex
 
 HELDOUT_OPTIONS = " ".join(f"--heldout {shlex.quote(f'{a}={RUN}/heldout/alpha-{a}.h5')}" for a in ALPHAS)
 
@@ -16,22 +16,25 @@ rule evaluate:
         heldout=expand(f"{RUN}/heldout/alpha-{{alpha}}.h5", alpha=ALPHAS),
     output:
         f"{RUN}/evaluation.json",
-    params:
-        run_dir=run_dir_of_input,
-        heldout=HELDOUT_OPTIONS,
-        provenance=provenance_options("train"),
     log:
         f"{RUN}/logs/evaluate.log",
     benchmark:
         f"{RUN}/benchmarks/evaluate.tsv"
+    params:
+        run_dir=run_dir_of_input,
+        heldout=HELDOUT_OPTIONS,
+        provenance=provenance_options("train"),
     shell:
         "coar evaluate --run-dir {params.run_dir:q} --attributions {input.attributions:q} --training-data {input.data:q}"
         " {params.heldout} {params.provenance} --out {output:q} 2>&1 | tee {log:q}"
 
 
 # masks: auto: the held-out correlation after each round, against the training masks.
-MASKS_CURVE = {"curve": report(f"{RUN}/plots/masks_curve.png", caption="../report/masks_curve.rst",
-                               category="2. Evaluation")} if AUTO else {}
+MASKS_CURVE = (
+    {"curve": report(f"{RUN}/plots/masks_curve.png", caption="../report/masks_curve.rst", category="2. Evaluation")}
+    if AUTO
+    else {}
+)
 
 
 rule summarize:
@@ -43,19 +46,21 @@ rule summarize:
         timings=step_timings,
         rounds=round_scores,
     output:
+        **MASKS_CURVE,
         summary=report(f"{RUN}/summary.md", caption="../report/summary.rst", category="1. Summary"),
         plot=report(
             f"{RUN}/plots/correlation_histogram.png",
             caption="../report/correlation_histogram.rst",
             category="2. Evaluation",
         ),
-        **MASKS_CURVE,
+    log:
+        f"{RUN}/logs/summarize.log",
     params:
         run_dir=run_dir_of_input,
         provenance=provenance_options("train"),
-        rounds=lambda wildcards, input, output: f"--rounds {' '.join(map(shlex.quote, input.rounds))} --curve {shlex.quote(output.curve)}" if AUTO else "",
-    log:
-        f"{RUN}/logs/summarize.log",
+        rounds=lambda wildcards, input, output: (
+            f"--rounds {' '.join(map(shlex.quote, input.rounds))} --curve {shlex.quote(output.curve)}" if AUTO else ""
+        ),
     shell:
         "coar summarize --run-dir {params.run_dir:q} --evaluation {input.evaluation:q} --timings {input.timings:q}"
         " {params.provenance} {params.rounds} --out {output.summary:q} --plot {output.plot:q} 2>&1 | tee {log:q}"
@@ -75,15 +80,15 @@ rule compare:
     output:
         json=f"{RUN}/comparison.json",
         table=report(f"{RUN}/comparison.md", caption="../report/comparison.rst", category="2. Evaluation"),
+    log:
+        f"{RUN}/logs/compare.log",
+    benchmark:
+        f"{RUN}/benchmarks/compare.tsv"
     params:
         run_dir=run_dir_of_input,
         methods=METHOD_OPTIONS,
         heldout=HELDOUT_OPTIONS,
         provenance=provenance_options("train"),
-    log:
-        f"{RUN}/logs/compare.log",
-    benchmark:
-        f"{RUN}/benchmarks/compare.tsv"
     shell:
         "coar compare --run-dir {params.run_dir:q} {params.methods} {params.heldout}"
         " {params.provenance} --out {output.json:q} --table {output.table:q} 2>&1 | tee {log:q}"
@@ -120,13 +125,13 @@ rule figures:
             category="3. Attributions",
         ),
         timings=report(f"{RUN}/plots/step_timings.png", caption="../report/step_timings.rst", category="4. Timings"),
+    log:
+        f"{RUN}/logs/figures.log",
     params:
         run_dir=run_dir_of_input,
         methods=METHOD_OPTIONS,
         heldout=HELDOUT_OPTIONS,
         provenance=provenance_options("train"),
-    log:
-        f"{RUN}/logs/figures.log",
     shell:
         "coar figures --run-dir {params.run_dir:q} --comparison {input.comparison:q} {params.methods} {params.heldout}"
         " {params.provenance}"

@@ -10,11 +10,11 @@ rule explorer:
         edits=rules.edits.input,
     output:
         f"{RUN}/explorer.html",
-    params:
-        run_dir=run_dir_of_input,
     log:
         f"{RUN}/logs/explorer.log",
     benchmark:
         f"{RUN}/benchmarks/explorer.tsv"
+    params:
+        run_dir=run_dir_of_input,
     shell:
         "coar explore {params.run_dir:q} --out {output:q} --rebuild --no-open 2>&1 | tee {log:q}"

@@ -12,14 +12,31 @@ from coar.solver.memory import RESERVE_MARGIN
 FIT_BLOCK = 4096
 FIT_RATE = 2e10
 fit_mem_mb = lambda attempt, s: math.ceil(
-    attempt * (1500 + closed_form_bytes(
-        s["n_components"], min(s["n_examples"], config["solver"]["example_block"] or FIT_BLOCK), config["solver"]["method"]
-    ) / 2**20 + RESERVE_MARGIN / 2**20)
+    attempt
+    * (
+        1500
+        + closed_form_bytes(
+            s["n_components"],
+            min(s["n_examples"], config["solver"]["example_block"] or FIT_BLOCK),
+            config["solver"]["method"],
+        )
+        / 2**20
+        + RESERVE_MARGIN / 2**20
+    )
 )
-fit_runtime = lambda attempt, s: math.ceil(attempt * (10 + (
-    mask_budget(config) * s["n_components"] * (s["n_components"] + s["n_examples"])
-    + s["n_components"] ** 3 / 3 + 2 * s["n_components"] ** 2 * s["n_examples"]
-) / FIT_RATE / 60))
+fit_runtime = lambda attempt, s: math.ceil(
+    attempt
+    * (
+        10
+        + (
+            mask_budget(config) * s["n_components"] * (s["n_components"] + s["n_examples"])
+            + s["n_components"] ** 3 / 3
+            + 2 * s["n_components"] ** 2 * s["n_examples"]
+        )
+        / FIT_RATE
+        / 60
+    )
+)
 
 
 rule fit:
@@ -31,12 +48,6 @@ rule fit:
         data=lambda wildcards: round_file(final_round(), "h5") if AUTO else rules.merge.output[0],
     output:
         f"{RUN}/attributions.h5",
-    params:
-        run_dir=run_dir_of_input,
-        source="--state" if AUTO else "--data",
-        solver=config["solver"],
-        provenance=provenance_options("expect"),
-        example_block=shell_options({"example-block": config["solver"]["example_block"]}),
     log:
         f"{RUN}/logs/fit.log",
     benchmark:
@@ -44,6 +55,12 @@ rule fit:
     resources:
         mem_mb=lambda wildcards, attempt: fit_mem_mb(attempt, run_sizes()),
         runtime=lambda wildcards, attempt: fit_runtime(attempt, run_sizes()),
+    params:
+        run_dir=run_dir_of_input,
+        source="--state" if AUTO else "--data",
+        solver=config["solver"],
+        provenance=provenance_options("expect"),
+        example_block=shell_options({"example-block": config["solver"]["example_block"]}),
     shell:
         "coar fit --run-dir {params.run_dir:q} {params.source} {input.data:q} --out {output:q} --method {params.solver[method]:q}"
         " --backend {params.solver[backend]:q} --chunk-rows {params.solver[chunk_rows]:q}"

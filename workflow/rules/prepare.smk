@@ -14,6 +14,10 @@ rule prepare:
         groups=f"{RUN}/groups.json",
         components=f"{RUN}/components.json",
         info=f"{RUN}/prepare.json",
+    log:
+        f"{RUN}/logs/prepare.log",
+    benchmark:
+        f"{RUN}/benchmarks/prepare.tsv"
     params:
         run_dir=lambda wildcards, output: os.path.dirname(output.info),
         spec=shlex.quote(config["task"]["spec"]),
@@ -30,10 +34,6 @@ rule prepare:
         unreachable=config["components"]["unreachable"],
         preset=shell_options({"preset": config["components"].get("preset")}),
         dry_pass=shell_options({"masks-per-pass": config["masks_per_pass"], "max-batch": config["max_batch"]}),
-    log:
-        f"{RUN}/logs/prepare.log",
-    benchmark:
-        f"{RUN}/benchmarks/prepare.tsv"
     shell:
         "coar prepare --run-dir {params.run_dir:q} --task {params.spec} --task-params {params.task_params}"
         " --kinds {params.kinds} --include {params.include} --exclude {params.exclude} {params.loader}"
@@ -53,12 +53,12 @@ rule check_masks:
         edits_checked=[CHECKED_EDITS] if config["edits"] else [],
     output:
         touch(CHECKED_MASKS),
-    params:
-        masks=mask_budget(config),
-        method=config["solver"]["method"],
     log:
         f"{RUN}/logs/check_masks.log",
     priority: 100
     localrule: True
+    params:
+        masks=mask_budget(config),
+        method=config["solver"]["method"],
     run:
         check_run_masks(os.path.dirname(input.info), params.masks, params.method, log[0])
