@@ -45,6 +45,7 @@ SCHEMA_ENUM_SOURCES = {
     "properties/components/properties/unreachable": constants.UNREACHABLE_POLICIES,
     "$defs/edit_spec/properties/direction": constants.EDIT_DIRECTIONS,
     "$defs/edit_spec/properties/k/oneOf/1": ("auto",),  # or a number of components
+    "$defs/edit_spec/properties/selection": constants.EDIT_SELECTIONS,
 }
 
 
