@@ -7,12 +7,14 @@ problem solved from streamed sufficient statistics (see coar.solver.stats).
     fit((X, Y), "ols")                 # the published estimator
     fit(RowReader(path, 4096), "ridge")   # streamed, penalty chosen per example
     for first, block in fit_blocks(RowReader(path, 4096), "ols"): ...   # block of examples by block
+    ProjectedQuadratic().fit(X, Y).predict(masks)   # beyond linear: shared interactions (coar.solver.surrogate)
 """
 
 from .backend import Backend, get_backend
 from .estimators import VAL_EVERY, Fit, FitPlan, closed_form_bytes, fit, fit_blocks, fit_stats, plan_fit
 from .iterative import StreamedDesign
 from .stats import GramStats, SplitStream, split_stats
+from .surrogate import ProjectedQuadratic
 
 __all__ = [
     "VAL_EVERY",
@@ -20,6 +22,7 @@ __all__ = [
     "Fit",
     "FitPlan",
     "GramStats",
+    "ProjectedQuadratic",
     "SplitStream",
     "StreamedDesign",
     "closed_form_bytes",
