@@ -19,7 +19,7 @@ from torch import nn
 from torch.utils.data import DataLoader, Dataset
 
 from coar.components import ComponentSet, discover
-from coar.constants import COMPONENT_KINDS, KIND_PRESETS, SOLVER_METHODS
+from coar.constants import COMPONENT_KINDS, KIND_PRESETS, SOLVER_METHODS, SURROGATE_KINDS
 from coar.config import schema_defaults
 from coar.examples import DatasetExamples, Examples, TensorExamples, first_inputs
 from coar.masks import whole_rounds
@@ -36,7 +36,7 @@ def attribute(model: nn.Module, examples: Any, *, components: ComponentsSpec = "
               alpha: float = 0.1, method: str = "ols", output_fn: str = "margin", device: str = "auto",
               precision: str = "fp32", heldout_masks: int = 0, seed: int = 0, ablation: str = "weight",
               masks_per_pass: int = 8, max_batch: int | str = 512, masks_auto: dict | None = None,
-              progress: bool = True) -> Attributions:
+              surrogate: str | dict | None = None, progress: bool = True) -> Attributions:
     """Attribute `model`'s output on `examples` to its components (COAR) and return the result.
 
     examples: a tuple of tensors `(inputs, labels)`, a map-style `torch.utils.data.Dataset` of
@@ -55,6 +55,12 @@ def attribute(model: nn.Module, examples: Any, *, components: ComponentsSpec = "
     output_fn: "margin", "lm_margin" or a "package.module:function" spec.
     heldout_masks: > 0 also runs that many held-out masks and records their correlation in
         `info["heldout"]` (the evaluate step's scores) and `info["mean_heldout_correlation"]`.
+    surrogate: "projected_quadratic" also fits a surrogate beyond linear COAR on the same training
+        masks (coar.solver.surrogate.ProjectedQuadratic, its basis from the fitted weights, as the
+        workflow's fit-surrogate step does), kept as `result.surrogate`; a dict like a config's
+        `surrogate` block ({"kind", "rank", "penalty"}) sets its rank (default 10) and penalty
+        (default 10). With heldout_masks it is scored on the same held-out masks:
+        `info["heldout_surrogate"]` and `info["mean_heldout_correlation_surrogate"]`.
     The model is put in eval mode on `device`; its weights are not changed (the fast path
     transforms a copy).
     """
@@ -71,6 +77,7 @@ def attribute(model: nn.Module, examples: Any, *, components: ComponentsSpec = "
 
     if method not in SOLVER_METHODS:
         raise ValueError(f"method must be one of {SOLVER_METHODS}, got {method!r}")
+    wanted = _surrogate_settings(surrogate)
     auto = masks == "auto"
     if auto:
         rule, round_size = _auto_settings(masks_auto or {})
@@ -103,22 +110,57 @@ def attribute(model: nn.Module, examples: Any, *, components: ComponentsSpec = "
     heldout = outputs("heldout", heldout_masks) if heldout_masks > 0 else None
     info: dict = {"method": method, "alpha": alpha, "seed": seed, "ablation": ablation,
                   "output_fn": output_fn, "precision": precision, "device": str(dev)}
+    kept: list[tuple[np.ndarray, np.ndarray]] = []  # the training rows, for the surrogate
+
+    def train_rows(stop: int, start: int = 0) -> tuple[np.ndarray, np.ndarray]:
+        rows = outputs("train", stop, start)
+        if wanted is not None:
+            kept.append(rows)
+        return rows
+
     if auto:
-        stream, scores = _grow(lambda start, stop: outputs("train", stop, start), len(found), len(source), method,
+        stream, scores = _grow(lambda start, stop: train_rows(stop, start), len(found), len(source), method,
                                heldout, rule, round_size)
         train, val = stream.finish()
         fit = solver.fit_stats(train, method, val=val)
         info.update(n_masks=stream.offset, rounds=[score.to_json() for score in scores])
     else:
-        fit = solver.fit(outputs("train", masks), method)
+        fit = solver.fit(train_rows(masks), method)
         info["n_masks"] = masks
     ids = [str(i) for i in range(len(source))]
-    result = Attributions(fit.weight, fit.bias, found, ids, info)
+    fitted = None
+    if wanted is not None:
+        from coar.solver.surrogate import ProjectedQuadratic
+
+        fitted = ProjectedQuadratic(wanted["rank"], wanted["penalty"], threads=None).fit_chunks(kept, fit.weight)
+        info["surrogate"] = {**wanted, "basis_method": method, "n_masks": fitted.n_masks_}
+    result = Attributions(fit.weight, fit.bias, found, ids, info, surrogate=fitted)
     if heldout is not None:
         scores = result.evaluate(*heldout)
         info.update(heldout=scores, mean_heldout_correlation=scores["mean_correlation"])
+        if fitted is not None:
+            scores = result.evaluate_surrogate(*heldout)
+            info.update(heldout_surrogate=scores, mean_heldout_correlation_surrogate=scores["mean_correlation"])
     info["seconds"] = time.perf_counter() - start
     return result
+
+
+def _surrogate_settings(surrogate: str | dict | None) -> dict | None:
+    """{"kind", "rank", "penalty"} of `attribute`'s surrogate (the config block surrogate's
+    defaults, with what is given), or None for none."""
+    if surrogate is None:
+        return None
+    settings = schema_defaults("surrogate")
+    given = {"kind": surrogate} if isinstance(surrogate, str) else surrogate
+    if not isinstance(given, dict) or (unknown := sorted(set(given) - set(settings))):
+        raise ValueError(f"surrogate must be a kind {SURROGATE_KINDS} or a dict with keys {sorted(settings)}, "
+                         f"got {surrogate!r}")
+    settings.update(given)
+    if settings["kind"] is None:
+        return None
+    if settings["kind"] not in SURROGATE_KINDS:
+        raise ValueError(f"surrogate kind must be one of {SURROGATE_KINDS}, got {settings['kind']!r}")
+    return settings
 
 
 def _auto_settings(overrides: dict) -> tuple[StopRule, int]:

@@ -4,6 +4,8 @@
     coar collect  --run-dir results/digits --task coar.tasks.digits:task --shard 0 --shards 4 --masks 4000 --alpha 0.05 --out shard-0.h5
     coar merge    --run-dir results/digits --masks 4000 --expect-alpha 0.05 --out dataset.h5 shard-*.h5
     coar fit      --run-dir results/digits --data dataset.h5 --expect-alpha 0.05 --out attributions.h5
+    coar fit-surrogate --run-dir results/digits --data dataset.h5 --attributions attributions.h5 --expect-alpha 0.05 \
+                   --kind projected_quadratic --out surrogate.h5
     coar fit-round --run-dir results/digits --round 1 --previous rounds/round-0.h5 --heldout heldout/alpha-0.05.h5 \
                    --min-gain 0.005 --confidence 0.95 --max-masks 20000 --out-state rounds/round-1.h5 \
                    --out-score rounds/round-1.json shards/shard-1.h5
@@ -42,7 +44,7 @@ from typing import Sequence
 
 from coar.constants import (ABLATION_MODES, BASELINE_METHODS, COMPONENT_KINDS, DEFAULT_MASKS_PER_PASS, DEFAULT_MAX_BATCH,
                             DEVICES, EXPORT_FORMATS, KIND_PRESETS, PRECISIONS, REPORT_FIGURES, SOLVER_BACKENDS, SOLVER_METHODS,
-                            UNREACHABLE_POLICIES)
+                            SURROGATE_KINDS, UNREACHABLE_POLICIES)
 
 
 def _string_list(text: str) -> list[str]:
@@ -222,6 +224,17 @@ def _parser() -> argparse.ArgumentParser:
                    help="GB for the fit's arrays, or 'auto': the job's cgroup or SLURM limit (else physical memory, at most half) "
                         "less the process's own resident memory and a margin")
 
+    s = add("fit-surrogate", "Fit a surrogate beyond linear COAR (config `surrogate`) on a dataset, streamed in row "
+                             "chunks, with its basis from the run's fitted attributions.")
+    s.add_argument("--data", required=True, help="merged dataset file (the rows the attributions were fitted on)")
+    s.add_argument("--attributions", required=True, help="the run's attributions.h5 (their weights give the basis)")
+    s.add_argument("--out", required=True, help="surrogate HDF5 file to write")
+    s.add_argument("--kind", choices=SURROGATE_KINDS, default="projected_quadratic")
+    s.add_argument("--rank", type=_positive, default=10, help="shared projections of the mask")
+    s.add_argument("--penalty", type=float, default=10.0, help="ridge penalty on the standardised quadratic terms")
+    s.add_argument("--chunk-rows", type=_positive, default=4096)
+    _provenance_options(s, alpha="expect")
+
     s = add("fit-round", "One round of a masks: auto run: add the round's shards to the previous round's statistics, "
                          "fit, score on held-out masks and decide whether to stop.")
     s.add_argument("--round", type=int, required=True, help="this round's number, from 0")
@@ -246,6 +259,7 @@ def _parser() -> argparse.ArgumentParser:
     s.add_argument("--out", required=True, help="evaluation.json to write")
     s.add_argument("--training-data", default=None,
                    help="merged dataset the attributions were fitted on: count held-out masks equal to one of its masks")
+    s.add_argument("--surrogate", default=None, help="the run's surrogate.h5 (fit-surrogate): score it too")
     _provenance_options(s, alpha="train")
 
     s = add("summarize", "Write summary.md and plots from a finished run.")
@@ -274,6 +288,7 @@ def _parser() -> argparse.ArgumentParser:
     s.add_argument("--heldout", type=_alpha_path, action="append", required=True, help="ALPHA=PATH of a held-out shard (repeat)")
     s.add_argument("--out", required=True, help="comparison.json to write")
     s.add_argument("--table", required=True, help="Markdown table to write")
+    s.add_argument("--surrogate", default=None, help="the run's surrogate.h5 (fit-surrogate): scored as method 'surrogate'")
     _provenance_options(s, alpha="train")
 
     s = add("figures", "Draw the report's figures from a comparison (one PNG file per option).")
@@ -435,6 +450,10 @@ def _run(args: argparse.Namespace) -> None:
         print(json.dumps(steps.fit(args.run_dir, args.data, args.out, method=args.method, backend=args.backend,
                                    chunk_rows=args.chunk_rows, example_block=args.example_block,
                                    memory_budget=args.memory_budget, expected=_expected(args))))
+    elif args.command == "fit-surrogate":
+        print(json.dumps(steps.fit_surrogate(args.run_dir, args.data, args.attributions, args.out, kind=args.kind,
+                                             rank=args.rank, penalty=args.penalty, chunk_rows=args.chunk_rows,
+                                             expected=_expected(args))))
     elif args.command == "fit-round":
         steps.fit_round(args.run_dir, args.shards, args.out_state, args.out_score, round=args.round,
                         previous=args.previous, heldout=args.heldout,
@@ -443,7 +462,7 @@ def _run(args: argparse.Namespace) -> None:
                         memory_budget=args.memory_budget, expected=_expected(args))
     elif args.command == "evaluate":
         result = steps.evaluate(args.run_dir, args.attributions, dict(args.heldout), args.train_alpha, args.out,
-                                _expected(args), args.training_data)
+                                _expected(args), args.training_data, args.surrogate)
         print(f"mean held-out correlation at alpha={args.train_alpha:g}: {result['mean_correlation']:.3f}")
     elif args.command == "summarize":
         print(steps.summarize(args.run_dir, args.evaluation, args.timings, args.out, args.plot, args.train_alpha,
@@ -456,7 +475,7 @@ def _run(args: argparse.Namespace) -> None:
                                         threads=args.threads, loader=_loader(args))))
     elif args.command == "compare":
         result = steps.compare(args.run_dir, dict(args.method), dict(args.heldout), args.train_alpha, args.out,
-                               args.table, _expected(args))
+                               args.table, _expected(args), args.surrogate)
         print(f"mean held-out correlation at alpha={args.train_alpha:g}: "
               + ", ".join(f"{m} {r[result['alpha']]:.3f}" for m, r in result["mean_correlation"].items()))
     elif args.command == "figures":

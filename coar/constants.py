@@ -21,6 +21,10 @@ SolverMethod = Literal["ols", "ridge", "lasso"]
 SOLVER_METHODS: tuple[str, ...] = get_args(SolverMethod)
 """Estimators of the per-example linear models (coar/solver)."""
 
+SurrogateKind = Literal["projected_quadratic"]
+SURROGATE_KINDS: tuple[str, ...] = get_args(SurrogateKind)
+"""Surrogates beyond linear COAR a run may fit and score beside it (coar.solver.surrogate)."""
+
 SolverBackend = Literal["auto", "numpy", "cupy"]
 SOLVER_BACKENDS: tuple[str, ...] = get_args(SolverBackend)
 """Array backends of the solver; "auto" is cupy when installed with a visible GPU, else numpy."""

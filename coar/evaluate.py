@@ -11,7 +11,7 @@ which are over the defined ones; a statistic with no defined value at all is nul
 
 from __future__ import annotations
 
-from typing import Mapping, Sequence
+from typing import Mapping, Protocol, Sequence
 
 import numpy as np
 from scipy.stats import rankdata
@@ -72,16 +72,32 @@ def format_value(value: float | None, digits: int = 3) -> str:
     return "undefined" if value is None else f"{value:.{digits}f}"
 
 
-def compare(models: Mapping[str, tuple[np.ndarray, np.ndarray]], heldout: Mapping[str, tuple[np.ndarray, np.ndarray]],
-            example_ids: list[str]) -> dict[str, dict[str, dict]]:
-    """`score` of every method's linear models (weight, bias) on every held-out set (masks, outputs).
+def compare(models: Mapping[str, tuple[np.ndarray, np.ndarray] | Predictor],
+            heldout: Mapping[str, tuple[np.ndarray, np.ndarray]], example_ids: list[str]) -> dict[str, dict[str, dict]]:
+    """`score` of every method's models on every held-out set (masks, outputs): linear models as
+    (weight, bias), or any model with `predict(masks)` (a surrogate beyond linear,
+    coar.solver.surrogate).
 
     All methods meet the same held-out masks, so the result, indexed [method][alpha], is a
     side-by-side comparison.
     """
-    return {method: {alpha: score(outputs, predict(weight, bias, masks), example_ids)
+    return {method: {alpha: score(outputs, predict_with(model, masks), example_ids)
                      for alpha, (masks, outputs) in heldout.items()}
-            for method, (weight, bias) in models.items()}
+            for method, model in models.items()}
+
+
+class Predictor(Protocol):
+    """A model of the ablated outputs beyond per-example linear ones (coar.solver.surrogate)."""
+
+    def predict(self, masks: np.ndarray) -> np.ndarray: ...
+
+
+def predict_with(model: tuple[np.ndarray, np.ndarray] | Predictor, masks: np.ndarray) -> np.ndarray:
+    """Predicted outputs (rows x n) of linear models (weight, bias) or of a model with `predict`."""
+    if hasattr(model, "predict"):
+        return np.asarray(model.predict(masks), dtype=np.float64)
+    weight, bias = model
+    return predict(weight, bias, masks)
 
 
 def correlation_table(comparison: Mapping[str, Mapping[str, dict]], train_alpha: str,

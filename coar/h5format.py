@@ -1,4 +1,5 @@
-"""Every HDF5 layout coar writes: mask/output shards, the merged dataset, attributions.
+"""Every HDF5 layout coar writes: mask/output shards, the merged dataset, attributions, a
+run's statistics per round, its surrogate.
 
 Writing: a file is created under a temporary name in its target directory, gets the attribute
 `complete=True` last, and is renamed into place only then; on an exception the temporary file is
@@ -195,6 +196,27 @@ _ATTRIBUTIONS = _Layout(
 )
 
 
+# A surrogate beyond linear COAR (coar.solver.surrogate.ProjectedQuadratic), fitted on the run's
+# training rows: its arrays in float64, what it is (kind, rank, penalty, the estimator whose
+# weights gave its basis), and the run's sizes, fingerprints and provenance as its rows carry them.
+_SURROGATE_ONLY: dict[str, type] = {
+    "kind": str, "rank": Integral, "penalty": Real, "basis_method": str, "n_masks": Integral,
+    "seed": Integral, "alpha": Real, "output_fn": str, "ablation": str, "precision": str, "coar_version": str,
+    "encoding": str, "model_fingerprint": str, "components_fingerprint": str, "examples_fingerprint": str,
+}
+SURROGATE_ATTRS = tuple(k for k in _SURROGATE_ONLY if k not in ("rank", "penalty", "n_masks"))
+"""What callers must put in write_surrogate's attrs (rank, penalty and n_masks come from the model)."""
+SURROGATE_DATASETS = ("basis", "weight", "quad", "bias")
+
+
+def _surrogate_datasets(meta: Mapping) -> dict[str, tuple[tuple[int, ...], object]]:
+    N, n, r, f64 = meta["n_components"], meta["n_examples"], meta["rank"], np.dtype(np.float64)
+    return {"basis": ((N, r), f64), "weight": ((n, N), f64), "quad": ((n, r * (r + 1) // 2), f64), "bias": ((n,), f64)}
+
+
+_SURROGATE = _Layout("coar.surrogate.v1", _SURROGATE_ONLY | _SIZES, _surrogate_datasets, SURROGATE_DATASETS)
+
+
 # ----------------------------------------------------------------------------- writing
 
 
@@ -377,6 +399,59 @@ def read_round_state(path: PathLike, expect: Mapping) -> tuple[dict, np.ndarray,
         state[f"{part}/count"] = meta[f"{part}_count"]
     state |= {k: v for k, v in arrays.items() if k != "heldout_correlation"}
     return state, arrays["heldout_correlation"], meta
+
+
+def write_surrogate(path: PathLike, model: object, attrs: Mapping) -> None:
+    """Write a fitted surrogate (coar.solver.surrogate.ProjectedQuadratic: basis_, weight_, quad_,
+    bias_, rank, penalty, n_masks_) with `attrs` (SURROGATE_ATTRS: its kind, the method whose
+    weights gave the basis, and the run's provenance and fingerprints); sizes come from the model."""
+    arrays = {name: np.asarray(getattr(model, f"{name}_"), dtype=np.float64) for name in SURROGATE_DATASETS}
+    n, N = arrays["weight"].shape
+    computed = {"rank": model.rank, "penalty": model.penalty, "n_masks": model.n_masks_,
+                "n_components": N, "n_examples": n}
+    if clash := sorted(computed.keys() & attrs.keys()):
+        raise ValueError(f"attrs must not contain {clash}: they are taken from the surrogate")
+    meta = _checked_attrs(_SURROGATE, {**attrs, **computed})
+    expected = _SURROGATE.datasets(meta)
+    if wrong := [f"{k} {arrays[k].shape}" for k in expected if arrays[k].shape != expected[k][0]]:
+        raise ValueError(f"surrogate arrays of unexpected shapes {wrong} for rank {meta['rank']}, {N} components "
+                         f"and {n} examples")
+    if not all(np.all(np.isfinite(a)) for a in arrays.values()):
+        raise ValueError("the surrogate holds NaN or infinite values; nothing was written")
+    with atomic_h5(path, sum(a.nbytes for a in arrays.values())) as f:
+        for name, data in arrays.items():
+            f.create_dataset(name, data=data, chunks=data.shape, fletcher32=True)
+        _write_attrs(f, _SURROGATE, meta)
+
+
+@dataclass(frozen=True)
+class SurrogateFile:
+    """A surrogate file's arrays (float64) and attributes; `model()` rebuilds the surrogate."""
+
+    basis: np.ndarray
+    weight: np.ndarray
+    quad: np.ndarray
+    bias: np.ndarray
+    attrs: dict
+
+    def model(self, threads: int | None = 1) -> object:
+        """The fitted coar.solver.surrogate.ProjectedQuadratic."""
+        from coar.solver.surrogate import ProjectedQuadratic
+
+        return ProjectedQuadratic.from_fitted(self.basis, self.weight, self.quad, self.bias, rank=self.attrs["rank"],
+                                              penalty=self.attrs["penalty"], n_masks=self.attrs["n_masks"],
+                                              threads=threads)
+
+
+def read_surrogate(path: PathLike, expect: Mapping | None = None) -> SurrogateFile:
+    """Load and validate a surrogate file: refused (FormatError naming the file, the key and both
+    values) unless it records every value in `expect` (the run's sizes and fingerprints, how its
+    rows were made, its kind ...); a chunk failing its checksum is refused naming the dataset."""
+    with _reading(path) as f:
+        attrs = _read_meta(f, path, _SURROGATE)
+        check_expected(path, attrs, expect or {})
+        arrays = {name: _verified(f, path, name) for name in SURROGATE_DATASETS}
+    return SurrogateFile(**arrays, attrs=attrs)
 
 
 def merge_shards(paths: Iterable[PathLike], out_path: PathLike, expect: Mapping, m: int) -> dict:

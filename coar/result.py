@@ -87,6 +87,10 @@ class Attributions(LinearModels):
     component_set: ComponentSet = field(repr=False)
     example_ids: tuple[str, ...] = field(repr=False)
     info: dict = field(repr=False, default_factory=dict)
+    surrogate: Any = field(repr=False, compare=False, default=None)
+    """A surrogate beyond linear COAR fitted on the same masks (coar.solver.surrogate.ProjectedQuadratic:
+    `surrogate.predict(masks)`), or None: `coar.attribute(..., surrogate=...)`, or a run's
+    surrogate.h5 (config `surrogate`) through `coar.open`."""
 
     def __post_init__(self) -> None:
         n, n_components = self.weight.shape
@@ -156,6 +160,19 @@ class Attributions(LinearModels):
             raise ValueError(f"masks must be (rows, {self.weight.shape[1]} components), got {masks.shape}")
         outputs = self._realised(masks.astype(bool)) if outputs is None else np.asarray(outputs)
         return score(outputs, predict(self.weight, self.bias, masks), list(self.example_ids))
+
+    def evaluate_surrogate(self, masks: np.ndarray, outputs: np.ndarray) -> dict:
+        """`evaluate` for the surrogate (`surrogate`): its predictions scored against the true
+        outputs of the masks as the workflow's evaluate step scores it."""
+        from coar.evaluate import score
+
+        if self.surrogate is None:
+            raise ValueError("these attributions have no surrogate: coar.attribute(..., surrogate='projected_quadratic'), "
+                             "or a run with config surrogate.kind set")
+        masks = np.asarray(masks)
+        if masks.ndim != 2 or masks.shape[1] != self.weight.shape[1]:
+            raise ValueError(f"masks must be (rows, {self.weight.shape[1]} components), got {masks.shape}")
+        return score(np.asarray(outputs), self.surrogate.predict(masks), list(self.example_ids))
 
     def to_pandas(self, form: str = "long") -> Any:
         """A pandas DataFrame: "long" has one row per (example, component) with the component's
@@ -247,8 +264,11 @@ def open_run(run_dir: str | Path) -> Attributions:
     prepare step: sizes, fingerprints, component names and example ids (Run.read_attributions).
     `info` holds how they were made and, once the run is evaluated, the held-out scores as
     `coar.attribute` gives them (`heldout`, `mean_heldout_correlation`, from evaluation.json,
-    refused when it was made from other attributions); a `masks: auto` run's rounds are `rounds`."""
-    from coar.h5format import check_expected
+    refused when it was made from other attributions); a `masks: auto` run's rounds are `rounds`.
+    A run with a surrogate (config `surrogate`: surrogate.h5, refused unless made for this run from
+    the same masks) has it as `surrogate`, and its held-out scores once evaluated as
+    `coar.attribute` gives them (`heldout_surrogate`, `mean_heldout_correlation_surrogate`)."""
+    from coar.h5format import check_expected, read_surrogate
     from coar.run import Run
 
     run = Run(run_dir)
@@ -266,7 +286,18 @@ def open_run(run_dir: str | Path) -> Attributions:
     rounds = _run_rounds(run)
     if rounds:
         info["rounds"] = [r.to_json() for r in rounds]
-    return Attributions(found.weight, found.bias, run.components, found.example_ids, info)
+    surrogate = None
+    if run.surrogate.exists():
+        made = {**run.expect, **{k: found.attrs[k] for k in EVALUATED_FROM if k not in ("method",)}}
+        fitted = read_surrogate(run.surrogate, made)
+        surrogate = fitted.model(threads=None)
+        info["surrogate"] = {k: fitted.attrs[k] for k in ("kind", "rank", "penalty", "basis_method", "n_masks")}
+        if "heldout" in info and "surrogate" in info["heldout"]:
+            scored = info["heldout"]["surrogate"]
+            check_expected(run.evaluation, scored, info["surrogate"])
+            info.update(heldout_surrogate=scored["by_alpha"][f"{found.attrs['alpha']:g}"],
+                        mean_heldout_correlation_surrogate=scored["mean_correlation"])
+    return Attributions(found.weight, found.bias, run.components, found.example_ids, info, surrogate=surrogate)
 
 
 EVALUATED_FROM = ("alpha", "seed", "ablation", "output_fn", "precision", "method", "n_masks")

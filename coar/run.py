@@ -80,6 +80,10 @@ class Run:
         return self.dir / "attributions.h5"
 
     @property
+    def surrogate(self) -> Path:
+        return self.dir / "surrogate.h5"
+
+    @property
     def evaluation(self) -> Path:
         return self.dir / "evaluation.json"
 

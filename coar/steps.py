@@ -26,7 +26,7 @@ from coar.atomic import atomic_path, write_json
 from coar.batching import resolve_max_batch
 from coar.components import discover
 from coar.config import check_masks_for_method
-from coar.constants import BASELINE_METHODS, DEFAULT_MASKS_PER_PASS, DEFAULT_MAX_BATCH
+from coar.constants import BASELINE_METHODS, DEFAULT_MASKS_PER_PASS, DEFAULT_MAX_BATCH, SURROGATE_KINDS
 from coar.evaluate import compare as compare_methods
 from coar.exactness import OnProblem, check_components
 from coar.examples import first_inputs, stack
@@ -264,6 +264,48 @@ def _fit_attrs(method: str, backend: str, n_masks: int, provenance: dict, expect
             "n_masks": n_masks, **provenance, **{k: expect[k] for k in FINGERPRINTS}}
 
 
+def fit_surrogate(run_dir: str | Path, data: str | Path, attributions: str | Path, out: str | Path, *, kind: str,
+                  rank: int, penalty: float, chunk_rows: int, expected: dict | None = None) -> dict:
+    """Fit a surrogate beyond linear COAR (coar.solver.surrogate) on the run's training rows,
+    streamed from `data` in two passes of `chunk_rows` rows, with the basis from the run's fitted
+    weights (`attributions`: its OLS when solver.method is ols, as ProjectedQuadratic.fit does;
+    a ridge or lasso run's own weights otherwise, recorded as basis_method), and write
+    surrogate.h5. The data and the attributions must be this run's, made as `expected`, and the
+    attributions fitted on these very rows (as many masks)."""
+    from coar.solver.surrogate import ProjectedQuadratic
+
+    if kind not in SURROGATE_KINDS:
+        raise ValueError(f"surrogate kind must be one of {SURROGATE_KINDS}, got {kind!r}")
+    start = time.perf_counter()
+    run = Run(run_dir)
+    expect = {**run.expect, **(expected or {})}
+    reader = h5format.RowReader(data, chunk_rows, expect)
+    made = reader.run_attrs
+    attr = run.read_attributions(attributions, {**(expected or {}), **{k: made[k] for k in PROVENANCE},
+                                                "n_masks": reader.n_rows})
+    model = ProjectedQuadratic(rank, penalty, threads=None).fit_chunks(reader, attr.weight)
+    h5format.write_surrogate(out, model, {
+        "kind": kind, "basis_method": attr.attrs["method"], **{k: made[k] for k in PROVENANCE},
+        "coar_version": coar.__version__, "encoding": h5format.ENCODING, **run.fingerprints,
+    })
+    seconds = time.perf_counter() - start
+    print(f"coar fit-surrogate: {kind} (rank {rank}, penalty {penalty:g}) on {model.n_masks_} masks, basis from the "
+          f"{attr.attrs['method']} weights, written after {seconds:.1f} s", flush=True)
+    return {"seconds": seconds, "kind": kind, "rank": rank, "penalty": penalty, "n_masks": model.n_masks_,
+            "basis_method": attr.attrs["method"]}
+
+
+def read_surrogate(run: Run, path: str | Path, expected: dict | None, train_alpha: float) -> h5format.SurrogateFile:
+    """A run's surrogate.h5, refused unless made for this run (sizes, fingerprints) as `expected`
+    at `train_alpha`."""
+    return h5format.read_surrogate(path, {**run.expect, **(expected or {}), "alpha": train_alpha})
+
+
+def _surrogate_info(found: h5format.SurrogateFile) -> dict:
+    """What evaluation.json and comparison.json record of the surrogate they scored."""
+    return {k: found.attrs[k] for k in ("kind", "rank", "penalty", "basis_method", "n_masks")}
+
+
 def _read_rows(path: str | Path, expect: dict) -> tuple[np.ndarray, np.ndarray]:
     """All (masks, outputs) rows of a shard or dataset file, validated against `expect`; refused
     if an output is NaN or infinite (a correlation over such rows means nothing)."""
@@ -292,13 +334,16 @@ def _coincidences(rows: dict[str, tuple[np.ndarray, np.ndarray]], training_data:
 
 
 def evaluate(run_dir: str | Path, attributions: str | Path, heldout: dict[float, str | Path], train_alpha: float,
-             out: str | Path, expected: dict | None = None, training_data: str | Path | None = None) -> dict:
+             out: str | Path, expected: dict | None = None, training_data: str | Path | None = None,
+             surrogate: str | Path | None = None) -> dict:
     """Score the attributions on held-out masks at each alpha; write evaluation.json.
 
     The attributions must have been made at `train_alpha` and as `expected` (see `provenance`);
     evaluation.json reports the values they recorded. Scored by `compare` (COAR alone), so
     evaluate and compare share one scoring path. Given the merged `training_data`, the held-out
-    masks equal to a training mask are counted per alpha.
+    masks equal to a training mask are counted per alpha. Given the run's `surrogate`
+    (surrogate.h5, fitted on as many masks as the attributions), it is scored on the same
+    held-out masks: evaluation.json's `surrogate` holds what it is and its scores per alpha.
     """
     run = Run(run_dir)
     attr = run.read_attributions(attributions, {**(expected or {}), "alpha": train_alpha})
@@ -318,6 +363,12 @@ def evaluate(run_dir: str | Path, attributions: str | Path, heldout: dict[float,
         "heldout_coincident_with_training": main["coincident_with_training"],
         "by_alpha": by_alpha,
     }
+    if surrogate is not None:
+        found = read_surrogate(run, surrogate, {**(expected or {}), "n_masks": attr.attrs["n_masks"]}, train_alpha)
+        surrogate_scores = compare_methods({"surrogate": found.model(threads=None)}, rows, run.example_ids)["surrogate"]
+        result["surrogate"] = {**_surrogate_info(found),
+                               "mean_correlation": surrogate_scores[f"{train_alpha:g}"]["mean_correlation"],
+                               "by_alpha": surrogate_scores}
     write_json(out, result)
     return result
 
@@ -413,17 +464,26 @@ def _read_methods(run: Run, attributions: dict[str, str | Path], expected: dict,
 
 
 def compare(run_dir: str | Path, attributions: dict[str, str | Path], heldout: dict[float, str | Path],
-            train_alpha: float, out: str | Path, table: str | Path, expected: dict | None = None) -> dict:
+            train_alpha: float, out: str | Path, table: str | Path, expected: dict | None = None,
+            surrogate: str | Path | None = None) -> dict:
     """Score COAR and the baselines on the same held-out masks: comparison.json (recording, as
     `made_with`, the provenance every file read was checked against, and COAR's method and
-    n_masks) and a Markdown table."""
+    n_masks) and a Markdown table. Given the run's `surrogate` (surrogate.h5, fitted on COAR's
+    masks), it is scored beside them as method "surrogate", right after COAR, and comparison.json's
+    `surrogate` says what it is."""
     from coar import report
 
     run = Run(run_dir)
     methods = _read_methods(run, attributions, expected or {}, train_alpha)
     ids = run.example_ids
-    by_method = compare_methods({m: (a.weight, a.bias) for m, a in methods.items()},
-                                _read_heldout(run, heldout, expected), ids)
+    models = {m: (a.weight, a.bias) for m, a in methods.items()}
+    found = None
+    if surrogate is not None:
+        fitted = [a.attrs["n_masks"] for a in methods.values() if a.attrs["method"] not in BASELINE_METHODS]
+        found = read_surrogate(run, surrogate, {**(expected or {}), **({"n_masks": fitted[0]} if fitted else {})},
+                               train_alpha)
+        models = _after_first(models, "surrogate", found.model(threads=None))
+    by_method = compare_methods(models, _read_heldout(run, heldout, expected), ids)
     train = f"{train_alpha:g}"
     result = {
         "alpha": train,
@@ -434,10 +494,17 @@ def compare(run_dir: str | Path, attributions: dict[str, str | Path], heldout: d
         "alphas": list(next(iter(by_method.values()))),
         "mean_correlation": {m: {a: r["mean_correlation"] for a, r in by_alpha.items()} for m, by_alpha in by_method.items()},
         "by_method": by_method,
+        **({"surrogate": _surrogate_info(found)} if found is not None else {}),
     }
     write_json(out, result)
     report.write_text(table, report.comparison_markdown(Path(run_dir).name, by_method, train, len(ids)))
     return result
+
+
+def _after_first(models: dict, name: str, model: object) -> dict:
+    """`models` with `name` inserted right after the first (COAR)."""
+    items = list(models.items())
+    return dict([*items[:1], (name, model), *items[1:]])
 
 
 def figures(run_dir: str | Path, comparison: str | Path, attributions: dict[str, str | Path],

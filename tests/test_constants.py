@@ -38,6 +38,7 @@ SCHEMA_ENUM_SOURCES = {
     "properties/solver/properties/backend": constants.SOLVER_BACKENDS,
     "properties/solver/properties/memory_budget/oneOf/0": ("auto",),  # or a number of GB
     "properties/evaluation/properties/baselines/items": constants.BASELINE_METHODS,
+    "properties/surrogate/properties/kind/oneOf/1": constants.SURROGATE_KINDS,  # or null: none
     "properties/device": constants.DEVICES,
     "properties/precision": constants.PRECISIONS,
     "properties/max_batch/oneOf/1": ("auto",),  # or a number of rows
@@ -74,6 +75,7 @@ OPTION_SOURCES = {
     "--purpose": ("train", "heldout"),
     "--unreachable": constants.UNREACHABLE_POLICIES,
     "--format": constants.EXPORT_FORMATS,
+    "--kind": constants.SURROGATE_KINDS,
 }
 
 

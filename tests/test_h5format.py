@@ -536,3 +536,89 @@ def test_the_fit_step_refuses_a_dataset_whose_shard_was_deleted_or_replaced_afte
         fit_dataset(merged, out, expect, [("layer", i, "conv") for i in range(N_COMPONENTS)],
                     [f"ex{i}" for i in range(N_EXAMPLES)], method="ols", backend="numpy", chunk_rows=16)
     assert not out.exists()
+
+
+# ----------------------------------------------------------------------------- surrogate.h5
+
+
+def surrogate_attrs(**overrides):
+    """What the fit-surrogate step records: kind, the basis's estimator, and the run's provenance
+    and fingerprints as its rows carry them."""
+    meta = run_meta()
+    return {"kind": "projected_quadratic", "basis_method": "ols",
+            **{k: meta[k] for k in ("seed", "alpha", "output_fn", "ablation", "precision", "coar_version",
+                                    "encoding", "model_fingerprint", "components_fingerprint",
+                                    "examples_fingerprint")}} | overrides
+
+
+def fitted_surrogate():
+    from coar.solver.surrogate import ProjectedQuadratic
+
+    rng = np.random.default_rng(0)
+    masks = rng.random((200, N_COMPONENTS)) < 0.3
+    outputs = masks @ rng.normal(size=(N_COMPONENTS, N_EXAMPLES)) + 0.1 * rng.normal(size=(200, N_EXAMPLES))
+    return ProjectedQuadratic(rank=3, penalty=2.0).fit(masks, outputs), masks
+
+
+def test_surrogate_round_trip(tmp_path):
+    path = tmp_path / "surrogate.h5"
+    model, masks = fitted_surrogate()
+    h5format.write_surrogate(path, model, surrogate_attrs())
+    found = h5format.read_surrogate(path, {"n_components": N_COMPONENTS, "n_examples": N_EXAMPLES, "alpha": 0.05})
+    for name in ("basis", "weight", "quad", "bias"):
+        np.testing.assert_array_equal(getattr(found, name), getattr(model, f"{name}_"))
+    assert found.attrs == surrogate_attrs() | {"rank": 3, "penalty": 2.0, "n_masks": 200,
+                                               "n_components": N_COMPONENTS, "n_examples": N_EXAMPLES}
+    np.testing.assert_array_equal(found.model().predict(masks), model.predict(masks))
+    with h5py.File(path, "r") as f:
+        assert all(f[name].fletcher32 for name in ("basis", "weight", "quad", "bias"))
+
+
+@pytest.mark.parametrize("key, value, found", [
+    ("model_fingerprint", "model-other", "model-aa11"),  # another run's
+    ("alpha", 0.1, 0.05),  # this run's, made otherwise
+    ("n_masks", 400, 200),
+    ("kind", "other_kind", "projected_quadratic"),
+])
+def test_a_surrogate_of_another_run_or_made_otherwise_is_refused_naming_key_and_both_values(tmp_path, key, value,
+                                                                                              found):
+    path = tmp_path / "surrogate.h5"
+    h5format.write_surrogate(path, fitted_surrogate()[0], surrogate_attrs())
+    with pytest.raises(FormatError, match=rf"surrogate\.h5 was made with {key} {found!r} but this run has {value!r}"):
+        h5format.read_surrogate(path, {key: value})
+
+
+@pytest.mark.parametrize("dataset", ["basis", "weight", "quad", "bias"])
+def test_a_flipped_bit_in_a_surrogate_is_refused_naming_the_dataset(tmp_path, dataset):
+    from tests.test_trust import flip_a_byte
+
+    path = tmp_path / "surrogate.h5"
+    h5format.write_surrogate(path, fitted_surrogate()[0], surrogate_attrs())
+    flip_a_byte(path, dataset)
+    with pytest.raises(FormatError, match=rf"surrogate\.h5: dataset '{dataset}' rows .* fail their checksum"):
+        h5format.read_surrogate(path)
+
+
+def test_a_surrogate_is_written_whole_or_not_at_all(tmp_path):
+    path = tmp_path / "surrogate.h5"
+    model, _ = fitted_surrogate()
+    with pytest.raises(ValueError, match=r"missing \['basis_method'\]"):
+        h5format.write_surrogate(path, model, {k: v for k, v in surrogate_attrs().items() if k != "basis_method"})
+    model.bias_ = np.full_like(model.bias_, np.nan)
+    with pytest.raises(ValueError, match="NaN or infinite"):
+        h5format.write_surrogate(path, model, surrogate_attrs())
+    assert list(tmp_path.iterdir()) == []
+
+
+def test_a_surrogate_with_a_malformed_dataset_is_refused(tmp_path):
+    path = tmp_path / "surrogate.h5"
+    h5format.write_surrogate(path, fitted_surrogate()[0], surrogate_attrs())
+    with h5py.File(path, "r+") as f:
+        f.attrs["rank"] = 2
+    with pytest.raises(FormatError, match=r"dataset 'basis' has shape \(12, 3\), its attributes imply \(12, 2\)"):
+        h5format.read_surrogate(path)
+    with h5py.File(path, "r+") as f:
+        f.attrs["rank"] = 3
+        f.attrs["coar_format"] = "coar.attributions.v2"
+    with pytest.raises(FormatError, match="is a coar.attributions.v2 file but a coar.surrogate.v1 file is needed"):
+        h5format.read_surrogate(path)

@@ -128,3 +128,60 @@ def test_predict_refuses_before_fit_and_on_wrong_width():
     s = ProjectedQuadratic(rank=2).fit(X, Y)
     with pytest.raises(ValueError, match="masks have 39 columns but the surrogate was fit on 40 components"):
         s.predict(X[:, :39])
+
+
+# -- streamed: the workflow's fit reads the run's rows in chunks ----------------------------------
+
+
+def chunked(X, Y, rows):
+    return [(X[i:i + rows], Y[i:i + rows]) for i in range(0, len(X), rows)]
+
+
+@pytest.mark.parametrize("rows", [1, 7, 1500])
+def test_streamed_fit_gives_the_in_memory_coefficients_whatever_the_chunk_size(rows):
+    X, Y = planted_interaction(noise=0.5)
+    Y = Y + 50.0  # outputs far from 0: the raw sums must not lose the spread to cancellation
+    whole = ProjectedQuadratic(rank=4, penalty=3.0).fit(X, Y)
+    ols = fit((X, Y), "ols", backend="numpy").weight  # the run's attributions.h5
+    streamed = ProjectedQuadratic(rank=4, penalty=3.0).fit_chunks(chunked(X, Y, rows), ols)
+    for name in ("basis_", "weight_", "quad_", "bias_"):
+        np.testing.assert_allclose(getattr(streamed, name), getattr(whole, name), rtol=1e-8,
+                                   atol=1e-8 * np.abs(getattr(whole, name)).max(), err_msg=name)
+    assert streamed.n_masks_ == whole.n_masks_ == len(X)
+    np.testing.assert_allclose(streamed.predict(heldout()), whole.predict(heldout()), rtol=1e-8)
+
+
+def test_streamed_fit_reads_a_function_of_fresh_chunks_twice():
+    X, Y = planted_interaction(noise=0.5)
+    ols = fit((X, Y), "ols", backend="numpy").weight
+    passes = []
+
+    def chunks():
+        passes.append(1)
+        return iter(chunked(X, Y, 100))
+
+    s = ProjectedQuadratic(rank=3).fit_chunks(chunks, ols)
+    assert len(passes) == 2
+    np.testing.assert_allclose(s.predict(X[:5]), ProjectedQuadratic(rank=3).fit(X, Y).predict(X[:5]), rtol=1e-8)
+
+
+def test_streamed_fit_refuses_a_spent_iterator_wrong_weights_and_changing_rows():
+    X, Y = planted_interaction(noise=0.5)
+    ols = fit((X, Y), "ols", backend="numpy").weight
+    with pytest.raises(ValueError, match="chunks must be re-iterable"):
+        ProjectedQuadratic(rank=2).fit_chunks(iter(chunked(X, Y, 100)), ols)
+    with pytest.raises(ValueError, match=r"ols_weight must be \(examples x components\) = \(12, 40\)"):
+        ProjectedQuadratic(rank=2).fit_chunks(chunked(X, Y, 100), ols.T)
+    reads = iter([chunked(X, Y, 100), chunked(X, Y, 100)[:-1]])
+    with pytest.raises(ValueError, match="1500 rows on the first pass but 1400 on the second"):
+        ProjectedQuadratic(rank=2).fit_chunks(lambda: next(reads), ols)
+
+
+def test_a_surrogate_rebuilt_from_its_arrays_predicts_the_same():
+    X, Y = planted_interaction(noise=0.5)
+    s = ProjectedQuadratic(rank=3).fit(X, Y)
+    copy = ProjectedQuadratic.from_fitted(s.basis_, s.weight_, s.quad_, s.bias_, rank=3, penalty=s.penalty,
+                                          n_masks=s.n_masks_)
+    np.testing.assert_array_equal(copy.predict(heldout()), s.predict(heldout()))
+    with pytest.raises(ValueError, match="rank-2 surrogate of 40 components and 12 examples needs arrays"):
+        ProjectedQuadratic.from_fitted(s.basis_, s.weight_, s.quad_, s.bias_, rank=2, penalty=1.0, n_masks=1)

@@ -4,6 +4,7 @@
 import json
 import os
 import re
+import shutil
 import signal
 import subprocess
 
@@ -12,6 +13,8 @@ import numpy as np
 import pytest
 import yaml
 
+import coar
+from coar import h5format
 from tests.snakemake_runs import SNAKEFILE, TEST_CONFIG, TINY, snakemake
 
 # The one lint left on purpose: rules name no conda environment or container, because the
@@ -135,6 +138,50 @@ def test_killed_run_resumes_recomputing_only_missing_shards_with_identical_resul
         assert (shards / name).stat().st_mtime_ns == mtime, f"{name} was recomputed"
     with h5py.File(reference, "r") as a, h5py.File(tmp_path / "results" / "tiny" / "attributions.h5", "r") as b:
         assert np.array_equal(a["weight"][:], b["weight"][:]) and np.array_equal(a["bias"][:], b["bias"][:])
+
+
+def test_a_surrogate_asked_of_a_finished_run_is_fitted_and_scored_beside_coar_at_every_alpha(tiny_run, tmp_path):
+    """config surrogate: the tiny run, finished, given `surrogate.kind: projected_quadratic`: only
+    what depends on it is made (surrogate.h5 from the run's own rows and attributions, then the
+    evaluation, comparison, report and explorer), and comparison.json and comparison.md hold a
+    `surrogate` row at every alpha, right after COAR's."""
+    shutil.copytree(tiny_run, tmp_path, dirs_exist_ok=True)
+    run = tmp_path / "results" / "tiny"
+    kept = {path: path.stat().st_mtime_ns for path in (run / "attributions.h5", *run.glob("shards/*.h5"),
+                                                        *run.glob("heldout/*.h5"), *run.glob("baselines/*.h5"))}
+    # The tiny config as written (a config whose task params come in another key order reruns
+    # prepare, Snakemake comparing the params' text), asking for a surrogate.
+    config = tmp_path / "surrogate.yaml"
+    config.write_text(TEST_CONFIG.read_text() + "surrogate: {kind: projected_quadratic, rank: 4}\n")
+    result = snakemake(tmp_path, config=config)
+    assert result.returncode == 0, result.stderr[-3000:]
+    assert all(path.stat().st_mtime_ns == mtime for path, mtime in kept.items()), "the rows and fits were kept"
+
+    from coar.run import Run
+
+    info = Run(run).info
+    surrogate = h5format.read_surrogate(run / "surrogate.h5", Run(run).expect | {"alpha": 0.05})
+    assert surrogate.attrs.items() >= {"kind": "projected_quadratic", "rank": 4, "penalty": 10.0,
+                                       "basis_method": "ols", "n_masks": TINY["masks"]}.items()
+    assert surrogate.weight.shape == (info["n_examples"], info["n_components"])
+
+    comparison = json.loads((run / "comparison.json").read_text())
+    assert comparison["methods"][:2] == ["coar", "surrogate"]
+    assert set(comparison["mean_correlation"]["surrogate"]) == {"0.025", "0.05", "0.1"}
+    assert all(v > 0.5 for v in comparison["mean_correlation"]["surrogate"].values())
+    assert comparison["surrogate"] == {"kind": "projected_quadratic", "rank": 4, "penalty": 10.0,
+                                       "basis_method": "ols", "n_masks": TINY["masks"]}
+    assert re.search(r"^\| surrogate( \| [01]\.\d{3}){3} \|$", (run / "comparison.md").read_text(), re.M)
+    evaluation = json.loads((run / "evaluation.json").read_text())
+    assert evaluation["surrogate"]["by_alpha"] == comparison["by_method"]["surrogate"]
+    assert "surrogate" in (run / "explorer.html").read_text()
+
+    # coar.open gives the run's surrogate and its scores as coar.attribute does.
+    opened = coar.open(run)
+    assert opened.info["surrogate"] == comparison["surrogate"]
+    np.testing.assert_array_equal(opened.surrogate.weight_, surrogate.weight)
+    assert opened.info["heldout_surrogate"] == comparison["by_method"]["surrogate"]["0.05"]
+    assert opened.info["mean_heldout_correlation_surrogate"] == comparison["mean_correlation"]["surrogate"]["0.05"]
 
 
 def test_heldout_collection_needs_no_training_shards(tmp_path):

@@ -91,6 +91,8 @@ def fast_path_options(fast):
 # edits, and as `ancient`: Snakemake redoes a job whose set of inputs changed, or whose input is
 # redone, so a check redone (an edit added, changed or removed, more masks) redoes the checks,
 # never a finished collection.
+SURROGATE = config["surrogate"]["kind"]  # a surrogate beyond linear COAR (rules/fit.smk), or None
+SURROGATE_FILE = f"{RUN}/surrogate.h5"
 CHECKED_MASKS = f"{RUN}/checks/masks.ok"
 CHECKED_EDITS = f"{RUN}/checks/edits.ok"
 COLLECTION_CHECKS = {"checked": ancient(CHECKED_MASKS)}
@@ -141,6 +143,7 @@ def step_timings(wildcards=None):
         *rounds,
         f"{RUN}/benchmarks/merge.tsv",
         f"{RUN}/benchmarks/fit.tsv",
+        *([f"{RUN}/benchmarks/fit_surrogate.tsv"] if SURROGATE else []),
         f"{RUN}/benchmarks/evaluate.tsv",
     ]
 
@@ -178,8 +181,14 @@ STAMPED = {
     },
     "baseline": {"task": config["task"], "ablation": config["ablation"], "output_fn": config["output_fn"]},
     "fit": {"method": config["solver"]["method"]},
-    "evaluate": {"alphas": ALPHAS, "baselines": config["evaluation"]["baselines"]},
+    # With the surrogate's settings only when one is asked for, so that other runs keep their stamps.
+    "evaluate": {
+        "alphas": ALPHAS,
+        "baselines": config["evaluation"]["baselines"],
+        **({"surrogate": config["surrogate"]} if SURROGATE else {}),
+    },
     "edits": {"edits": config["edits"]},
+    **({"surrogate": config["surrogate"]} if SURROGATE else {}),
     # How a masks: auto run scores and stops its rounds (its shards stay, as when a run grows).
     "rounds": {
         "method": config["solver"]["method"],

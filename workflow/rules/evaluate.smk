@@ -4,11 +4,15 @@ report: "../report/workflow.rst"
 import shlex
 
 HELDOUT_OPTIONS = " ".join(f"--heldout {shlex.quote(f'{a}={RUN}/heldout/alpha-{a}.h5')}" for a in ALPHAS)
+# config surrogate: evaluate and compare score it beside COAR (rules/fit.smk fits it).
+SURROGATE_INPUT = {"surrogate": SURROGATE_FILE} if SURROGATE else {}
+SURROGATE_OPTION = f"--surrogate {shlex.quote(SURROGATE_FILE)}" if SURROGATE else ""
 
 
 rule evaluate:
     """Held-out correlation of the attributions' predictions, at every evaluation alpha."""
     input:
+        **SURROGATE_INPUT,
         run=rules.prepare.output,
         stamp=config_stamp("evaluate"),
         attributions=rules.fit.output,
@@ -24,9 +28,10 @@ rule evaluate:
         run_dir=run_dir_of_input,
         heldout=HELDOUT_OPTIONS,
         provenance=provenance_options("train"),
+        surrogate=SURROGATE_OPTION,
     shell:
         "coar evaluate --run-dir {params.run_dir:q} --attributions {input.attributions:q} --training-data {input.data:q}"
-        " {params.heldout} {params.provenance} --out {output:q} 2>&1 | tee {log:q}"
+        " {params.heldout} {params.surrogate} {params.provenance} --out {output:q} 2>&1 | tee {log:q}"
 
 
 # masks: auto: the held-out correlation after each round, against the training masks.
@@ -73,6 +78,7 @@ METHOD_OPTIONS = " ".join(f"--method {shlex.quote(f'{m}={path}')}" for m, path i
 rule compare:
     """COAR and every baseline scored on the same held-out masks: the methods x alphas table."""
     input:
+        **SURROGATE_INPUT,
         run=rules.prepare.output,
         stamp=config_stamp("evaluate"),
         attributions=list(METHOD_FILES.values()),
@@ -89,8 +95,9 @@ rule compare:
         methods=METHOD_OPTIONS,
         heldout=HELDOUT_OPTIONS,
         provenance=provenance_options("train"),
+        surrogate=SURROGATE_OPTION,
     shell:
-        "coar compare --run-dir {params.run_dir:q} {params.methods} {params.heldout}"
+        "coar compare --run-dir {params.run_dir:q} {params.methods} {params.surrogate} {params.heldout}"
         " {params.provenance} --out {output.json:q} --table {output.table:q} 2>&1 | tee {log:q}"
 
 

@@ -66,3 +66,66 @@ rule fit:
         " --backend {params.solver[backend]:q} --chunk-rows {params.solver[chunk_rows]:q}"
         " --memory-budget {params.solver[memory_budget]:q} {params.example_block} {params.provenance}"
         " 2>&1 | tee {log:q}"
+
+
+# Cluster resources of the surrogate's fit (coar.solver.surrogate.ProjectedQuadratic.fit_chunks),
+# with F = N + r (r + 1) / 2 features, n examples, m masks and c = solver.chunk_rows: the F x F
+# Gram matrix (and its scaled copy and factor), its F x n cross products (and their scaled copy)
+# and one chunk's masks, features and outputs, in float64; two passes over the rows.
+surrogate_features = lambda s: s["n_components"] + config["surrogate"]["rank"] * (config["surrogate"]["rank"] + 1) // 2
+surrogate_mem_mb = lambda attempt, s: math.ceil(
+    attempt
+    * (
+        1500
+        + 8
+        * (
+            3 * surrogate_features(s) ** 2
+            + 2 * surrogate_features(s) * s["n_examples"]
+            + 3 * config["solver"]["chunk_rows"] * (surrogate_features(s) + s["n_examples"])
+        )
+        / 2**20
+    )
+)
+surrogate_runtime = lambda attempt, s: math.ceil(
+    attempt
+    * (
+        10
+        + (
+            mask_budget(config) * surrogate_features(s) * (surrogate_features(s) + s["n_examples"])
+            + surrogate_features(s) ** 3 / 3
+        )
+        / FIT_RATE
+        / 60
+    )
+)
+
+
+# Only when the config asks for one (config surrogate.kind).
+if SURROGATE:
+
+    rule fit_surrogate:
+        """config surrogate: a surrogate beyond linear COAR on the same training rows (streamed from the
+        merged dataset, two passes), its basis from the run's fitted weights: surrogate.h5."""
+        input:
+            run=rules.prepare.output,
+            stamp=config_stamp("surrogate"),
+            data=rules.merge.output,
+            attributions=rules.fit.output,
+        output:
+            SURROGATE_FILE,
+        log:
+            f"{RUN}/logs/fit_surrogate.log",
+        benchmark:
+            f"{RUN}/benchmarks/fit_surrogate.tsv"
+        resources:
+            mem_mb=lambda wildcards, attempt: surrogate_mem_mb(attempt, run_sizes()),
+            runtime=lambda wildcards, attempt: surrogate_runtime(attempt, run_sizes()),
+        params:
+            run_dir=run_dir_of_input,
+            surrogate=config["surrogate"],
+            chunk_rows=config["solver"]["chunk_rows"],
+            provenance=provenance_options("expect"),
+        shell:
+            "coar fit-surrogate --run-dir {params.run_dir:q} --data {input.data:q} --attributions {input.attributions:q}"
+            " --kind {params.surrogate[kind]:q} --rank {params.surrogate[rank]:q} --penalty {params.surrogate[penalty]:q}"
+            " --chunk-rows {params.chunk_rows:q} {params.provenance} --out {output:q} 2>&1 | tee {log:q}"
