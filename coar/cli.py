@@ -313,6 +313,8 @@ def _parser() -> argparse.ArgumentParser:
             s.add_argument("--out-dir", required=True, help="folder for weights.safetensors, ablated.json, report.json")
             s.add_argument("--masks-per-pass", type=_positive, default=DEFAULT_MASKS_PER_PASS,
                            help="values of k evaluated in one forward pass")
+            s.add_argument("--surrogate", default=None, help="the run's surrogate.h5 (fit-surrogate): its predictions "
+                           "judge the candidates and the checks, the linear ones reported beside them")
         s.add_argument("--max-batch", type=_positive, default=DEFAULT_MAX_BATCH,
                        help="most rows (masks x examples) per forward pass")
         s.add_argument("--device", choices=DEVICES, default="auto")
@@ -516,7 +518,8 @@ def _edit(args: argparse.Namespace) -> None:
     else:
         report = edit_steps.apply(args.run_dir, spec, args.plan, args.attributions, args.out_dir,
                                   task=(args.task, args.task_params), expected=_expected(args), device=args.device,
-                                  masks_per_pass=args.masks_per_pass, max_batch=args.max_batch)
+                                  masks_per_pass=args.masks_per_pass, max_batch=args.max_batch,
+                                  surrogate=args.surrogate)
         print(json.dumps({k: report[k] for k in ("k", "rule", "checks", "problems")}, indent=1))
 
 

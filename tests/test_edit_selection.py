@@ -143,3 +143,58 @@ def test_report_json_records_the_digests_of_the_edits_files_and_readers_check_th
     assert read_report(tmp_path)["files"] == report["files"]
     with pytest.raises(FormatError, match="report.json was made with model_fingerprint .* but this run has 'another'"):
         read_report(tmp_path, {**Run(run).fingerprints, "model_fingerprint": "another"})
+
+
+class LinearSurrogate:
+    """A 'surrogate' that is exactly a linear model, plus an interaction the linear one misses:
+    components 1 and 2 together drive the reference below zero."""
+
+    def __init__(self, interaction: float = 0.0) -> None:
+        self.interaction = interaction
+
+    def predict(self, masks: np.ndarray) -> np.ndarray:
+        masks = np.asarray(masks, dtype=np.float64)
+        both = (masks[:, 1] * masks[:, 2])[:, None] * np.r_[np.zeros(4), np.full(6, self.interaction)]
+        return BASE + masks @ EFFECTS.T + both
+
+
+def test_a_surrogate_that_is_the_linear_model_predicts_what_the_attributions_do():
+    linear, surrogate = Predictions(EFFECTS, BASE, TARGET, REFERENCE), \
+        Predictions(EFFECTS, BASE, TARGET, REFERENCE, LinearSurrogate())
+    for component in range(5):
+        assert surrogate.target_change(component, -1.0) == pytest.approx(linear.target_change(component, -1.0))
+    for chosen in ([], [0], [1, 2], [1, 2, 3]):
+        assert surrogate.reference_accuracy(chosen) == linear.reference_accuracy(chosen)
+
+
+def test_a_surrogates_interaction_rules_out_a_set_the_linear_prediction_would_try():
+    predictions = Predictions(EFFECTS, BASE, TARGET, REFERENCE, LinearSurrogate(interaction=-5.0))
+    calls = []
+
+    def counted(masks: np.ndarray) -> np.ndarray:
+        calls.append(masks.copy())
+        return evaluate(masks)
+
+    path = verified_path(np.array([1, 2, 3]), 5, counted, target=TARGET, reference=REFERENCE, sign=-1.0,
+                         tolerance=0.1, k_max=3, predictions=predictions)
+    assert path.order == [1, 3]  # 2 with 1 is predicted to break the reference: never run
+    assert path.tried[1].index == 2 and path.tried[1].reason.startswith("predicted reference accuracy 0.000")
+    assert not any(row[1] and row[2] for masks in calls for row in masks)  # no pass ablated both
+
+
+def test_with_the_runs_surrogate_the_report_shows_its_predictions_beside_the_linear_ones(run, tmp_path):
+    from coar.cli import main
+
+    assert main(["fit-surrogate", "--run-dir", str(run), "--data", str(run / "dataset.h5"), "--attributions",
+                 str(run / "attributions.h5"), "--out", str(run / "surrogate.h5"), "--kind", "projected_quadratic",
+                 "--rank", "2"]) == 0
+    spec = EditSpec.from_config({**EDIT, "k": 3, "selection": "prefix"})
+    edit_steps.plan(run, spec, run / "attributions.h5", tmp_path / "plan.json", task=TASK)
+    report = edit_steps.apply(run, spec, tmp_path / "plan.json", run / "attributions.h5", tmp_path, task=TASK,
+                              surrogate=run / "surrogate.h5")
+    (run / "surrogate.h5").unlink()
+    assert report["checks"]["predicted_by"] == "surrogate" and "linear_predicted_target_change" in report["checks"]
+    assert len(report["sweep"]["surrogate_predicted_mean_change"]["target"]) == len(report["sweep"]["ks"])
+    pairs = report["predicted_vs_realised"]
+    assert set(pairs["surrogate_realised_over_predicted"]) == {"target", "reference"}
+    assert all("surrogate_predicted" in e and "predicted" in e for e in pairs["examples"])

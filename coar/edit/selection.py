@@ -25,6 +25,7 @@ from __future__ import annotations
 
 from collections.abc import Callable
 from dataclasses import dataclass, field
+from typing import Protocol
 
 import numpy as np
 
@@ -79,25 +80,45 @@ def prefix_path(order: np.ndarray, k: int, n_components: int, evaluate: Evaluate
     return Path(chosen, evaluate(prefix_masks(chosen, list(range(k + 1)), n_components)))
 
 
-@dataclass(frozen=True)
 class Predictions:
     """What the attributions predict of a set, on the run's attributed examples: the change of each
-    example's output is the sum of the set's attributions (encoding 1 = ablated)."""
+    example's output is the sum of the set's attributions (encoding 1 = ablated), or, when the run
+    has a surrogate beyond linear COAR (coar.solver.surrogate, `predict(masks)`), the surrogate's
+    predicted output with the set ablated minus with nothing ablated."""
 
-    weight: np.ndarray  # (examples x N) attributions
-    base: np.ndarray  # (examples,) the unedited model's outputs
-    target: np.ndarray  # rows of the target examples
-    reference: np.ndarray  # rows of the reference examples
+    def __init__(self, weight: np.ndarray, base: np.ndarray, target: np.ndarray, reference: np.ndarray,
+                 surrogate: Surrogate | None = None) -> None:
+        self.weight, self.base, self.target, self.reference = weight, base, target, reference
+        self.surrogate = surrogate
+        n_components = weight.shape[1]
+        if surrogate is not None:  # every single component's predicted change, once
+            self._nothing = surrogate.predict(np.zeros((1, n_components)))[0]
+            self._single = surrogate.predict(np.eye(n_components)) - self._nothing
+
+    def change(self, masks: np.ndarray) -> np.ndarray:
+        """Predicted output change (masks x examples) of every attributed example."""
+        masks = np.asarray(masks, dtype=np.float64)
+        if self.surrogate is None:
+            return masks @ self.weight.T
+        return self.surrogate.predict(masks) - self._nothing
 
     def target_change(self, component: int, sign: float) -> float:
         """The predicted mean change of the target outputs from ablating `component`, signed so
         that a positive value moves the edit's way."""
-        return float(sign * self.weight[self.target, component].mean())
+        single = self.weight[:, component] if self.surrogate is None else self._single[component]
+        return float(sign * single[self.target].mean())
 
     def reference_accuracy(self, components: list[int]) -> float:
         """The predicted reference accuracy with `components` ablated."""
-        change = self.weight[np.ix_(self.reference, components)].sum(1) if components else 0.0
-        return float(accuracy(self.base[self.reference] + change))
+        mask = np.zeros((1, self.weight.shape[1]))
+        mask[0, components] = 1
+        return float(accuracy(self.base[self.reference] + self.change(mask)[0, self.reference]))
+
+
+class Surrogate(Protocol):
+    """A model of the ablated outputs beyond linear COAR: outputs (masks x examples) of masks."""
+
+    def predict(self, masks: np.ndarray) -> np.ndarray: ...
 
 
 def verified_path(order: np.ndarray, n_components: int, evaluate: Evaluate, *, target: np.ndarray,

@@ -28,14 +28,14 @@ from coar.edit.plots import metric_vs_k, outputs_before_after
 from coar.edit.planning import apply_edit, by_layer, choose_k, describe, rank, welch_scores
 from coar.digest import file_digest
 from coar.edit.record import ABLATED, PLAN, PLAN_FORMAT, PLOT, REPORT, REPORT_FORMAT, WEIGHTS, read_json_file
-from coar.edit.selection import Path as EditPath, Predictions, accuracy, prefix_path, success, verified_path
+from coar.edit.selection import Path as EditPath, Predictions, accuracy, prefix_masks, prefix_path, success, verified_path
 from coar.edit.selectors import Pool, needs_outputs, select, select_reference, validation_ids
 from coar.edit.spec import AUTO, EditConfigError, EditSpec
 from coar.examples import Examples, TensorExamples
 from coar.forward import run_masked
-from coar.h5format import AttributionsFile, FormatError
+from coar.h5format import AttributionsFile, FormatError, read_surrogate
 from coar.outputs import resolve_output_fn
-from coar.run import Run
+from coar.run import PROVENANCE, Run
 from coar.saved_task import PreparedTask
 from coar.steps import resolve_device
 
@@ -199,11 +199,15 @@ class _Context:
     """What apply reads once: the run, its plan and attributions, the reopened task, and how its passes run."""
 
     def __init__(self, run_dir: str | Path, spec: EditSpec, plan_path: str | Path, attributions: str | Path,
-                 task: tuple[str, dict], expected: dict | None, device: str, masks_per_pass: int, max_batch: int) -> None:
+                 task: tuple[str, dict], expected: dict | None, device: str, masks_per_pass: int, max_batch: int,
+                 surrogate: str | Path | None = None) -> None:
         self.spec, self.run = spec, Run(run_dir)
         self.planned = read_plan(spec, self.run, plan_path)
         self.attr = read_run_attributions(spec, self.run, attributions, expected)
         self.weight = np.asarray(self.attr.weight, np.float64)
+        self.surrogate = None if surrogate is None else read_surrogate(
+            surrogate, {**self.run.expect, **{k: self.attr.attrs[k] for k in PROVENANCE},
+                        "n_masks": self.attr.attrs["n_masks"]}).model()
         self.ablation = self.attr.attrs["ablation"]  # the ablation the attributions predict, and the edit makes permanent
         self.prepared = _reopen(self.run, task, device)
         if self.prepared.validation is None:
@@ -258,9 +262,12 @@ class _Context:
 
 def apply(run_dir: str | Path, spec: EditSpec, plan_path: str | Path, attributions: str | Path, out_dir: str | Path,
           *, task: tuple[str, dict], expected: dict | None = None, device: str = "cpu", masks_per_pass: int = DEFAULT_MASKS_PER_PASS,
-          max_batch: int = DEFAULT_MAX_BATCH) -> dict:
-    """Choose the set on validation, check it, write the edited model and its report (module doc)."""
-    context = _Context(run_dir, spec, plan_path, attributions, task, expected, device, masks_per_pass, max_batch)
+          max_batch: int = DEFAULT_MAX_BATCH, surrogate: str | Path | None = None) -> dict:
+    """Choose the set on validation, check it, write the edited model and its report (module doc).
+    With the run's `surrogate` (surrogate.h5), its predictions judge the candidates and the
+    checks, the linear ones reported beside them."""
+    context = _Context(run_dir, spec, plan_path, attributions, task, expected, device, masks_per_pass, max_batch,
+                       surrogate)
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
     if spec.per_example:
@@ -269,7 +276,7 @@ def apply(run_dir: str | Path, spec: EditSpec, plan_path: str | Path, attributio
     if needs_outputs(spec):
         pool.outputs = context.outputs(np.zeros((1, len(components)), bool), context.validation)[0]
     target, reference = select(spec, pool)  # refuse an empty or overlapping selection before the selection's passes
-    predictions = Predictions(context.weight, context.base, context.target, context.reference)
+    predictions = Predictions(context.weight, context.base, context.target, context.reference, context.surrogate)
     path = context.path(context.order, context.validation, target, reference, predictions, spec.goal)
     k, rule = context.choose(path, target, reference, spec.goal)
     ks, outputs = path.ks, path.outputs
@@ -278,8 +285,17 @@ def apply(run_dir: str | Path, spec: EditSpec, plan_path: str | Path, attributio
     predicted_curve = predicted_changes(context.weight, np.asarray(path.order, np.int64), ks)
     predicted_mean = {"target": predicted_curve[context.target].mean(0).tolist(),
                       "reference": predicted_curve[context.reference].mean(0).tolist()}
+    surrogate_curve = None if context.surrogate is None else \
+        predictions.change(prefix_masks(path.order, ks, len(components))).T  # examples x ks, as predicted_curve
+    surrogate_mean = None if surrogate_curve is None else {
+        "target": surrogate_curve[context.target].mean(0).tolist(),
+        "reference": surrogate_curve[context.reference].mean(0).tolist()}
+    judged = predicted_mean if surrogate_mean is None else surrogate_mean  # what predicts the set: checked below
     checks, problems = _checks(spec, float(reference_accuracy[0] - reference_accuracy[k]),
-                               float(predicted_mean["target"][k]), float(change[k, target].mean()), k)
+                               float(judged["target"][k]), float(change[k, target].mean()), k)
+    checks["predicted_by"] = "linear" if surrogate_mean is None else "surrogate"
+    if surrogate_mean is not None:
+        checks["linear_predicted_target_change"] = float(predicted_mean["target"][k])
     for problem in problems:
         log.warning("edit %s: %s", spec.name, problem)
     if problems and spec.strict:
@@ -290,6 +306,7 @@ def apply(run_dir: str | Path, spec: EditSpec, plan_path: str | Path, attributio
     mask[0, ablated] = True
     after = context.outputs(mask, context.prepared.examples)[0]
     realised, predicted = after - context.base, context.weight[:, ablated].sum(1)
+    by_surrogate = None if surrogate_curve is None else surrogate_curve[:, k]
     role = np.full(len(realised), "other", dtype=object)
     role[context.target], role[context.reference] = "target", "reference"
     edited = apply_edit(context.prepared.model, components, ablated, mode=context.ablation,
@@ -307,15 +324,15 @@ def apply(run_dir: str | Path, spec: EditSpec, plan_path: str | Path, attributio
                      "reference, realised (validation)": change[:, reference].mean(1).tolist()},
                 out_dir / PLOT, title=f"edit {spec.name}: {spec.direction} the target output ({spec.selection})",
                 chosen_k=k, ylabel="mean output change")
-    ratio = {name: _finite(np.float64(_mean(realised[rows])) / _mean(predicted[rows])) if k else None
-             for name, rows in (("target", context.target), ("reference", context.reference))}
+    ratio = _ratios(realised, predicted, context, k)
     report = {
         **_report_header(context, k, rule, checks, problems),
         "sweep": {"ks": ks, "validation_target_success": target_success.tolist(),
                   "validation_reference_accuracy": reference_accuracy.tolist(),
                   "realised_mean_change": {"target": change[:, target].mean(1).tolist(),
                                            "reference": change[:, reference].mean(1).tolist()},
-                  "predicted_mean_change": predicted_mean},
+                  "predicted_mean_change": predicted_mean,
+                  **({} if surrogate_mean is None else {"surrogate_predicted_mean_change": surrogate_mean})},
         "tried": context.tried(path),
         "metrics": {
             "target": _metrics(context.base[context.target], after[context.target]),
@@ -328,8 +345,12 @@ def apply(run_dir: str | Path, spec: EditSpec, plan_path: str | Path, attributio
         "predicted_vs_realised": {
             "correlation": _finite(np.corrcoef(predicted, realised)[0, 1]) if k else None,
             "realised_over_predicted": ratio,
-            "examples": [{"id": i, "role": r, "predicted": float(p), "realised": float(q)}
-                         for i, r, p, q in zip(context.run.example_ids, role, predicted, realised)],
+            **({} if by_surrogate is None else {
+                "surrogate_correlation": _finite(np.corrcoef(by_surrogate, realised)[0, 1]) if k else None,
+                "surrogate_realised_over_predicted": _ratios(realised, by_surrogate, context, k)}),
+            "examples": [{"id": i, "role": r, "predicted": float(p), "realised": float(q),
+                          **({} if by_surrogate is None else {"surrogate_predicted": float(by_surrogate[z])})}
+                         for z, (i, r, p, q) in enumerate(zip(context.run.example_ids, role, predicted, realised))],
         },
     }
     _write_report(out_dir, report, (WEIGHTS, ABLATED, PLOT))
@@ -362,7 +383,7 @@ def _apply_each(context: _Context, out_dir: Path) -> dict:
                                   torch.cat([rows[1][position : position + 1], labels]))
         scores = welch_scores(context.weight[[row]], context.weight[context.reference])
         order = candidates[rank(scores[candidates], RANKING[spec.direction])]
-        predictions = Predictions(context.weight, context.base, np.asarray([row]), context.reference)
+        predictions = Predictions(context.weight, context.base, np.asarray([row]), context.reference, context.surrogate)
         path = context.path(order, examples, np.asarray([0]), reference + 1, predictions, spec.goal or 1.0)
         k, _ = context.choose(path, np.asarray([0]), reference + 1, spec.goal or 1.0)
         chosen = path.order[:k]
@@ -375,6 +396,8 @@ def _apply_each(context: _Context, out_dir: Path) -> dict:
                       "reference_accuracy": validation_accuracy.tolist(),
                       "test_reference_accuracy": [float(accuracy(test_base)), float(accuracy(test_after))],
                       "predicted_change": float(context.weight[row, chosen].sum()),
+                      **({} if context.surrogate is None else
+                         {"surrogate_predicted_change": float(predictions.change(mask)[0, row])}),
                       "tried": len(path.tried)})
         ablated_sets[example_id] = describe(components, chosen)
         log.info("edit %s, example %s: k = %d, output %.3f -> %.3f, validation reference accuracy %.3f -> %.3f",
@@ -400,6 +423,12 @@ def _apply_each(context: _Context, out_dir: Path) -> dict:
              "%.4f (test: %.4f)", spec.name, fixed, len(edits), summary["median_reference_loss"],
              summary["median_test_reference_loss"])
     return report
+
+
+def _ratios(realised: np.ndarray, predicted: np.ndarray, context: _Context, k: int) -> dict:
+    """Realised over predicted mean change of the target's and the reference's attributed examples."""
+    return {name: _finite(np.float64(_mean(realised[rows])) / _mean(predicted[rows])) if k else None
+            for name, rows in (("target", context.target), ("reference", context.reference))}
 
 
 def _rows(examples: Examples, rows: np.ndarray) -> tuple[torch.Tensor, torch.Tensor]:

@@ -87,6 +87,7 @@ rule edit_apply:
     """One edit chosen and checked on validation examples: edited weights, ablated.json, a plot, and
     report.json with the SHA-256 of the others (coar/edit/record.py)."""
     input:
+        **SURROGATE_INPUT,
         run=rules.prepare.output,
         attributions=rules.fit.output,
         plan=f"{RUN}/edits/{{name}}/plan.json",
@@ -110,10 +111,11 @@ rule edit_apply:
         task=task_options(),
         masks_per_pass=config["masks_per_pass"],
         out_dir=lambda wildcards, output: os.path.dirname(output.report),
+        surrogate=SURROGATE_OPTION,
     shell:
         "coar edit-apply --run-dir {params.run_dir:q} --attributions {input.attributions:q} --plan {input.plan:q}"
         " --out-dir {params.out_dir:q} --masks-per-pass {params.masks_per_pass} --edit {params.edit} {params.options}"
-        " {params.task} {params.provenance} --threads {threads} 2>&1 | tee {log:q}"
+        " {params.task} {params.provenance} {params.surrogate} --threads {threads} 2>&1 | tee {log:q}"
 
 
 use rule edit_apply as edit_apply_each with:
