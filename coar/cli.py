@@ -323,7 +323,11 @@ def _parser() -> argparse.ArgumentParser:
         _provenance_options(s, alpha="expect")
     s = add("check-edits", "Check every edit of config `edits` against the prepared run, before any collection: "
                            "components, k, labels, groups, ids and non-empty, disjoint selections (coar.edit.checks).")
-    s.add_argument("--edits", required=True, type=json.loads, help="JSON list: the config's `edits`")
+    given = s.add_mutually_exclusive_group(required=True)
+    given.add_argument("--edits", type=json.loads, help="JSON list: the config's `edits`")
+    given.add_argument("--edits-stamps", metavar="DIR", help="the run's config stamps folder (results/<run>/config): "
+                       "the edits of its one edits-<digest>.json, the config's as the workflow last read it (the "
+                       "prepare job checks them so, without naming them: a changed edit never re-prepares)")
     s.add_argument("--output-fn", default=None, help="the config's output function (for `misclassified`); "
                                                      "default: the task's own")
     s.add_argument("--device", choices=DEVICES, default="auto")
@@ -526,11 +530,12 @@ def _edit(args: argparse.Namespace) -> None:
 def _check_edits(args: argparse.Namespace) -> None:
     """Every edit of config `edits` checked against the prepared run (coar.edit.checks); what
     each selects, or the refusal, also written to --log."""
-    from coar.edit.checks import check_edits_on_run
+    from coar.edit.checks import check_edits_on_run, stamped_edits
     from coar.edit.spec import check_edits
 
     try:
-        lines = check_edits_on_run(args.run_dir, check_edits(args.edits), args.task, args.task_params, args.device,
+        edits = args.edits if args.edits is not None else stamped_edits(args.edits_stamps)
+        lines = check_edits_on_run(args.run_dir, check_edits(edits), args.task, args.task_params, args.device,
                                    output_fn=args.output_fn)
     except Exception as error:
         if args.log:

@@ -43,6 +43,7 @@ def planned_jobs(result) -> dict[str, int]:
 # ----------------------------------------------------------------------------- the default run's edit stays there
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("args", [(), ("--config", "run=renamed")])
 def test_the_default_run_still_plans_its_forget_3_edit(tmp_path, args):
     result = snakemake(tmp_path, "-n", *args)
@@ -53,6 +54,7 @@ def test_the_default_run_still_plans_its_forget_3_edit(tmp_path, args):
 
 @pytest.mark.parametrize("config", [MINE, {k: v for k, v in TINY.items() if k != "edits"}],
                          ids=["another task", "the digits task"])
+@pytest.mark.slow
 def test_a_config_file_of_ones_own_without_edits_makes_no_edits_whatever_its_task(tmp_path, config):
     result = snakemake(tmp_path, "-n", config=config, env=ENV)
     jobs = planned_jobs(result)
@@ -60,6 +62,7 @@ def test_a_config_file_of_ones_own_without_edits_makes_no_edits_whatever_its_tas
     assert "forget_3" not in result.stdout + result.stderr
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("edits", [None, [GOOD]], ids=["none named", "one named"])
 def test_module_use_makes_the_edits_its_config_names(tmp_path, edits):
     from tests.test_module import project, snakemake_in
@@ -276,38 +279,42 @@ def test_the_check_edits_command_refuses_in_one_line_and_logs_the_refusal(prepar
 # ----------------------------------------------------------------------------- the workflow: before any collection
 
 
-def test_a_bad_label_stops_the_workflow_in_check_edits_before_any_collection(tmp_path):
+@pytest.mark.slow
+def test_a_bad_label_stops_the_workflow_in_prepare_before_any_collection(tmp_path):
+    # the prepare job checks the edits against what it saved; no collection job waits on a file of it
     result = snakemake(tmp_path, config={**MINE, "edits": [edit_with(target={"label": 7})]}, env=ENV)
     assert result.returncode != 0
     log = result.stdout + result.stderr
-    assert "Error in rule check_edits" in log and "edit 'forget_0', key 'target.label': no example" in log
+    assert "Error in rule prepare" in log and "edit 'forget_0', key 'target.label': no example" in log
     run = tmp_path / "results" / "mine"
-    assert (run / "prepare.json").exists()
     assert not any((run / folder).exists() for folder in ("shards", "heldout", "baselines")), sorted(os.listdir(run))
 
 
+@pytest.mark.slow
 def test_held_out_masks_that_cannot_fit_the_prepared_run_are_refused_before_any_collection(tmp_path):
     """1e7 held-out masks fit a run of one example and one component in 2 GB (start-up), not the
-    prepared run's 12 examples and 11 components: check_masks refuses, and nothing is collected."""
+    prepared run's 12 examples and 11 components: check_masks refuses, and nothing is collected
+    (it has the highest priority: on one core it runs before any collection job)."""
     config = {**MINE, "evaluation": {"heldout_masks": 10**7, "baselines": []}}
-    result = snakemake(tmp_path, config=config, env={**ENV, "SLURM_MEM_PER_NODE": "2000"})
+    result = snakemake(tmp_path, config=config, env={**ENV, "SLURM_MEM_PER_NODE": "2000"}, cores=1)
     assert result.returncode != 0
     log = result.stdout + result.stderr
     assert "Error in rule check_masks" in log and "config key 'evaluation.heldout_masks'" in log
     assert not any((tmp_path / "results" / "mine" / folder).exists() for folder in ("shards", "heldout"))
 
 
+@pytest.mark.slow
 def test_adding_or_changing_an_edit_redoes_the_checks_never_the_collection(tmp_path):
     shard = tmp_path / "results" / "mine" / "shards" / "shard-0.h5"
     target = str(shard.relative_to(tmp_path))
     first = snakemake(tmp_path, target, config=MINE, env=ENV)  # collected without edits
     assert first.returncode == 0, first.stderr[-3000:]
     made = shard.stat().st_mtime_ns
-    added = {**MINE, "edits": [GOOD]}
-    assert planned_jobs(snakemake(tmp_path, "-n", target, config=added, env=ENV)) == {"check_edits": 1, "check_masks": 1}
-    result = snakemake(tmp_path, target, config=added, env=ENV)
-    assert result.returncode == 0, result.stderr[-3000:]
-    assert shard.stat().st_mtime_ns == made
-    changed = {**MINE, "edits": [edit_with(target={"label": 1})]}
-    assert planned_jobs(snakemake(tmp_path, "-n", target, config=changed, env=ENV)) == {"check_edits": 1,
-                                                                                       "check_masks": 1}
+    for edits in ([GOOD], [edit_with(target={"label": 1})]):  # an edit added, then changed
+        config = {**MINE, "edits": edits}
+        assert planned_jobs(snakemake(tmp_path, "-n", "check_edits", config=config, env=ENV)) == {"check_edits": 1}
+        result = snakemake(tmp_path, "check_edits", config=config, env=ENV)
+        assert result.returncode == 0, result.stderr[-3000:]
+        unchanged = snakemake(tmp_path, "-n", target, config=config, env=ENV)
+        assert unchanged.returncode == 0 and "Nothing to be done" in unchanged.stdout + unchanged.stderr
+        assert shard.stat().st_mtime_ns == made

@@ -21,6 +21,7 @@ and the key (coar.edit.spec.EditConfigError). The editing steps still check all 
 
 from __future__ import annotations
 
+import json
 import logging
 from pathlib import Path
 
@@ -41,6 +42,16 @@ log = logging.getLogger(__name__)
 
 SHOWN = 3
 """Unknown ids listed in a refusal."""
+
+
+def stamped_edits(stamps: str | Path) -> list:
+    """The edits of a run's config stamps folder (results/<run>/config): its one `edits-<digest>.json`,
+    which the workflow writes when it reads the config (workflow/rules/common.smk)."""
+    found = sorted(Path(stamps).glob("edits-*.json"))
+    if len(found) != 1:
+        raise FileNotFoundError(f"{stamps} holds {len(found)} edits stamp files (edits-<digest>.json), not one; "
+                                "run the workflow again, which writes the current one")
+    return json.loads(found[0].read_text(encoding="utf-8"))["edits"]
 
 
 def check_edits_on_run(run_dir: str | Path, specs: list[EditSpec], task_spec: str, task_params: dict,

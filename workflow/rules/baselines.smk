@@ -6,7 +6,6 @@ BASELINES = config["evaluation"]["baselines"]
 rule baseline:
     """Attributions by one baseline method, in COAR's format and sign convention: baselines/<method>.h5."""
     input:
-        **COLLECTION_CHECKS,
         run=rules.prepare.output,
         stamp=config_stamp("baseline"),
     output:

@@ -38,7 +38,6 @@ rule collect:
     parameter about the masks is its own row range, so a run grown to more masks at a fixed
     shard size (shard_masks) keeps it."""
     input:
-        **COLLECTION_CHECKS,
         run=rules.prepare.output,
         stamp=config_stamp("data"),
     output:
@@ -77,7 +76,7 @@ rule merge:
         # masks: auto: the last round, so that rounds redone (a changed masks_auto) redo the merge
         # whatever the rerun triggers, even when the shards it now takes all existed before.
         last_round=lambda wildcards: round_file(final_round(), "json") if AUTO else [],
-        checked=ancient(CHECKED_MASKS),
+        checked=CHECKED_MASKS,
     output:
         f"{RUN}/dataset.h5",
     log:
@@ -99,7 +98,6 @@ rule collect_heldout:
     and counted at evaluate (evaluation.json, summary.md), since dropping them would bias the
     held-out set. Needs no training data: it may run beside the training shards."""
     input:
-        **COLLECTION_CHECKS,
         run=rules.prepare.output,
         stamp=config_stamp("heldout"),
     output:

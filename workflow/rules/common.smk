@@ -84,18 +84,18 @@ def fast_path_options(fast):
     )
 
 
-# The checks before any collection: prepare -> check_edits (only when the config has edits) ->
-# check_masks -> every collection job (training and held-out shards, baselines) and merge, so a
-# run that cannot fit or an edit it cannot make is refused after prepare and before the first
-# collection. The collection jobs take check_masks' output alone, whether or not the config has
-# edits, and as `ancient`: Snakemake redoes a job whose set of inputs changed, or whose input is
-# redone, so a check redone (an edit added, changed or removed, more masks) redoes the checks,
-# never a finished collection.
+# The checks before collection. The prepare job checks the config's edits against the run it
+# has just saved (read from the edits stamp, so a changed edit never re-prepares), so on a first
+# run no collection job starts before they pass. check_masks (masks, memory, disk) and, on a
+# prepared run whose edits changed, check_edits run next with the highest priority; the
+# collection jobs take neither's output as an input: a check redone would redo them, and taken
+# as `ancient` Snakemake 9 skips the jobs after a redone check for that invocation (snakemake
+# issue 4166: a grown run stopped after its check with a shard missing). merge takes
+# check_masks', as it must rerun when the masks change anyway; edit_plan check_edits'.
 SURROGATE = config["surrogate"]["kind"]  # a surrogate beyond linear COAR (rules/fit.smk), or None
 SURROGATE_FILE = f"{RUN}/surrogate.h5"
 CHECKED_MASKS = f"{RUN}/checks/masks.ok"
 CHECKED_EDITS = f"{RUN}/checks/edits.ok"
-COLLECTION_CHECKS = {"checked": ancient(CHECKED_MASKS)}
 
 
 # masks: auto (rules/rounds.smk): round r holds training shards r * ROUND_SHARDS .. (r + 1) * ROUND_SHARDS - 1.

@@ -28,12 +28,13 @@ edit_json = lambda wildcards: shlex.quote(json.dumps(EDITS[wildcards.name]))
 
 
 rule check_edits:
-    """Every edit of config `edits` against the prepared run, before any collection: its components
-    and k, its labels, groups and ids, non-empty and disjoint target and reference among the
-    attributed and the validation examples (coar/edit/checks.py). check_masks takes its output,
-    and every collection job check_masks' (COLLECTION_CHECKS: a changed edit redoes the checks
-    and the edit's steps, never the collection); a config without edits has no such job. Local,
-    as check_masks: the device is the config's unless it is cuda (then auto: the machine running
+    """Every edit of config `edits` against the prepared run: its components and k, its labels,
+    groups and ids, non-empty and disjoint target and reference among the attributed and the
+    validation examples (coar/edit/checks.py). The prepare job checks the edits it was run with;
+    this job checks them again with the config's output function whenever they change (the
+    highest priority, so on a prepared run it comes before any collection a change of masks
+    adds); edit_plan takes its output. A config without edits has no such job. Local, as
+    check_masks: the device is the config's unless it is cuda (then auto: the machine running
     Snakemake may have no GPU)."""
     input:
         run=rules.prepare.output,

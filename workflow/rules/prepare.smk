@@ -4,7 +4,10 @@ import shlex
 
 rule prepare:
     """Build the task (the default trains its CNN), discover its components, check on two examples
-    that each can be ablated exactly (refusing or dropping those that cannot), save both."""
+    that each can be ablated exactly (refusing or dropping those that cannot), save both; then
+    check the config's edits against what it saved (coar check-edits, on the CPU, with the task's
+    output function), so no collection starts on a run whose edits cannot be made. The edits are
+    read from the edits stamp, not given: a changed edit never re-prepares (check_edits checks it)."""
     input:
         stamp=config_stamp("prepare"),
     output:
@@ -34,23 +37,25 @@ rule prepare:
         unreachable=config["components"]["unreachable"],
         preset=shell_options({"preset": config["components"].get("preset")}),
         dry_pass=shell_options({"masks-per-pass": config["masks_per_pass"], "max-batch": config["max_batch"]}),
+        stamps=f"{RUN}/config",
     shell:
         "coar prepare --run-dir {params.run_dir:q} --task {params.spec} --task-params {params.task_params}"
         " --kinds {params.kinds} --include {params.include} --exclude {params.exclude} {params.loader}"
         " --unreachable {params.unreachable:q} {params.preset} {params.dry_pass}"
-        " 2>&1 | tee {log:q}"
+        " 2>&1 | tee {log:q};"
+        " coar check-edits --run-dir {params.run_dir:q} --edits-stamps {params.stamps:q} --task {params.spec}"
+        " --task-params {params.task_params} --device cpu 2>&1 | tee -a {log:q}"
 
 
 rule check_masks:
-    """What the masks need, checked as soon as prepare has found the components (and, with edits,
-    after check_edits) and before the collection jobs (each takes its output, COLLECTION_CHECKS):
+    """What the masks need, checked as soon as prepare has found the components, before the
+    collection jobs (the highest priority; merge takes its output):
     OLS needs more masks than components, and the memory and disk of the run at its real sizes
     must fit this machine (coar.resources). Not a parameter of prepare, so changing masks never
     re-prepares the model; once prepare.json exists the Snakefile also checks the OLS count at
     start-up."""
     input:
         info=rules.prepare.output.info,
-        edits_checked=[CHECKED_EDITS] if config["edits"] else [],
     output:
         touch(CHECKED_MASKS),
     log:
