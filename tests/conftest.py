@@ -28,3 +28,11 @@ def tiny_run(tmp_path_factory) -> Path:
     workdir = tmp_path_factory.mktemp("tiny")
     run_tiny(workdir)
     return workdir
+
+
+def pytest_collection_modifyitems(items: list) -> None:
+    """Every test that reads the shared tiny workflow run is slow: the quick loop
+    (python -m pytest -q -m "not slow" tests) leaves out what needs a workflow run."""
+    for item in items:
+        if "tiny_run" in getattr(item, "fixturenames", ()):
+            item.add_marker(pytest.mark.slow)

@@ -70,6 +70,7 @@ def test_resnet18_conv_filters_batched_equals_zeroed_weight_copies(resnet18, alp
     check_exact(resnet18, components, x, alpha)
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("alpha", [0.05, 0.5])
 def test_vit_b_16_neurons_heads_and_qkv_rows_batched_equal_zeroed_weight_copies(vit_b_16, alpha):
     components = discover(vit_b_16, kinds="all", include=["encoder.*"])

@@ -62,6 +62,7 @@ def test_tensors_a_dataset_and_a_dataloader_give_the_same_attributions():
     assert [c.module for c in results[0].components][:8] == ["conv1"] * 8 and len(results[0].components) == 24
 
 
+@pytest.mark.slow
 def test_masks_auto_grows_in_rounds_to_the_fixed_result_of_its_final_size_bit_for_bit():
     torch.manual_seed(1)
     model = randomize_batchnorm_(ConvAttentionNet()).eval()

@@ -20,6 +20,7 @@ def default_task():
     return load_task(DEFAULT_TASK)
 
 
+@pytest.mark.slow
 def test_default_task_reaches_97_percent_test_accuracy(default_task):
     with torch.no_grad():
         predictions = default_task.model(default_task.inputs).argmax(dim=1)

@@ -23,6 +23,8 @@ import torch
 from torch import nn
 from coar.task import Task, restoring
 
+pytestmark = pytest.mark.slow  # runs the workflow: left out of the quick loop (-m 'not slow')
+
 
 class BlobNet(nn.Module):
     def __init__(self):

@@ -78,6 +78,7 @@ def test_folding_maps_the_fill_of_an_ablated_filter_through_its_batchnorm():
     torch.testing.assert_close(fast.fills[i], fast.model.conv2.bias.detach())  # = its bias once its weights are zeroed
 
 
+@pytest.mark.slow
 def test_compiled_fast_path_keeps_the_mask_op_in_one_graph_and_does_not_recompile_per_mask_block():
     from torch._dynamo.utils import counters
 

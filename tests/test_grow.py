@@ -13,6 +13,8 @@ import pytest
 
 from tests.snakemake_runs import TINY, snakemake
 
+pytestmark = pytest.mark.slow  # runs the workflow: left out of the quick loop (-m 'not slow')
+
 SHARD = 150
 GROWN = {**TINY, "shards": None, "shard_masks": SHARD}
 PREPARED = ("weights.safetensors", "examples.safetensors", "example_ids.json", "groups.json", "components.json",

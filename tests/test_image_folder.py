@@ -75,6 +75,7 @@ def test_an_image_changed_after_prepare_is_refused_before_the_shard_is_written(i
     assert not (run / "shard.h5").exists()
 
 
+@pytest.mark.slow
 def test_an_image_folder_task_runs_through_the_workflow(tmp_path):
     write_images(tmp_path / "images", n=24, size=16)
     config = {

@@ -115,6 +115,7 @@ def test_auto_budgets_whole_rounds_of_whole_shards_and_refuses_other_layouts():
         check_config({**auto, "shards": 4})
 
 
+@pytest.mark.slow
 def test_an_auto_run_grows_in_rounds_and_ends_with_the_fixed_runs_attributions_bit_for_bit(tmp_path):
     """The tiny CI run in rounds of 100 masks, its gain threshold out of reach, stops at its
     400-mask budget; the fixed run of those 400 masks (the same shards, fitted from the merged

@@ -10,6 +10,7 @@ import torch
 from coar import cli, ops, selfcheck
 
 
+@pytest.mark.slow
 def test_quick_cpu_selfcheck_passes_and_prints_the_throughput_table():
     result = subprocess.run([sys.executable, "-m", "coar.cli", "selfcheck", "--device", "cpu", "--quick"],
                             capture_output=True, text=True, env={**os.environ, "PYTHONWARNINGS": "ignore"}, timeout=600)

@@ -20,6 +20,8 @@ import yaml
 from coar.masks import sample_masks, shard_ranges
 from tests.snakemake_runs import SNAKEFILE, TINY
 
+pytestmark = pytest.mark.slow  # runs the workflow: left out of the quick loop (-m 'not slow')
+
 REPO = Path(__file__).resolve().parents[1]
 TARGET = f"results/{TINY['run']}/attributions.h5"
 PROFILES = ["--profile", str(REPO / "workflow/profiles/slurm-test"),

@@ -123,6 +123,7 @@ print(json.dumps({"peak_rss": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
 """
 
 
+@pytest.mark.slow
 def test_a_fit_planned_for_a_2_gb_allocation_peaks_below_it():
     limit = 2048 * 2**20
     env = {**os.environ, "SLURM_MEM_PER_NODE": "2048", "OMP_NUM_THREADS": "1", "OPENBLAS_NUM_THREADS": "1"}

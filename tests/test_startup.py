@@ -213,6 +213,7 @@ def test_a_prepared_run_that_cannot_fit_memory_at_its_real_sizes_is_refused_befo
 # ----------------------------------------------------------------------------- the workflow under max_batch: auto
 
 
+@pytest.mark.slow
 def test_every_job_of_the_default_target_parses_its_options_under_max_batch_auto(tmp_path):
     """The whole default target runs under `--config max_batch=auto` (checked by hand: 18 of 18
     steps); here, cheaply, every job's command line is one the `coar` parser accepts."""

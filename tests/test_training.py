@@ -7,6 +7,7 @@ import os
 import subprocess
 import sys
 
+import pytest
 import torch
 
 from coar.tasks import digits
@@ -28,6 +29,7 @@ def trained_weights_digest(settings: dict) -> str:
     return result.stdout.strip()
 
 
+@pytest.mark.slow
 def test_the_default_model_trains_to_the_same_weights_under_avx2_and_the_machines_own_kernels():
     # In float32 this model's weights differ between the two settings on an AVX-512 machine.
     assert trained_weights_digest({}) == trained_weights_digest(AVX2)

@@ -234,6 +234,7 @@ def test_preset_configs_use_the_named_component_presets(config, name):
     assert components == PRESETS[name].as_config()
 
 
+@pytest.mark.slow
 def test_language_preset_runs_end_to_end_on_a_tiny_config(tmp_path):
     config = yaml.safe_load((REPO / "config" / "presets" / "tinylm.yaml").read_text())
     config["task"]["params"] = {"n_examples": 12, "seq_len": 24, "layers": 2, "heads": 2, "width": 16,

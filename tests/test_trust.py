@@ -425,6 +425,7 @@ def test_a_command_substitution_in_a_name_is_refused_and_never_runs(tmp_path, ke
     assert not (tmp_path / "results").exists()
 
 
+@pytest.mark.slow
 def test_a_command_substitution_in_free_text_reaches_the_step_verbatim_and_never_runs(tmp_path):
     markers = [tmp_path / f"marker{i}" for i in range(3)]
     config = TINY | {
@@ -502,6 +503,7 @@ def test_steps_that_only_read_results_never_run_the_task_named_by_the_run_folder
 # ----------------------------------------------------------------------------- list-valued options
 
 
+@pytest.mark.slow
 def test_a_pattern_with_a_comma_reaches_prepare_whole_and_selects_its_modules(tmp_path):
     config = TINY | {"components": {"kinds": ["linear"], "include": ["layers.[0,3]"], "exclude": []}}
     result = snakemake(tmp_path, config, "results/inj/prepare.json")
@@ -633,6 +635,7 @@ def test_figures_refuse_a_comparison_made_with_another_config(evaluated, tmp_pat
     assert not any(p.exists() for p in paths)
 
 
+@pytest.mark.slow
 def test_a_results_folder_copied_under_a_changed_alpha_is_redone_even_with_mtime_triggers(tmp_path):
     first, fresh = tmp_path / "first", tmp_path / "fresh"
     first.mkdir()
