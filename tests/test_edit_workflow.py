@@ -17,13 +17,13 @@ from safetensors.torch import load_file
 
 from tests.snakemake_runs import snakemake
 
+pytestmark = pytest.mark.slow  # runs the workflow: left out of the quick loop (-m 'not slow')
+
 USER_TASK = '''
 """A user's task: a small MLP on three Gaussian blobs, trained here, with validation examples."""
 import torch
 from torch import nn
 from coar.task import Task, restoring
-
-pytestmark = pytest.mark.slow  # runs the workflow: left out of the quick loop (-m 'not slow')
 
 
 class BlobNet(nn.Module):

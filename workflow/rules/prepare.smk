@@ -37,7 +37,7 @@ rule prepare:
         unreachable=config["components"]["unreachable"],
         preset=shell_options({"preset": config["components"].get("preset")}),
         dry_pass=shell_options({"masks-per-pass": config["masks_per_pass"], "max-batch": config["max_batch"]}),
-        stamps=f"{RUN}/config",
+        stamps=lambda wildcards, input: os.path.dirname(input.stamp),  # the config stamps folder
     shell:
         "coar prepare --run-dir {params.run_dir:q} --task {params.spec} --task-params {params.task_params}"
         " --kinds {params.kinds} --include {params.include} --exclude {params.exclude} {params.loader}"
