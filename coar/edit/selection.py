@@ -90,10 +90,8 @@ class Predictions:
                  surrogate: Surrogate | None = None) -> None:
         self.weight, self.base, self.target, self.reference = weight, base, target, reference
         self.surrogate = surrogate
-        n_components = weight.shape[1]
-        if surrogate is not None:  # every single component's predicted change, once
-            self._nothing = surrogate.predict(np.zeros((1, n_components)))[0]
-            self._single = surrogate.predict(np.eye(n_components)) - self._nothing
+        if surrogate is not None:
+            self._nothing = surrogate.predict(np.zeros((1, weight.shape[1])))[0]
 
     def change(self, masks: np.ndarray) -> np.ndarray:
         """Predicted output change (masks x examples) of every attributed example."""
@@ -105,8 +103,11 @@ class Predictions:
     def target_change(self, component: int, sign: float) -> float:
         """The predicted mean change of the target outputs from ablating `component`, signed so
         that a positive value moves the edit's way."""
-        single = self.weight[:, component] if self.surrogate is None else self._single[component]
-        return float(sign * single[self.target].mean())
+        if self.surrogate is None:
+            return float(sign * self.weight[self.target, component].mean())
+        mask = np.zeros((1, self.weight.shape[1]))  # one candidate at a time: never an N x N mask matrix
+        mask[0, component] = 1
+        return float(sign * self.change(mask)[0, self.target].mean())
 
     def reference_accuracy(self, components: list[int]) -> float:
         """The predicted reference accuracy with `components` ablated."""
