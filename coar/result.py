@@ -17,7 +17,6 @@ read a result; torch is imported by `ablate` alone.
 from __future__ import annotations
 
 import difflib
-import json
 import re
 from dataclasses import dataclass, field
 from functools import cached_property
@@ -268,6 +267,7 @@ def open_run(run_dir: str | Path) -> Attributions:
     A run with a surrogate (config `surrogate`: surrogate.h5, refused unless made for this run from
     the same masks) has it as `surrogate`, and its held-out scores once evaluated as
     `coar.attribute` gives them (`heldout_surrogate`, `mean_heldout_correlation_surrogate`)."""
+    from coar.edit.record import read_json_file
     from coar.h5format import check_expected, read_surrogate
     from coar.run import Run
 
@@ -280,7 +280,8 @@ def open_run(run_dir: str | Path) -> Attributions:
     info = {"run": run.name, "run_dir": str(run.dir), "task": run.info.get("task"),
             "task_params": run.info.get("task_params"), **found.attrs}
     if run.evaluation.exists():
-        scores = _read_json(run.evaluation, "rerun the workflow's evaluate step (snakemake ... evaluation.json)")
+        scores = read_json_file(run.evaluation, "the evaluate step's scores",
+                                "rerun the workflow's evaluate step (snakemake ... evaluation.json)")
         check_expected(run.evaluation, scores, {k: found.attrs[k] for k in EVALUATED_FROM if k in found.attrs})
         info.update(heldout=scores, mean_heldout_correlation=scores["mean_correlation"])
     rounds = _run_rounds(run)
@@ -302,16 +303,6 @@ def open_run(run_dir: str | Path) -> Attributions:
 
 EVALUATED_FROM = ("alpha", "seed", "ablation", "output_fn", "precision", "method", "n_masks")
 """What evaluation.json and the attributions it scored both record, and must agree on."""
-
-
-def _read_json(path: Path, fix: str) -> dict:
-    try:
-        value = json.loads(path.read_text(encoding="utf-8"))
-    except (OSError, ValueError) as error:
-        raise ValueError(f"{path} cannot be read as JSON ({error}); {fix}") from None
-    if not isinstance(value, dict):
-        raise ValueError(f"{path} is not a JSON object; {fix}")
-    return value
 
 
 def _run_rounds(run: Any) -> list[RoundScore]:
