@@ -14,7 +14,6 @@ from __future__ import annotations
 from typing import Mapping, Protocol, Sequence
 
 import numpy as np
-from scipy.stats import rankdata
 
 QUANTILES = (0.05, 0.25, 0.5, 0.75, 0.95)
 
@@ -35,6 +34,8 @@ def correlation(true: np.ndarray, pred: np.ndarray) -> np.ndarray:
 
 def rank_correlation(true: np.ndarray, pred: np.ndarray) -> np.ndarray:
     """Spearman correlation per column: Pearson on ranks (ties averaged)."""
+    from scipy.stats import rankdata  # here: the workflow imports this module at every start-up
+
     return correlation(rankdata(true, axis=0), rankdata(pred, axis=0))
 
 

@@ -32,7 +32,6 @@ from collections.abc import Callable, Iterable
 from typing import Any
 
 import numpy as np
-import scipy.linalg
 
 from .estimators import fit as linear_fit
 
@@ -156,6 +155,8 @@ class ProjectedQuadratic:
         cross = cross / unit[:, None]
         gram[np.arange(k, n_features), np.arange(k, n_features)] += self.penalty
         gram[np.arange(n_features), np.arange(n_features)] += 1e-10 * np.trace(gram) / n_features
+        import scipy.linalg  # here: coar.solver is imported by the workflow at every start-up
+
         coef = scipy.linalg.cho_solve(scipy.linalg.cho_factor(gram), cross)
 
         self.weight_ = np.zeros((n, N))

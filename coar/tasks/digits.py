@@ -17,8 +17,6 @@ from dataclasses import dataclass
 import numpy as np
 import torch
 import torch.nn.functional as F
-from sklearn.datasets import load_digits
-from sklearn.model_selection import train_test_split
 from torch import nn
 
 from coar.task import Task, restoring
@@ -105,6 +103,10 @@ def load_digits_split(test_fraction: float, split_seed: int, validation_fraction
     The test images depend on ``test_fraction`` and ``split_seed`` alone; the validation images
     (``validation_fraction`` of all, 0 for none) are then taken out of the training pool.
     """
+    # (imported here, not at the top: the workflow imports the task's module at every start-up)
+    from sklearn.datasets import load_digits
+    from sklearn.model_selection import train_test_split
+
     digits = load_digits()
     images = digits.images.astype(np.float32) / PIXEL_MAX
     train_ids, test_ids = train_test_split(

@@ -13,8 +13,6 @@ from dataclasses import dataclass
 
 import numpy as np
 import torch
-from sklearn.datasets import load_digits
-from sklearn.model_selection import train_test_split
 
 from coar.tasks.digits import PIXEL_MAX
 
@@ -60,6 +58,10 @@ class Parts:
 
 def split_digits(seed: int, val_fraction: float = 0.15, test_fraction: float = 0.25) -> Parts:
     """Stratified, seeded split of the 1,797 digits into train (60%), validation and test images."""
+    # (imported here, not at the top: the workflow imports the task's module at every start-up)
+    from sklearn.datasets import load_digits
+    from sklearn.model_selection import train_test_split
+
     digits = load_digits()
     ids = np.arange(len(digits.target))
     rest, test = train_test_split(ids, test_size=test_fraction, stratify=digits.target, random_state=seed)
