@@ -108,6 +108,15 @@ def test_the_benchmark_tabulates_mean_and_sample_spread_over_seeds_and_the_seeds
     assert config["edits"][0]["selection"] == "prefix"
 
 
+def test_with_the_surrogate_the_benchmark_fits_it_and_shows_its_realised_over_predicted(tmp_path):
+    bench = _benchmark()
+    config = yaml.safe_load(bench.seed_config("backdoor", 0, "verified", tmp_path, surrogate=True).read_text())
+    assert config["surrogate"] == {"kind": "projected_quadratic"}
+    report = _report(2, 0.9, 0.8, True)
+    report["predicted_vs_realised"]["surrogate_realised_over_predicted"] = {"target": 0.97}
+    assert bench.headline(report)["ratio"] == 0.97
+
+
 def test_the_benchmark_reads_a_per_example_report_as_medians_over_its_examples():
     examples = [{"k": k, "reference_accuracy": [1.0, after], "test_reference_accuracy": [1.0, 1.0]}
                 for k, after in ((2, 0.99), (4, 0.98), (9, 1.0))]
