@@ -20,13 +20,34 @@ def one_thread():
     torch.set_num_threads(threads)
 
 
+@pytest.fixture(scope="session", autouse=True)
+def threads_per_worker():
+    """The suite runs on every core in parallel (addopts: -n logical), one test per core: each
+    worker's torch gets its share of the cores, not all of them (oversubscribed, torch's threads
+    spin against each other)."""
+    import torch
+
+    workers = int(os.environ.get("PYTEST_XDIST_WORKER_COUNT", "1"))
+    torch.set_num_threads(max(1, len(os.sched_getaffinity(0)) // workers))
+
+
 @pytest.fixture(scope="session")
 def tiny_run(tmp_path_factory) -> Path:
-    """The folder of one complete run of the tiny CI config, shared by every test that reads it."""
+    """The folder of one complete run of the tiny CI config, shared by every test that reads it:
+    made once per session, by whichever parallel worker needs it first, the others waiting."""
+    from filelock import FileLock
+
     from tests.snakemake_runs import run_tiny
 
-    workdir = tmp_path_factory.mktemp("tiny")
-    run_tiny(workdir)
+    root = tmp_path_factory.getbasetemp()
+    if "PYTEST_XDIST_WORKER" in os.environ:
+        root = root.parent  # the workers' base folders share this parent
+    workdir, done = root / "tiny", root / "tiny.done"
+    with FileLock(root / "tiny.lock"):
+        if not done.exists():
+            workdir.mkdir(exist_ok=True)
+            run_tiny(workdir)
+            done.touch()
     return workdir
 
 

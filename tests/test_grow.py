@@ -16,7 +16,9 @@ from tests.snakemake_runs import TINY, snakemake
 pytestmark = pytest.mark.slow  # runs the workflow: left out of the quick loop (-m 'not slow')
 
 SHARD = 150
-GROWN = {**TINY, "shards": None, "shard_masks": SHARD}
+# (one baseline, to see it is not rerun, and no edits: what growing redoes is the question here)
+GROWN = {**TINY, "shards": None, "shard_masks": SHARD, "edits": [],
+         "evaluation": {**TINY["evaluation"], "baselines": ["loo"]}}
 PREPARED = ("weights.safetensors", "examples.safetensors", "example_ids.json", "groups.json", "components.json",
             "prepare.json")
 

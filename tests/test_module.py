@@ -46,7 +46,9 @@ def snakemake_in(folder, *args: str, env: dict | None = None) -> subprocess.Comp
 
 def test_the_workflow_runs_as_a_module_of_a_project_outside_the_checkout(tmp_path):
     folder = tmp_path / "my_project"
-    project(folder, TINY)  # only the keys it changes: the others keep coar's defaults
+    # only the keys it changes (the others keep coar's defaults); one baseline and no edits, to be
+    # quick (the edit rules planned as a module: tests/test_edit_checks.py)
+    project(folder, {**TINY, "edits": [], "evaluation": {**TINY["evaluation"], "baselines": ["loo"]}})
     result = snakemake_in(folder)
     assert result.returncode == 0, result.stderr[-3000:]
     run = folder / "results" / "tiny"

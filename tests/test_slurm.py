@@ -3,7 +3,8 @@
 `.ci/slurm_up.sh` starts a single-node cluster (CI runs it); where no SLURM controller answers
 `sinfo`, every test here skips and says so. One SLURM run of the tiny config is made, and a
 collect job is killed with `scancel` while it runs; the run must retry it and still give
-attributions bit-identical to a local run with the same seed, every mask row exactly once.
+attributions bit-identical to the local run of the same config (the shared tiny run), every mask
+row exactly once.
 """
 
 import importlib.util
@@ -83,24 +84,21 @@ def kill_collect_job_while_it_runs(workdir: Path, proc: subprocess.Popen, shard:
 
 
 @pytest.fixture(scope="module")
-def runs(tmp_path_factory) -> tuple[Path, Path, str]:
-    """The tiny config run locally and, at the same time, on SLURM with a collect job killed
-    mid-run: (local run dir, SLURM work dir, killed job id)."""
-    local, cluster = tmp_path_factory.mktemp("local"), tmp_path_factory.mktemp("slurm")
-    launches = [(local, ["--cores", "2"]), (cluster, PROFILES)]
-    logs = [(workdir / "snakemake.log").open("w") for workdir, _ in launches]
-    procs = [subprocess.Popen(snakemake_command(workdir, *args), stdout=log, stderr=subprocess.STDOUT)
-             for (workdir, args), log in zip(launches, logs)]
-    try:
-        killed = kill_collect_job_while_it_runs(cluster, procs[1], KILLED_SHARD)
-        for proc, log in zip(procs, logs):
+def runs(tiny_run, tmp_path_factory) -> tuple[Path, Path, str]:
+    """The tiny config run on SLURM with a collect job killed mid-run, beside the same config run
+    locally (the shared tiny run): (local run dir, SLURM work dir, killed job id)."""
+    cluster = tmp_path_factory.mktemp("slurm")
+    # The test cluster answers at once: its first status check after 2 s, not the profile's 8.
+    command = snakemake_command(cluster, *PROFILES, "--slurm-init-seconds-before-status-checks", "2")
+    with (cluster / "snakemake.log").open("w") as log:
+        proc = subprocess.Popen(command, stdout=log, stderr=subprocess.STDOUT)
+        try:
+            killed = kill_collect_job_while_it_runs(cluster, proc, KILLED_SHARD)
             proc.wait(timeout=600)
-            assert proc.returncode == 0, Path(log.name).read_text()[-4000:]
-    finally:
-        for proc, log in zip(procs, logs):
+        finally:
             proc.kill()
-            log.close()
-    return local / "results" / TINY["run"], cluster, killed
+    assert proc.returncode == 0, (cluster / "snakemake.log").read_text()[-4000:]
+    return tiny_run / "results" / TINY["run"], cluster, killed
 
 
 def test_slurm_run_gives_attributions_bit_identical_to_the_local_run(runs):

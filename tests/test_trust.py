@@ -402,7 +402,7 @@ def snakemake(workdir, config, *targets):
     (workdir / "config.yaml").write_text(yaml.safe_dump(config))
     env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(REPO), os.environ.get("PYTHONPATH", "")])}
     return subprocess.run(["snakemake", "--snakefile", str(REPO / "workflow" / "Snakefile"), "--directory", str(workdir),
-                           "--cores", "1", *targets, "--configfile", str(workdir / "config.yaml")],
+                           "--cores", "2", *targets, "--configfile", str(workdir / "config.yaml")],
                           capture_output=True, text=True, env=env, cwd=workdir)
 
 
