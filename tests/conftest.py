@@ -53,7 +53,25 @@ def tiny_run(tmp_path_factory) -> Path:
 
 def pytest_collection_modifyitems(items: list) -> None:
     """Every test that reads the shared tiny workflow run is slow: the quick loop
-    (python -m pytest -q -m "not slow" tests) leaves out what needs a workflow run."""
+    (python -m pytest -q -m "not slow" tests) leaves out what needs a workflow run.
+
+    The files then run in the order that keeps both cores busy (the workers take files in this
+    order, addopts --no-loadscope-reorder): first one file that reads the tiny run, so that one
+    worker makes it at once; the slow files that do not read it, while it is being made; the
+    other files that read it; last the quick files, many and short, which fill in the end."""
+    uses_tiny = {}
     for item in items:
         if "tiny_run" in getattr(item, "fixturenames", ()):
             item.add_marker(pytest.mark.slow)
+            uses_tiny[item.path] = True
+    slow = {item.path for item in items if item.get_closest_marker("slow")}
+    maker = next((item.path for item in items if item.path in uses_tiny), None)
+
+    def rank(item) -> int:
+        if item.path == maker:
+            return 0
+        if item.path in slow:
+            return 2 if item.path in uses_tiny else 1
+        return 3
+
+    items.sort(key=rank)  # stable: each file's tests keep their order
