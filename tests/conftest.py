@@ -22,7 +22,7 @@ def one_thread():
 
 @pytest.fixture(scope="session", autouse=True)
 def threads_per_worker():
-    """The suite runs on every core in parallel (addopts: -n logical), one test per core: each
+    """The suite runs on every core in parallel (addopts: -n logical), one test file per core: each
     worker's torch gets its share of the cores, not all of them (oversubscribed, torch's threads
     spin against each other)."""
     import torch

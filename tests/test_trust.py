@@ -203,16 +203,22 @@ def run_dir(tmp_path):
     return run
 
 
-@pytest.fixture
-def collected(run_dir):
-    """Two shards, merged and fitted with the run's settings."""
+def collect_and_fit(run_dir) -> list:
+    """Two shards of a prepared run (run_dir), merged and fitted with the run's settings, in-process
+    (no workflow): the shards."""
     shards = [run_dir / f"shards/shard-{i}.h5" for i in range(2)]
     for i, path in enumerate(shards):
         collect(run_dir, path, shard=i, shards=2)
     steps.merge(run_dir, shards, run_dir / "dataset.h5", 40, Run(run_dir).provenance(**RUN))
     steps.fit(run_dir, run_dir / "dataset.h5", run_dir / "attributions.h5", method="ridge", backend="numpy",
               chunk_rows=16, expected=Run(run_dir).provenance(**RUN))
-    return run_dir, shards
+    return shards
+
+
+@pytest.fixture
+def collected(run_dir):
+    """Two shards, merged and fitted with the run's settings."""
+    return run_dir, collect_and_fit(run_dir)
 
 
 @pytest.mark.parametrize("key, config_value, recorded", [
