@@ -59,11 +59,11 @@ def pytest_collection_modifyitems(items: list) -> None:
     order, addopts --no-loadscope-reorder): first one file that reads the tiny run, so that one
     worker makes it at once; the slow files that do not read it, while it is being made; the
     other files that read it; last the quick files, many and short, which fill in the end."""
-    uses_tiny = {}
+    uses_tiny = set()
     for item in items:
         if "tiny_run" in getattr(item, "fixturenames", ()):
             item.add_marker(pytest.mark.slow)
-            uses_tiny[item.path] = True
+            uses_tiny.add(item.path)
     slow = {item.path for item in items if item.get_closest_marker("slow")}
     maker = next((item.path for item in items if item.path in uses_tiny), None)
 
