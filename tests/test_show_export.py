@@ -81,6 +81,15 @@ def test_show_example_by_position_prints_its_largest_predicted_effects_with_thei
         assert line.split()[1] == row.component and float(line.split()[6]) == pytest.approx(row.predicted, rel=1e-3)
 
 
+def test_show_verify_on_a_users_own_task_runs_it_only_once_named_and_prints_the_realised_changes(small_run, capsys):
+    example = ["show", str(small_run), "--example", "#1", "--top", "2", "--verify"]
+    assert main(example) == 1
+    assert "name it yourself: --task SPEC --task-params JSON" in capsys.readouterr().err
+    assert main([*example, "--task", TASK, "--task-params", '{"n": 6}']) == 0
+    lines = capsys.readouterr().out.splitlines()
+    assert lines[1].split()[-2:] == ["predicted", "realised"] and lines[4].startswith("all 2 ablated together")
+
+
 def copy_run_naming_task(run_dir, folder, task: str):
     """A copy of the run whose prepare.json names `task` (as if made by a user's own task code)."""
     folder.mkdir()
