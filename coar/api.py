@@ -92,6 +92,12 @@ def attribute(model: nn.Module, examples: Any, *, components: ComponentsSpec = "
     model = model.eval().to(dev)
     found = resolve_components(model, components)
     found, _ = check_components(model, found, first_inputs(source, 2).to(dev))
+    estimator = None  # the surrogate, its rank checked against the sizes before any collection
+    if wanted is not None:
+        from coar.solver.surrogate import ProjectedQuadratic
+
+        estimator = ProjectedQuadratic(wanted["rank"], wanted["penalty"], threads=None)
+        estimator.check_rank(len(found), len(source))
     most = rule.max_masks if auto else masks
     if method == "ols" and most <= len(found):
         raise ValueError(f"{most} masks for {len(found)} components, but method='ols' needs more masks than "
@@ -114,7 +120,7 @@ def attribute(model: nn.Module, examples: Any, *, components: ComponentsSpec = "
 
     def train_rows(stop: int, start: int = 0) -> tuple[np.ndarray, np.ndarray]:
         rows = outputs("train", stop, start)
-        if wanted is not None:
+        if estimator is not None:
             kept.append(rows)
         return rows
 
@@ -129,10 +135,8 @@ def attribute(model: nn.Module, examples: Any, *, components: ComponentsSpec = "
         info["n_masks"] = masks
     ids = [str(i) for i in range(len(source))]
     fitted = None
-    if wanted is not None:
-        from coar.solver.surrogate import ProjectedQuadratic
-
-        fitted = ProjectedQuadratic(wanted["rank"], wanted["penalty"], threads=None).fit_chunks(kept, fit.weight)
+    if estimator is not None:
+        fitted = estimator.fit_chunks(kept, fit.weight)
         info["surrogate"] = {**wanted, "basis_method": method, "n_masks": fitted.n_masks_}
     result = Attributions(fit.weight, fit.bias, found, ids, info, surrogate=fitted)
     if heldout is not None:

@@ -113,10 +113,13 @@ def test_a_surrogate_is_fitted_on_the_training_masks_and_scored_on_the_same_held
     assert result.surrogate.predict(np.zeros((2, len(result.component_set)))).shape == (2, 10)
 
 
-def test_a_surrogate_of_unknown_kind_or_settings_is_refused_before_any_pass():
+def test_a_surrogate_of_unknown_kind_or_settings_is_refused_before_any_pass(monkeypatch):
     model, x, y = mlp_classifier()
+    monkeypatch.setattr("coar.forward.run_masked", lambda *args, **kwargs: pytest.fail("a pass ran before the refusal"))
     for surrogate, message in (("cubic", "surrogate kind must be one of"),
-                               ({"kind": "projected_quadratic", "order": 2}, "surrogate must be a kind")):
+                               ({"kind": "projected_quadratic", "order": 2}, "surrogate must be a kind"),
+                               ({"kind": "projected_quadratic", "rank": 11},  # 10 examples
+                                re.escape("rank 11 exceeds min(components, examples) = min(27, 10)"))):
         with pytest.raises(ValueError, match=message):
             coar.attribute(model, (x, y), components="linear", masks=300, device="cpu", progress=False,
                            surrogate=surrogate)

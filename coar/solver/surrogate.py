@@ -65,7 +65,7 @@ class ProjectedQuadratic:
         """Fit on masks (m x N, 0/1 or bool, 1 = ablated) and outputs (m x n, one column per example)."""
         X, Y = _check_fit_data(masks, outputs)
         m, N = X.shape
-        self._check_rank(N, Y.shape[1])
+        self.check_rank(N, Y.shape[1])
         _check_counts(m, X.max(0) > X.min(0))
         with _threads(self.threads):
             with warnings.catch_warnings():
@@ -95,7 +95,9 @@ class ProjectedQuadratic:
         with _threads(self.threads):
             return self._fit_passes(chunks, ols_weight)
 
-    def _check_rank(self, N: int, n: int) -> None:
+    def check_rank(self, N: int, n: int) -> None:
+        """Refuse a rank the basis of N components and n examples cannot have: before any masks are
+        collected, where the sizes are known first (coar.attribute)."""
         if self.rank > min(N, n):
             raise ValueError(
                 f"rank {self.rank} exceeds min(components, examples) = min({N}, {n}): the basis comes "
@@ -114,7 +116,7 @@ class ProjectedQuadratic:
             raise ValueError(f"ols_weight must be (examples x components) = ({n}, {N}) for these rows, got {W.shape}")
         if not np.all(np.isfinite(W)):
             raise ValueError("ols_weight holds NaN or infinite values")
-        self._check_rank(N, n)
+        self.check_rank(N, n)
         varies = first.x_max > first.x_min
         _check_counts(m, varies)
         active = _active(varies)
