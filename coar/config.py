@@ -196,6 +196,21 @@ def check_masks_for_method(masks: int, method: str, n_components: int, key: str 
                           "or solver.method: ridge or lasso")
 
 
+def check_surrogate_for_run(surrogate: dict, n_components: int, n_examples: int) -> None:
+    """The config's surrogate must fit the prepared run: its basis comes from the N x n OLS
+    weights, so its rank is at most min(N, n) (ProjectedQuadratic.check_rank); refused naming the
+    key and the fix, before any collection."""
+    if surrogate["kind"] is None:
+        return
+    from coar.solver.surrogate import ProjectedQuadratic
+
+    try:
+        ProjectedQuadratic(surrogate["rank"], surrogate["penalty"]).check_rank(n_components, n_examples)
+    except ValueError as error:
+        raise ConfigError(f"config key 'surrogate.rank': {error}; use surrogate.rank <= "
+                          f"{min(n_components, n_examples)}") from None
+
+
 def masks_key(config: dict) -> str:
     """The config key that sets how many training masks a run may collect."""
     return "masks_auto.max_masks" if is_auto(config) else "masks"

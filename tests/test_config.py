@@ -9,7 +9,7 @@ import pytest
 import yaml
 from snakemake.utils import validate
 
-from coar.config import DEFAULT_RUN_KEYS, SCHEMA, ConfigError, check_config, check_values
+from coar.config import DEFAULT_RUN_KEYS, SCHEMA, ConfigError, check_config, check_surrogate_for_run, check_values
 
 REPO = Path(__file__).resolve().parents[1]
 CONFIG_DOCS = REPO / "config" / "README.md"
@@ -111,3 +111,11 @@ def test_a_value_the_schema_refuses_is_named_in_one_line_with_what_the_key_takes
 @pytest.mark.parametrize("output_fn", [None, "margin", "lm_margin", "coar.outputs:margin"])
 def test_check_config_accepts_the_default_run_and_every_kind_of_output_function(output_fn):
     check_config(config(output_fn=output_fn))
+
+
+def test_a_surrogate_rank_above_the_runs_components_or_examples_is_refused_naming_the_key_and_the_fix():
+    surrogate = {"kind": "projected_quadratic", "rank": 10, "penalty": 10.0}
+    check_surrogate_for_run(surrogate, 352, 10)
+    check_surrogate_for_run({**surrogate, "kind": None}, 4, 4)  # no surrogate: nothing to check
+    with pytest.raises(ConfigError, match=r"'surrogate.rank': rank 10 exceeds .*; use surrogate.rank <= 8"):
+        check_surrogate_for_run(surrogate, 352, 8)

@@ -304,6 +304,21 @@ def test_held_out_masks_that_cannot_fit_the_prepared_run_are_refused_before_any_
 
 
 @pytest.mark.slow
+def test_a_surrogate_rank_the_prepared_run_cannot_hold_is_refused_before_any_collection(tmp_path):
+    """The surrogate's basis comes from the 11 x 12 OLS weights: rank 12 is refused by check_masks
+    (on one core before any collection job), then at start-up once the run is prepared."""
+    config = {**MINE, "surrogate": {"kind": "projected_quadratic", "rank": 12}}
+    result = snakemake(tmp_path, config=config, env=ENV, cores=1)
+    assert result.returncode != 0
+    log = result.stdout + result.stderr
+    assert "Error in rule check_masks" in log and "config key 'surrogate.rank': rank 12 exceeds" in log
+    assert "use surrogate.rank <= 11" in log
+    assert not any((tmp_path / "results" / "mine" / folder).exists() for folder in ("shards", "heldout"))
+    again = snakemake(tmp_path, "-n", config=config, env=ENV)
+    assert again.returncode != 0 and "config key 'surrogate.rank'" in again.stdout + again.stderr
+
+
+@pytest.mark.slow
 def test_adding_or_changing_an_edit_redoes_the_checks_never_the_collection(tmp_path):
     shard = tmp_path / "results" / "mine" / "shards" / "shard-0.h5"
     target = str(shard.relative_to(tmp_path))
