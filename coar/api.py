@@ -92,13 +92,13 @@ def attribute(model: nn.Module, examples: Any, *, components: ComponentsSpec = "
     model = model.eval().to(dev)
     found = resolve_components(model, components)
     found, _ = check_components(model, found, first_inputs(source, 2).to(dev))
-    estimator = None  # the surrogate, its rank checked against the sizes before any collection
+    most = rule.max_masks if auto else masks
+    estimator = None  # the surrogate, its rank and mask budget checked against the sizes before any collection
     if wanted is not None:
         from coar.solver.surrogate import ProjectedQuadratic
 
         estimator = ProjectedQuadratic(wanted["rank"], wanted["penalty"], threads=None)
-        estimator.check_rank(len(found), len(source))
-    most = rule.max_masks if auto else masks
+        estimator.check_sizes(len(found), len(source), most)
     if method == "ols" and most <= len(found):
         raise ValueError(f"{most} masks for {len(found)} components, but method='ols' needs more masks than "
                          f"components: use {'max_masks' if auto else 'masks'} >= {len(found) + 1}, or method='ridge'")

@@ -196,19 +196,26 @@ def check_masks_for_method(masks: int, method: str, n_components: int, key: str 
                           "or solver.method: ridge or lasso")
 
 
-def check_surrogate_for_run(surrogate: dict, n_components: int, n_examples: int) -> None:
-    """The config's surrogate must fit the prepared run: its basis comes from the N x n OLS
-    weights, so its rank is at most min(N, n) (ProjectedQuadratic.check_rank); refused naming the
-    key and the fix, before any collection."""
+def check_surrogate_for_run(surrogate: dict, n_components: int, n_examples: int, masks: int,
+                            masks_key: str = "masks") -> None:
+    """The config's surrogate must fit the prepared run (ProjectedQuadratic.check_sizes): its basis
+    comes from the N x n OLS weights, so its rank is at most min(N, n), and its unpenalised linear
+    part needs more masks than N + 1; refused naming the key and the fix, before any collection."""
     if surrogate["kind"] is None:
         return
     from coar.solver.surrogate import ProjectedQuadratic
 
+    estimator = ProjectedQuadratic(surrogate["rank"], surrogate["penalty"])
     try:
-        ProjectedQuadratic(surrogate["rank"], surrogate["penalty"]).check_rank(n_components, n_examples)
+        estimator.check_sizes(n_components, n_examples)
     except ValueError as error:
         raise ConfigError(f"config key 'surrogate.rank': {error}; use surrogate.rank <= "
                           f"{min(n_components, n_examples)}") from None
+    try:
+        estimator.check_sizes(n_components, n_examples, masks)
+    except ValueError as error:
+        raise ConfigError(f"config key {masks_key!r}: {error}; use {masks_key} >= {n_components + 2}, "
+                          "or no surrogate") from None
 
 
 def masks_key(config: dict) -> str:

@@ -123,6 +123,10 @@ def test_a_surrogate_of_unknown_kind_or_settings_is_refused_before_any_pass(monk
         with pytest.raises(ValueError, match=message):
             coar.attribute(model, (x, y), components="linear", masks=300, device="cpu", progress=False,
                            surrogate=surrogate)
+    # 28 masks are enough for OLS on 27 components, not for the surrogate's linear part and bias.
+    with pytest.raises(ValueError, match="28 masks cannot determine .* at least 29"):
+        coar.attribute(model, (x, y), components="linear", masks=28, device="cpu", progress=False,
+                       surrogate={"kind": "projected_quadratic", "rank": 2})
 
 
 def test_components_may_be_kinds_presets_patterns_or_a_config_block():

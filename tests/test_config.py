@@ -113,9 +113,13 @@ def test_check_config_accepts_the_default_run_and_every_kind_of_output_function(
     check_config(config(output_fn=output_fn))
 
 
-def test_a_surrogate_rank_above_the_runs_components_or_examples_is_refused_naming_the_key_and_the_fix():
+def test_a_surrogate_the_runs_sizes_cannot_hold_is_refused_naming_the_key_and_the_fix():
     surrogate = {"kind": "projected_quadratic", "rank": 10, "penalty": 10.0}
-    check_surrogate_for_run(surrogate, 352, 10)
-    check_surrogate_for_run({**surrogate, "kind": None}, 4, 4)  # no surrogate: nothing to check
+    check_surrogate_for_run(surrogate, 352, 10, 1000)
+    check_surrogate_for_run({**surrogate, "kind": None}, 4, 4, 2)  # no surrogate: nothing to check
     with pytest.raises(ConfigError, match=r"'surrogate.rank': rank 10 exceeds .*; use surrogate.rank <= 8"):
-        check_surrogate_for_run(surrogate, 352, 8)
+        check_surrogate_for_run(surrogate, 352, 8, 1000)
+    with pytest.raises(ConfigError, match=r"'masks': 353 masks cannot .* 352 components .*; use masks >= 354"):
+        check_surrogate_for_run(surrogate, 352, 10, 353)
+    with pytest.raises(ConfigError, match=r"'masks_auto.max_masks': .*; use masks_auto.max_masks >= 354"):
+        check_surrogate_for_run(surrogate, 352, 10, 300, "masks_auto.max_masks")

@@ -113,6 +113,12 @@ def test_refuses_too_few_masks_and_too_large_a_rank():
     X, Y = planted_interaction(noise=0.5)
     with pytest.raises(ValueError, match=r"rank 13 exceeds min\(components, examples\) = min\(40, 12\)"):
         ProjectedQuadratic(rank=13).fit(X, Y)
+    # The same sizes are checked before any mask is collected (coar.attribute, the workflow's checks).
+    ProjectedQuadratic(rank=2).check_sizes(40, 12, masks=42)
+    with pytest.raises(ValueError, match="41 masks cannot determine .* at least 42"):
+        ProjectedQuadratic(rank=2).check_sizes(40, 12, masks=41)
+    with pytest.raises(ValueError, match=r"rank 13 exceeds"):
+        ProjectedQuadratic(rank=13).check_sizes(40, 12)
 
 
 @pytest.mark.parametrize("rank, penalty", [(0, 1.0), (2.5, 1.0), (True, 1.0), (2, -1.0), (2, float("nan"))])

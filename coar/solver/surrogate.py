@@ -65,7 +65,7 @@ class ProjectedQuadratic:
         """Fit on masks (m x N, 0/1 or bool, 1 = ablated) and outputs (m x n, one column per example)."""
         X, Y = _check_fit_data(masks, outputs)
         m, N = X.shape
-        self.check_rank(N, Y.shape[1])
+        self.check_sizes(N, Y.shape[1])
         _check_counts(m, X.max(0) > X.min(0))
         with _threads(self.threads):
             with warnings.catch_warnings():
@@ -95,13 +95,20 @@ class ProjectedQuadratic:
         with _threads(self.threads):
             return self._fit_passes(chunks, ols_weight)
 
-    def check_rank(self, N: int, n: int) -> None:
-        """Refuse a rank the basis of N components and n examples cannot have: before any masks are
-        collected, where the sizes are known first (coar.attribute)."""
+    def check_sizes(self, N: int, n: int, masks: int | None = None) -> None:
+        """Refuse what N components, n examples and (when given) a budget of `masks` cannot fit:
+        a rank the basis cannot have, or too few masks for the unpenalised linear part. Called
+        before any masks are collected, where the sizes are known first (coar.attribute, the
+        workflow's checks), and again by the fit."""
         if self.rank > min(N, n):
             raise ValueError(
                 f"rank {self.rank} exceeds min(components, examples) = min({N}, {n}): the basis comes "
                 f"from the {N} x {n} OLS weights, which have at most {min(N, n)} directions"
+            )
+        if masks is not None and masks <= N + 1:
+            raise ValueError(
+                f"{masks} masks cannot determine the unpenalised linear part of {N} components and a "
+                f"bias: the surrogate needs more masks than components + 1, at least {N + 2}"
             )
 
     def _fit_passes(self, chunks: Callable[[], Iterable[tuple[Any, Any]]], ols_weight: Any) -> ProjectedQuadratic:
@@ -116,7 +123,7 @@ class ProjectedQuadratic:
             raise ValueError(f"ols_weight must be (examples x components) = ({n}, {N}) for these rows, got {W.shape}")
         if not np.all(np.isfinite(W)):
             raise ValueError("ols_weight holds NaN or infinite values")
-        self.check_rank(N, n)
+        self.check_sizes(N, n)
         varies = first.x_max > first.x_min
         _check_counts(m, varies)
         active = _active(varies)

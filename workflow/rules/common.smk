@@ -150,12 +150,12 @@ def step_timings(wildcards=None):
 
 def check_run_masks(run_dir, masks, method, log):
     """coar.config.check_masks_for_method with the prepared run's component count, the surrogate's
-    rank (coar.config.check_surrogate_for_run), and the memory and disk of the run at its real sizes
+    rank and masks (coar.config.check_surrogate_for_run), and the memory and disk of the run at its real sizes
     (coar.resources.check_prepared_run); logged."""
     run = Run(run_dir)
     n_components = run.n_components
     check_masks_for_method(masks, method, n_components, masks_key(config))
-    check_surrogate_for_run(config["surrogate"], n_components, run.n_examples)
+    check_surrogate_for_run(config["surrogate"], n_components, run.n_examples, masks, masks_key(config))
     needs = check_prepared_run(run_dir, RunShape.of_config(config))
     Path(log).write_text(
         f"{masks} masks for {n_components} components: enough for solver.method {method}; "
