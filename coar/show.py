@@ -68,7 +68,9 @@ def show_edit(run_dir: str | Path, name: str) -> str:
                        ("validation_target", "target (validation)"), ("validation_reference", "reference (validation)")):
         m = report["metrics"][key]
         before, after = (float("nan") if v is None else 100 * v for v in m["accuracy"])
-        lines.append(f"  {label:<28} n = {m['n']:>5}  accuracy {before:5.1f}% -> {after:5.1f}%")
+        predicted = report["predicted_vs_realised"].get("accuracy", {}).get(key)  # the run's examples only
+        lines.append(f"  {label:<28} n = {m['n']:>5}  accuracy {before:5.1f}% -> {after:5.1f}%"
+                     + ("" if predicted is None else f" (predicted {100 * predicted['predicted']:.1f}%)"))
     checks = report["checks"]
     lines.append(f"  target change on validation: predicted {checks['predicted_target_change']:+.3f}, realised "
                  f"{checks['realised_target_change']:+.3f}")

@@ -198,3 +198,4 @@ def test_with_the_runs_surrogate_the_report_shows_its_predictions_beside_the_lin
     pairs = report["predicted_vs_realised"]
     assert set(pairs["surrogate_realised_over_predicted"]) == {"target", "reference"}
     assert all("surrogate_predicted" in e and "predicted" in e for e in pairs["examples"])
+    assert set(pairs["accuracy"]["target"]) == {"before", "predicted", "surrogate_predicted", "realised"}

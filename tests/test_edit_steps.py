@@ -16,6 +16,7 @@ from coar.cli import main
 from coar.edit import steps as edit_steps
 from coar.edit.spec import EditConfigError, EditSpec
 from coar.h5format import FormatError
+from coar.outputs import margin
 from coar.task import Task
 from tests.tasks_for_tests import TinyNet
 
@@ -104,6 +105,17 @@ def test_apply_reports_predicted_and_realised_changes_of_every_example(run, tmp_
     np.testing.assert_allclose(after - before, realised.mean(), atol=1e-5)
     predicted = np.array([e["predicted"] for e in examples])
     np.testing.assert_allclose(report["predicted_vs_realised"]["correlation"], np.corrcoef(predicted, realised)[0, 1])
+    # Accuracy as the attributions predict it: the unedited margins plus each example's predicted change.
+    made = task(TASK[1])
+    with torch.no_grad():
+        base = margin(made.model.eval()(made.inputs), made.labels).numpy()
+    role = np.array([e["role"] for e in examples])
+    accuracies = report["predicted_vs_realised"]["accuracy"]
+    for name in ("target", "reference"):
+        rows = role == name
+        assert accuracies[name]["before"] == report["metrics"][name]["accuracy"][0] == np.mean(base[rows] > 0)
+        assert accuracies[name]["realised"] == report["metrics"][name]["accuracy"][1]
+        assert accuracies[name]["predicted"] == np.mean(base[rows] + predicted[rows] > 0)
 
 
 def test_strict_refuses_to_write_the_model_when_the_prediction_is_missed(run, tmp_path):
@@ -179,3 +191,17 @@ def test_selectors_combine_ids_groups_and_misclassified_as_an_intersection(tmp_p
     assert target.tolist() == [0, 2] and reference.tolist() == [3]
     spec = EditSpec.from_config({**EDIT, "target": {"ids": str(tmp_path / "ids.txt"), "label": 0}})
     assert [p.tolist() for p in select(spec, pool)] == [[0, 3], [1, 2]]
+
+
+def test_show_edit_prints_the_rule_accuracies_with_their_prediction_and_the_ablated_components(run, tmp_path, capsys):
+    copy = Path(shutil.copytree(run, tmp_path / "run"))
+    spec = EditSpec.from_config({**EDIT, "k": 3, "selection": "prefix"})
+    out = copy / "edits" / spec.name
+    edit_steps.plan(copy, spec, copy / "attributions.h5", out / "plan.json", task=TASK)
+    report = edit_steps.apply(copy, spec, out / "plan.json", copy / "attributions.h5", out, task=TASK)
+    assert main(["show", str(copy), "--edit", spec.name]) == 0
+    shown = capsys.readouterr().out
+    assert "k = 3 (k given in the config)" in shown and "ablated (3): " in shown
+    target = report["predicted_vs_realised"]["accuracy"]["target"]
+    assert (f"target (run's examples)      n =    10  accuracy {100 * target['before']:5.1f}% -> "
+            f"{100 * target['realised']:5.1f}% (predicted {100 * target['predicted']:.1f}%)") in shown

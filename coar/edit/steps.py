@@ -345,6 +345,7 @@ def apply(run_dir: str | Path, spec: EditSpec, plan_path: str | Path, attributio
         "predicted_vs_realised": {
             "correlation": _finite(np.corrcoef(predicted, realised)[0, 1]) if k else None,
             "realised_over_predicted": ratio,
+            "accuracy": _accuracies(context, after, predicted, by_surrogate),
             **({} if by_surrogate is None else {
                 "surrogate_correlation": _finite(np.corrcoef(by_surrogate, realised)[0, 1]) if k else None,
                 "surrogate_realised_over_predicted": _ratios(realised, by_surrogate, context, k)}),
@@ -429,6 +430,17 @@ def _ratios(realised: np.ndarray, predicted: np.ndarray, context: _Context, k: i
     """Realised over predicted mean change of the target's and the reference's attributed examples."""
     return {name: _finite(np.float64(_mean(realised[rows])) / _mean(predicted[rows])) if k else None
             for name, rows in (("target", context.target), ("reference", context.reference))}
+
+
+def _accuracies(context: _Context, after: np.ndarray, predicted: np.ndarray, by_surrogate: np.ndarray | None) -> dict:
+    """The target's and the reference's accuracy on the attributed examples before the edit,
+    as the attributions (and the surrogate) predict it after, and as realised."""
+    rows = {"target": context.target, "reference": context.reference}
+    outputs = {"before": context.base, "predicted": context.base + predicted,
+               **({} if by_surrogate is None else {"surrogate_predicted": context.base + by_surrogate}),
+               "realised": after}
+    return {name: {when: float(accuracy(values[index])) for when, values in outputs.items()}
+            for name, index in rows.items()}
 
 
 def _rows(examples: Examples, rows: np.ndarray) -> tuple[torch.Tensor, torch.Tensor]:
