@@ -53,6 +53,23 @@ def test_a_candidate_that_breaks_the_reference_is_skipped_and_the_next_ones_are_
         np.testing.assert_array_equal(path.outputs[k], evaluate(mask)[0])
 
 
+def test_a_refused_candidate_is_looked_at_once_more_when_the_ranking_is_done():
+    # Component 5 lifts the reference by 4 (and lowers the target a little): with it ablated,
+    # component 0 no longer breaks the reference, so the second look takes it.
+    effects = np.c_[EFFECTS, np.r_[np.full(4, -0.5), np.full(6, 4.0)]]
+    lifted = lambda masks: BASE + masks.astype(float) @ effects.T  # noqa: E731
+    path = verified_path(np.array([0, 5]), 6, lifted, target=TARGET, reference=REFERENCE, sign=-1.0, tolerance=0.1,
+                         k_max=3)
+    assert path.order == [5, 0]
+    assert [(t.index, t.accepted) for t in path.tried] == [(0, False), (5, True), (0, True)]
+    assert path.tried[2].reason.startswith("second look: the validation target's mean output falls")
+    # a candidate refused again on its second look is not looked at a third time
+    path = verified_path(np.array([0, 4]), 5, evaluate, target=TARGET, reference=REFERENCE, sign=-1.0, tolerance=0.1,
+                         k_max=3)
+    assert path.order == [] and [t.index for t in path.tried] == [0, 4, 0, 4]
+    assert all(t.reason.startswith("second look: ") for t in path.tried[2:])
+
+
 def test_a_candidate_that_does_not_move_the_target_is_not_taken():
     path = verified_path(np.array([4, 1]), 5, evaluate, target=TARGET, reference=REFERENCE, sign=-1.0, tolerance=0.1,
                          k_max=2)

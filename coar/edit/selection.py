@@ -11,8 +11,9 @@ after each prefix of it. The edit then takes the first k of the path (coar.edit.
   validation examples together with the set chosen so far: it joins the set when the realised
   reference accuracy stays within the tolerance and the target's mean output moves the edit's
   way. A candidate that fails is skipped and the next ones are tried, where the prefix would
-  have stopped (or, worse, taken it). Candidates are verified `batch` at a time, each batch one
-  call of `evaluate` (one `run_masked` call).
+  have stopped (or, worse, taken it); once the ranking is done, the refused candidates are
+  looked at once more against the set as it then is. Candidates are verified `batch` at a
+  time, each batch one call of `evaluate` (one `run_masked` call).
 
 `evaluate(masks)` returns the validation outputs (masks x examples) of the model with each
 row's components ablated; `target` and `reference` index its examples, and `sign` is +1 when
@@ -124,21 +125,25 @@ class Surrogate(Protocol):
 
 def verified_path(order: np.ndarray, n_components: int, evaluate: Evaluate, *, target: np.ndarray,
                   reference: np.ndarray, sign: float, tolerance: float, k_max: int, goal: float | None = None,
-                  predictions: Predictions | None = None, batch: int = 8, max_tries: int | None = None) -> Path:
+                  predictions: Predictions | None = None, batch: int = 8) -> Path:
     """Grow the set candidate by candidate in ranking order (module doc) until it holds `k_max`
     components, its validation target success reaches `goal` (without one: every target example
-    moved, which nothing can better), or `max_tries` candidates (default: all of `order`) have
-    been looked at."""
+    moved, which nothing can better), or every candidate has been looked at twice: once the
+    ranking is done, the candidates it refused are looked at once more, in the order they were
+    refused, against the set as it then is (ablating others changes what one does)."""
     base = evaluate(np.zeros((1, n_components), dtype=bool))[0]
     floor = accuracy(base[reference]) - tolerance - 1e-12
     predicted_floor = (predictions.reference_accuracy([]) - tolerance - 1e-12) if predictions is not None else None
     chosen: list[int] = []
     outputs = [base]
     tried: list[Tried] = []
-    queue = [int(i) for i in order[: max_tries if max_tries is not None else len(order)]]
+    queue = [int(i) for i in order]
+    first_look = len(queue)  # queue positions from here on are second looks
     position = 0
-    while len(chosen) < k_max and position < len(queue):
-        if success(outputs[-1][target], sign) >= (1.0 if goal is None else goal):
+    while len(chosen) < k_max:
+        if position == len(queue) == first_look:
+            queue += [t.index for t in tried if not t.accepted]
+        if position == len(queue) or success(outputs[-1][target], sign) >= (1.0 if goal is None else goal):
             break
         batch_tried: list[tuple[int, Tried]] = []  # (queue position, verdict) of this batch
         candidates: list[tuple[int, int]] = []  # (queue position, component) to verify
@@ -146,13 +151,13 @@ def verified_path(order: np.ndarray, n_components: int, evaluate: Evaluate, *, t
             candidate = queue[position]
             refusal = _predicted_refusal(predictions, chosen, candidate, sign, predicted_floor)
             if refusal:
-                batch_tried.append((position, Tried(candidate, False, refusal)))
+                batch_tried.append((position, Tried(candidate, False, _looked(position, first_look, refusal))))
             else:
                 candidates.append((position, candidate))
             position += 1
         if candidates:
             accepted = _verify(candidates, chosen, outputs[-1], evaluate(_with_each(chosen, candidates, n_components)),
-                               target, reference, sign, floor, batch_tried)
+                               target, reference, sign, floor, first_look, batch_tried)
             if accepted is not None:
                 at, candidate, realised = accepted
                 chosen.append(candidate)
@@ -172,7 +177,7 @@ def _with_each(chosen: list[int], candidates: list[tuple[int, int]], n_component
 
 
 def _verify(candidates: list[tuple[int, int]], chosen: list[int], current: np.ndarray, realised: np.ndarray,
-            target: np.ndarray, reference: np.ndarray, sign: float, floor: float,
+            target: np.ndarray, reference: np.ndarray, sign: float, floor: float, first_look: int,
             verdicts: list[tuple[int, Tried]]) -> tuple[int, int, np.ndarray] | None:
     """The first candidate (queue position, component, outputs) whose realised outputs keep the
     reference within its floor and move the target the edit's way; a verdict appended for each
@@ -182,16 +187,22 @@ def _verify(candidates: list[tuple[int, int]], chosen: list[int], current: np.nd
         reference_accuracy = float(accuracy(outputs[reference]))
         moved = float(np.mean(sign * outputs[target])) - before
         if reference_accuracy < floor:
-            verdicts.append((at, Tried(candidate, False, f"validation reference accuracy would fall to "
-                                                         f"{reference_accuracy:.3f} (floor {floor + 1e-12:.3f})")))
+            accepted, reason = False, (f"validation reference accuracy would fall to {reference_accuracy:.3f} "
+                                       f"(floor {floor + 1e-12:.3f})")
         elif moved <= 0:
-            verdicts.append((at, Tried(candidate, False, f"the validation target's mean output moves the wrong way "
-                                                         f"(by {abs(moved):.3g})")))
+            accepted, reason = False, f"the validation target's mean output moves the wrong way (by {abs(moved):.3g})"
         else:
-            verdicts.append((at, Tried(candidate, True, f"the validation target's mean output {_way(sign)} by "
-                                                        f"{moved:.3g}; reference accuracy {reference_accuracy:.3f}")))
+            accepted, reason = True, (f"the validation target's mean output {_way(sign)} by {moved:.3g}; reference "
+                                      f"accuracy {reference_accuracy:.3f}")
+        verdicts.append((at, Tried(candidate, accepted, _looked(at, first_look, reason))))
+        if accepted:
             return at, candidate, outputs
     return None
+
+
+def _looked(position: int, first_look: int, reason: str) -> str:
+    """A verdict's reason, marked when it comes from the second look at a refused candidate."""
+    return reason if position < first_look else f"second look: {reason}"
 
 
 def _way(sign: float) -> str:
