@@ -4,7 +4,8 @@ Fits every estimator on the first m training masks of the run's dataset.h5 (for 
 --masks), scores each on every held-out file of the run (heldout/alpha-*.h5) with coar's own
 `coar.evaluate.score` (the evaluate step's mean correlation), prints a markdown table of the
 mean held-out correlation and one of fit seconds, and writes
-{"<estimator>": {"<masks>": {"<alpha>": mean correlation}}} to --json.
+{"<estimator>": {"<masks>": {"<alpha>": mean correlation}}} to --json; with --plot, the same as
+curves (mean held-out correlation against training masks, one panel per held-out alpha).
 
 Estimators:
   ols, ridge            coar.solver.fit (ridge: penalty chosen per example on every 10th mask)
@@ -17,7 +18,7 @@ Estimators:
 
 Nothing is chosen on the held-out masks. Single-threaded (OMP_NUM_THREADS=1 and torch threads 1).
 
-    python benchmarks/surrogates.py --run results/digits --json surrogates.json
+    python benchmarks/surrogates.py --run results/digits --json surrogates.json --plot surrogates.png
     python benchmarks/surrogates.py --run results/digits --json s.json --masks 1000 2000 4000 --only ols pq-r10
 """
 
@@ -41,6 +42,7 @@ import scipy.linalg  # noqa: E402
 
 from coar import h5format  # noqa: E402
 from coar.evaluate import score  # noqa: E402
+from coar.plots import figure, save_png  # noqa: E402
 from coar.solver import VAL_EVERY, fit  # noqa: E402
 from coar.solver.surrogate import ProjectedQuadratic  # noqa: E402
 
@@ -142,6 +144,20 @@ def table(results: dict, times: dict, alphas: list[str]) -> str:
     return "\n".join(lines)
 
 
+def plot(results: dict, alphas: list[str], path: str | Path) -> None:
+    """Mean held-out correlation against training masks, a line per estimator, a panel per alpha."""
+    fig, axes = figure(figsize=(4.2 * len(alphas), 3.6), ncols=len(alphas), squeeze=False)
+    for ax, alpha in zip(axes[0], alphas):
+        for name, by_m in results.items():
+            points = [(int(m), v[alpha]) for m, v in by_m.items() if v[alpha] is not None]
+            ax.plot(*zip(*points), marker="o", label=name, linestyle="--" if name in ("ols", "ridge") else "-")
+        ax.set_title(f"held-out alpha {alpha}")
+        ax.set_xlabel("training masks")
+    axes[0][0].set_ylabel("mean held-out correlation")
+    axes[0][-1].legend(fontsize=8, loc="lower right")
+    save_png(fig, path)
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--run", required=True, help="a finished run folder (dataset.h5 and heldout/alpha-*.h5)")
@@ -150,6 +166,7 @@ def main() -> None:
                         help="training sizes m: the first m rows of dataset.h5 (larger ones than the run has are skipped)")
     parser.add_argument("--only", nargs="+", choices=list(ESTIMATORS), default=list(ESTIMATORS),
                         help="estimators to run (default: all)")
+    parser.add_argument("--plot", help="also draw the curves to this PNG")
     args = parser.parse_args()
     try:
         import torch
@@ -182,6 +199,9 @@ def main() -> None:
     print()
     print(table(results, times, list(heldout)))
     print(f"\nwritten: {args.json}")
+    if args.plot:
+        plot(results, list(heldout), args.plot)
+        print(f"written: {args.plot}")
 
 
 if __name__ == "__main__":

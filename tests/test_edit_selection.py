@@ -68,6 +68,10 @@ def test_a_refused_candidate_is_looked_at_once_more_when_the_ranking_is_done():
                          k_max=3)
     assert path.order == [] and [t.index for t in path.tried] == [0, 4, 0, 4]
     assert all(t.reason.startswith("second look: ") for t in path.tried[2:])
+    # with the attributions' predictions, 4 (predicted on its own not to move the target) is not looked at again
+    path = verified_path(np.array([0, 4]), 5, evaluate, target=TARGET, reference=REFERENCE, sign=-1.0, tolerance=0.1,
+                         k_max=3, predictions=Predictions(EFFECTS, BASE, TARGET, REFERENCE))
+    assert [t.index for t in path.tried] == [0, 4, 0]
 
 
 def test_a_candidate_that_does_not_move_the_target_is_not_taken():

@@ -130,7 +130,8 @@ def verified_path(order: np.ndarray, n_components: int, evaluate: Evaluate, *, t
     components, its validation target success reaches `goal` (without one: every target example
     moved, which nothing can better), or every candidate has been looked at twice: once the
     ranking is done, the candidates it refused are looked at once more, in the order they were
-    refused, against the set as it then is (ablating others changes what one does)."""
+    refused, against the set as it then is (ablating others changes what one does), but for
+    those predicted on their own to move the target the wrong way."""
     base = evaluate(np.zeros((1, n_components), dtype=bool))[0]
     floor = accuracy(base[reference]) - tolerance - 1e-12
     predicted_floor = (predictions.reference_accuracy([]) - tolerance - 1e-12) if predictions is not None else None
@@ -141,8 +142,9 @@ def verified_path(order: np.ndarray, n_components: int, evaluate: Evaluate, *, t
     first_look = len(queue)  # queue positions from here on are second looks
     position = 0
     while len(chosen) < k_max:
-        if position == len(queue) == first_look:
-            queue += [t.index for t in tried if not t.accepted]
+        if position == len(queue) == first_look:  # the second look; a candidate's own predicted change does not
+            queue += [t.index for t in tried  # depend on the set, so one predicted the wrong way is not looked at again
+                      if not t.accepted and (predictions is None or predictions.target_change(t.index, sign) > 0)]
         if position == len(queue) or success(outputs[-1][target], sign) >= (1.0 if goal is None else goal):
             break
         batch_tried: list[tuple[int, Tried]] = []  # (queue position, verdict) of this batch
