@@ -154,7 +154,7 @@ def plot(results: dict, alphas: list[str], path: str | Path) -> None:
         ax.set_title(f"held-out alpha {alpha}")
         ax.set_xlabel("training masks")
     axes[0][0].set_ylabel("mean held-out correlation")
-    axes[0][-1].legend(fontsize=8, loc="lower right")
+    axes[0][-1].legend(fontsize=8, loc="upper left", bbox_to_anchor=(1.02, 1.0))
     save_png(fig, path)
 
 
