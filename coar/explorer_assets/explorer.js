@@ -446,7 +446,7 @@ function editSection(root, name, edit) {
   const plots = el("div", {class: "row"});
   section.append(plots);
   const k = typeof report.k === "number" ? report.k : null;
-  if (report.metrics) accuracyBars(plots, report.metrics);
+  if (report.metrics) accuracyBars(plots, report.metrics, (report.predicted_vs_realised || {}).accuracy);
   if (report.sweep && Array.isArray(report.sweep.ks)) sweepPlots(plots, report.sweep, k, report.checks);
   if (report.predicted_vs_realised && Array.isArray(report.predicted_vs_realised.examples)) {
     predictedVsRealised(plots, report.predicted_vs_realised, k);
@@ -482,18 +482,23 @@ function editHeadline(report) {
   return el("p", {class: "edit-headline"}, ...parts.flatMap((part, i) => (i ? [" · ", part] : [part])));
 }
 
-function accuracyBars(row, metrics) {
-  // Before -> after accuracy (fraction of outputs > 0) of target and reference, on test and validation.
+function accuracyBars(row, metrics, predicted) {
+  // Before -> after accuracy (fraction of outputs > 0) of target and reference, on test and validation;
+  // between them, where the report has it, the accuracy the attributions predicted (test only).
   const shown = ACCURACIES.filter(([key]) => metrics[key] && Array.isArray(metrics[key].accuracy));
   if (!shown.length) return;
   const node = plot("plot accuracy-plot");
   row.append(node);
   const x = shown.map(([key, title]) => `${title}<br>n = ${metrics[key].n ?? "–"}`);
-  const bar = (when, i, color) => {
-    const y = shown.map(([key]) => metrics[key].accuracy[i]);
-    return {type: "bar", name: when, x, y, marker: {color}, text: y.map(v => fmt(v, 2)), textposition: "outside", cliponaxis: false};
-  };
-  draw(node, [bar("before", 0, "#b0bec5"), bar("after", 1, "#37474f")],
+  const bar = (when, y, color) => ({type: "bar", name: when, x, y, marker: {color}, text: y.map(v => (v === null ? "" : fmt(v, 2))),
+                                    textposition: "outside", cliponaxis: false});
+  const at = i => shown.map(([key]) => metrics[key].accuracy[i]);
+  const bars = [bar("before", at(0), "#b0bec5")];
+  if (predicted && typeof predicted === "object") {
+    bars.push(bar("after, predicted", shown.map(([key]) => (predicted[key] && typeof predicted[key].predicted === "number" ?
+      predicted[key].predicted : null)), "#90caf9"));
+  }
+  draw(node, [...bars, bar("after", at(1), "#37474f")],
        {title: {text: "accuracy before → after the edit"}, barmode: "group", legend: {orientation: "h", y: 1.08}, xaxis: {type: "category"},
         yaxis: {title: {text: "accuracy (outputs > 0)"}, range: [0, 1.12]}, margin: {l: 55, r: 20, t: 70, b: 60}});
 }
