@@ -46,6 +46,16 @@ def show(run_dir: str | Path, example: str | None = None, component: str | None 
             f"\nall {len(rows)} ablated together: predicted {predicted:+.4g}, realised {together:+.4g}")
 
 
+def _predicted(accuracy: dict | None) -> str:
+    """" (predicted 12.0%[, surrogate 20.0%])": the accuracy the attributions (and the surrogate)
+    predicted for the edit, on the run's examples; "" for a report without it."""
+    if accuracy is None:
+        return ""
+    surrogate = accuracy.get("surrogate_predicted")
+    return (f" (predicted {100 * accuracy['predicted']:.1f}%"
+            + ("" if surrogate is None else f", by the surrogate {100 * surrogate:.1f}%") + ")")
+
+
 def show_edit(run_dir: str | Path, name: str) -> str:
     """The text `coar show --edit` prints: the rule and k, accuracies before -> after, the ablated components."""
     result = open_run(run_dir)
@@ -69,11 +79,12 @@ def show_edit(run_dir: str | Path, name: str) -> str:
         m = report["metrics"][key]
         before, after = (float("nan") if v is None else 100 * v for v in m["accuracy"])
         predicted = report["predicted_vs_realised"].get("accuracy", {}).get(key)  # the run's examples only
-        lines.append(f"  {label:<28} n = {m['n']:>5}  accuracy {before:5.1f}% -> {after:5.1f}%"
-                     + ("" if predicted is None else f" (predicted {100 * predicted['predicted']:.1f}%)"))
+        lines.append(f"  {label:<28} n = {m['n']:>5}  accuracy {before:5.1f}% -> {after:5.1f}%" + _predicted(predicted))
     checks = report["checks"]
-    lines.append(f"  target change on validation: predicted {checks['predicted_target_change']:+.3f}, realised "
-                 f"{checks['realised_target_change']:+.3f}")
+    by = checks.get("predicted_by", "linear")
+    linear = "" if by == "linear" else f" (linear {checks['linear_predicted_target_change']:+.3f})"
+    lines.append(f"  target change on validation: predicted by the {'attributions' if by == 'linear' else by} "
+                 f"{checks['predicted_target_change']:+.3f}{linear}, realised {checks['realised_target_change']:+.3f}")
     ablated = json.loads((Path(run_dir) / "edits" / name / "ablated.json").read_text(encoding="utf-8"))["ablated"]
     names = [result.components[a["index"]].name for a in ablated]
     lines.append(f"ablated ({len(names)}): " + ", ".join(names))

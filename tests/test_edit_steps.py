@@ -193,15 +193,29 @@ def test_selectors_combine_ids_groups_and_misclassified_as_an_intersection(tmp_p
     assert [p.tolist() for p in select(spec, pool)] == [[0, 3], [1, 2]]
 
 
-def test_show_edit_prints_the_rule_accuracies_with_their_prediction_and_the_ablated_components(run, tmp_path, capsys):
+@pytest.mark.parametrize("surrogate", [False, True])
+def test_show_edit_prints_the_rule_accuracies_with_their_prediction_and_the_ablated_components(run, tmp_path, capsys,
+                                                                                             surrogate):
     copy = Path(shutil.copytree(run, tmp_path / "run"))
+    if surrogate:
+        assert main(["fit-surrogate", "--run-dir", str(copy), "--data", str(copy / "dataset.h5"), "--attributions",
+                     str(copy / "attributions.h5"), "--out", str(copy / "surrogate.h5"), "--kind",
+                     "projected_quadratic", "--rank", "2"]) == 0
     spec = EditSpec.from_config({**EDIT, "k": 3, "selection": "prefix"})
     out = copy / "edits" / spec.name
     edit_steps.plan(copy, spec, copy / "attributions.h5", out / "plan.json", task=TASK)
-    report = edit_steps.apply(copy, spec, out / "plan.json", copy / "attributions.h5", out, task=TASK)
+    report = edit_steps.apply(copy, spec, out / "plan.json", copy / "attributions.h5", out, task=TASK,
+                              surrogate=copy / "surrogate.h5" if surrogate else None)
+    capsys.readouterr()
     assert main(["show", str(copy), "--edit", spec.name]) == 0
     shown = capsys.readouterr().out
     assert "k = 3 (k given in the config)" in shown and "ablated (3): " in shown
-    target = report["predicted_vs_realised"]["accuracy"]["target"]
+    target, checks = report["predicted_vs_realised"]["accuracy"]["target"], report["checks"]
+    by_surrogate = f", by the surrogate {100 * target['surrogate_predicted']:.1f}%" if surrogate else ""
     assert (f"target (run's examples)      n =    10  accuracy {100 * target['before']:5.1f}% -> "
-            f"{100 * target['realised']:5.1f}% (predicted {100 * target['predicted']:.1f}%)") in shown
+            f"{100 * target['realised']:5.1f}% (predicted {100 * target['predicted']:.1f}%{by_surrogate})") in shown
+    # the change is labelled with what predicted it: the surrogate judged the edit when the run has one
+    change = (f"predicted by the surrogate {checks['predicted_target_change']:+.3f} "
+              f"(linear {checks['linear_predicted_target_change']:+.3f})" if surrogate else
+              f"predicted by the attributions {checks['predicted_target_change']:+.3f}")
+    assert f"target change on validation: {change}, realised" in shown

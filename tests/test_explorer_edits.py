@@ -60,8 +60,9 @@ def sweep_report(run: Run, name: str) -> dict:
                     "validation_reference": metrics(161, (0.93, 0.91)), "validation": metrics(180, (0.92, 0.83))},
         "predicted_vs_realised": {
             "correlation": 0.93, "realised_over_predicted": {"target": 0.83, "reference": 1.2},
-            "accuracy": {"target": {"before": 0.94, "predicted": 0.06, "realised": 0.17},
-                         "reference": {"before": 0.96, "predicted": 0.96, "realised": 0.95}},
+            "accuracy": {"target": {"before": 0.94, "predicted": 0.06, "surrogate_predicted": 0.2, "realised": 0.17},
+                         "reference": {"before": 0.96, "predicted": 0.96, "surrogate_predicted": 0.94,
+                                       "realised": 0.95}},
             "examples": [{"id": i, "role": role, "predicted": p, "realised": 0.8 * p}
                          for i, role, p in zip(run.example_ids, roles, predicted)]},
         "tried": [{"index": c, "module": components.locate(c)[0], "unit": components.locate(c)[1], "accepted": ok, "reason": why}
@@ -241,13 +242,13 @@ def test_in_chromium_an_edit_opens_with_its_direction_chosen_k_rule_selection_an
 @browser
 def test_in_chromium_before_and_after_accuracies_are_labelled_bars_in_view_without_scrolling(edits_view):
     bars = plot_of(edits_view, "forget_3", "accuracy-plot")
-    assert [t["name"] for t in bars["traces"]] == ["before", "after, predicted", "after"]
+    assert [t["name"] for t in bars["traces"]] == ["before", "after, predicted", "after, surrogate", "after"]
     assert bars["traces"][0]["x"] == ["target, test<br>n = 18", "reference, test<br>n = 162",
                                       "target, validation<br>n = 19", "reference, validation<br>n = 161"]
-    assert bars["traces"][0]["y"] == [0.94, 0.96, 0.89, 0.93] and bars["traces"][2]["y"] == [0.17, 0.95, 0.11, 0.91]
-    # what the attributions predicted, on the run's (test) examples only
-    assert bars["traces"][1]["y"] == [0.06, 0.96, None, None]
-    for label in ("target, test", "n = 18", "reference, validation", "0.17", "0.06", "after, predicted"):
+    assert bars["traces"][0]["y"] == [0.94, 0.96, 0.89, 0.93] and bars["traces"][3]["y"] == [0.17, 0.95, 0.11, 0.91]
+    # what the attributions and the surrogate predicted, on the run's (test) examples only
+    assert bars["traces"][1]["y"] == [0.06, 0.96, None, None] and bars["traces"][2]["y"] == [0.2, 0.94, None, None]
+    for label in ("target, test", "n = 18", "reference, validation", "0.17", "0.06", "after, predicted", "after, surrogate"):
         assert label in bars["drawn"]
     assert bars["below"] < 200, "the accuracies come right after the edit's headline"
 

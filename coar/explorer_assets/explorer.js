@@ -484,7 +484,7 @@ function editHeadline(report) {
 
 function accuracyBars(row, metrics, predicted) {
   // Before -> after accuracy (fraction of outputs > 0) of target and reference, on test and validation;
-  // between them, where the report has it, the accuracy the attributions predicted (test only).
+  // between them, where the report has it, the accuracy the attributions (and the surrogate) predicted (test only).
   const shown = ACCURACIES.filter(([key]) => metrics[key] && Array.isArray(metrics[key].accuracy));
   if (!shown.length) return;
   const node = plot("plot accuracy-plot");
@@ -494,10 +494,10 @@ function accuracyBars(row, metrics, predicted) {
                                     textposition: "outside", cliponaxis: false});
   const at = i => shown.map(([key]) => metrics[key].accuracy[i]);
   const bars = [bar("before", at(0), "#b0bec5")];
-  if (predicted && typeof predicted === "object") {
-    bars.push(bar("after, predicted", shown.map(([key]) => (predicted[key] && typeof predicted[key].predicted === "number" ?
-      predicted[key].predicted : null)), "#90caf9"));
-  }
+  const by = field => shown.map(([key]) => (predicted && predicted[key] && typeof predicted[key][field] === "number" ?
+    predicted[key][field] : null));
+  if (by("predicted").some(v => v !== null)) bars.push(bar("after, predicted", by("predicted"), "#90caf9"));
+  if (by("surrogate_predicted").some(v => v !== null)) bars.push(bar("after, surrogate", by("surrogate_predicted"), "#ce93d8"));
   draw(node, [...bars, bar("after", at(1), "#37474f")],
        {title: {text: "accuracy before → after the edit"}, barmode: "group", legend: {orientation: "h", y: 1.08}, xaxis: {type: "category"},
         yaxis: {title: {text: "accuracy (outputs > 0)"}, range: [0, 1.12]}, margin: {l: 55, r: 20, t: 70, b: 60}});

@@ -84,14 +84,16 @@ def fast_path_options(fast):
     )
 
 
-# The checks before collection. The prepare job checks the config's edits against the run it
-# has just saved (read from the edits stamp, so a changed edit never re-prepares), so on a first
-# run no collection job starts before they pass. check_masks (masks, memory, disk) and, on a
-# prepared run whose edits changed, check_edits run next with the highest priority; the
-# collection jobs take neither's output as an input: a check redone would redo them, and taken
-# as `ancient` Snakemake 9 skips the jobs after a redone check for that invocation (snakemake
-# issue 4166: a grown run stopped after its check with a shard missing). merge takes
-# check_masks', as it must rerun when the masks change anyway; edit_plan check_edits'.
+# The checks before collection. The prepare job checks the config's edits (read from the edits
+# stamp, so a changed edit never re-prepares) and what the masks need (check_run_masks, from the
+# config, not a parameter, so changing masks never re-prepares) against the run it has just
+# saved, so on a first run no collection job starts before they pass, however many cores run
+# jobs at once. On a prepared run the Snakefile checks the masks at start-up; check_masks and,
+# when the edits changed, check_edits run with the highest priority; the collection jobs take
+# neither's output as an input: a check redone would redo them, and taken as `ancient`
+# Snakemake 9 skips the jobs after a redone check for that invocation (snakemake issue 4166: a
+# grown run stopped after its check with a shard missing). merge takes check_masks', as it must
+# rerun when the masks change anyway; edit_plan check_edits'.
 SURROGATE = config["surrogate"]["kind"]  # a surrogate beyond linear COAR (rules/fit.smk), or None
 SURROGATE_FILE = f"{RUN}/surrogate.h5"
 CHECKED_MASKS = f"{RUN}/checks/masks.ok"
@@ -148,16 +150,17 @@ def step_timings(wildcards=None):
     ]
 
 
-def check_run_masks(run_dir, masks, method, log):
-    """coar.config.check_masks_for_method with the prepared run's component count, the surrogate's
-    rank and masks (coar.config.check_surrogate_for_run), and the memory and disk of the run at its real sizes
-    (coar.resources.check_prepared_run); logged."""
+def check_run_masks(run_dir, masks, method):
+    """What the masks need, against the prepared run: coar.config.check_masks_for_method with its
+    component count, the surrogate's rank and masks (coar.config.check_surrogate_for_run), and the
+    memory and disk of the run at its real sizes (coar.resources.check_prepared_run); the line
+    to log."""
     run = Run(run_dir)
     n_components = run.n_components
     check_masks_for_method(masks, method, n_components, masks_key(config))
     check_surrogate_for_run(config["surrogate"], n_components, run.n_examples, masks, masks_key(config))
     needs = check_prepared_run(run_dir, RunShape.of_config(config))
-    Path(log).write_text(
+    return (
         f"{masks} masks for {n_components} components: enough for solver.method {method}; "
         f"largest collection job {needs.collect_bytes / 1e9:.3g} GB, results "
         f"{needs.disk_bytes / 1e9:.3g} GB of disk\n"
