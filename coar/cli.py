@@ -338,11 +338,12 @@ def _parser() -> argparse.ArgumentParser:
     s.add_argument("--device", choices=DEVICES, default="auto", help="auto: cuda when a GPU is visible")
     s.add_argument("--quick", action="store_true", help="small sizes, no resnet50 (CI)")
 
-    s = add("explore", "Build a run's attribution explorer (explorer.html) if missing, then open it in a web browser "
-            "(on a machine without a display, print where it is).", run_dir=False)
+    s = add("explore", "Build a run's attribution explorer (explorer.html) if missing or older than the run's files "
+            "(an edit made since, say), then open it in a web browser (on a machine without a display, print "
+            "where it is).", run_dir=False)
     s.add_argument("run", help="run folder (results/<run>) of a finished run")
     s.add_argument("--out", default=None, help="page to write (default: <run>/explorer.html)")
-    s.add_argument("--rebuild", action="store_true", help="build the page even if it exists")
+    s.add_argument("--rebuild", action="store_true", help="build the page even if it is up to date")
     s.add_argument("--no-open", action="store_true", help="build if needed and print the page's path, without opening it")
 
     s = add("show", "Print the components with the largest predicted effects on one example, or the examples one "

@@ -450,11 +450,20 @@ def has_display() -> bool:
     return not sys.platform.startswith("linux") or bool(os.environ.get("DISPLAY") or os.environ.get("WAYLAND_DISPLAY"))
 
 
+def changed_since(run_dir: str | Path, page: Path) -> list[Path]:
+    """The run's files newer than `page` (not its logs, benchmarks and shards, which the page
+    does not read): what the page would not show."""
+    built = page.stat().st_mtime
+    skipped = {"logs", "benchmarks", "shards"}
+    return [path for path in Path(run_dir).rglob("*") if path.is_file() and path != page
+            and not skipped & set(path.relative_to(run_dir).parts[:1]) and path.stat().st_mtime > built]
+
+
 def explore(run_dir: str | Path, out: str | Path | None = None, rebuild: bool = False, open_browser: bool = True) -> str:
-    """`coar explore`: build the page if missing (or asked to), open it where a display exists;
-    return a line saying where it is."""
+    """`coar explore`: build the page if missing, older than one of the run's files (an edit
+    made since, say) or asked to; open it where a display exists; return a line saying where it is."""
     page = Path(out) if out is not None else Path(run_dir) / PAGE
-    if rebuild or not page.exists():
+    if rebuild or not page.exists() or changed_since(run_dir, page):
         build(run_dir, page)
     if open_browser and has_display() and webbrowser.open(page.resolve().as_uri()):
         return f"opened {page}"

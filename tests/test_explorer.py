@@ -5,6 +5,7 @@ console error), the components named and layered as the command line and the Pyt
 one colour per method in every plot, and module names as categories whatever they look like."""
 
 import json
+import os
 import re
 import shutil
 from pathlib import Path
@@ -210,6 +211,21 @@ def test_coar_explore_builds_a_missing_page_and_says_where_it_is_without_a_displ
     assert main(["explore", str(run)]) == 0
     assert str(run / explorer.PAGE) in capsys.readouterr().out
     assert (run / explorer.PAGE).exists()
+
+
+def test_coar_explore_rebuilds_a_page_older_than_the_runs_files(tiny_run, tmp_path):
+    run = copy_run(tiny_run, tmp_path)
+    page = run / explorer.PAGE
+    explorer.explore(run, open_browser=False)
+    built = page.stat().st_mtime
+    os.utime(run / "logs" / "fit.log", (built + 10, built + 10))  # not read by the page: kept
+    explorer.explore(run, open_browser=False)
+    assert page.stat().st_mtime == built
+    report = next(run.glob("edits/*/report.json"))
+    os.utime(report, (built + 10, built + 10))  # an edit made again since: built again
+    assert explorer.changed_since(run, page) == [report]
+    explorer.explore(run, open_browser=False)
+    assert page.stat().st_mtime > built and explorer.changed_since(run, page) == []
 
 
 # ----------------------------------------------------------------------------- in a real browser
