@@ -293,30 +293,29 @@ def test_a_bad_label_stops_the_workflow_in_prepare_before_any_collection(tmp_pat
 @pytest.mark.slow
 def test_held_out_masks_that_cannot_fit_the_prepared_run_are_refused_before_any_collection(tmp_path):
     """1e7 held-out masks fit a run of one example and one component in 2 GB (start-up), not the
-    prepared run's 12 examples and 11 components: the prepare job refuses them, so nothing is
-    collected even with two cores free for a collection job beside the checks."""
+    prepared run's 12 examples and 11 components: check_masks refuses, and nothing is collected
+    (it has the highest priority: on one core it runs before any collection job)."""
     config = {**MINE, "evaluation": {"heldout_masks": 10**7, "baselines": []}}
-    result = snakemake(tmp_path, config=config, env={**ENV, "SLURM_MEM_PER_NODE": "2000"}, cores=2)
+    result = snakemake(tmp_path, config=config, env={**ENV, "SLURM_MEM_PER_NODE": "2000"}, cores=1)
     assert result.returncode != 0
     log = result.stdout + result.stderr
-    assert "Error in rule prepare" in log and "config key 'evaluation.heldout_masks'" in log
+    assert "Error in rule check_masks" in log and "config key 'evaluation.heldout_masks'" in log
     assert not any((tmp_path / "results" / "mine" / folder).exists() for folder in ("shards", "heldout"))
 
 
 @pytest.mark.slow
 def test_a_surrogate_the_prepared_run_cannot_hold_is_refused_before_any_collection(tmp_path):
-    """The surrogate's basis comes from the 11 x 12 OLS weights: rank 12 is refused by the prepare
-    job (two cores, none of them collecting), and at start-up once the run is prepared, as are too
-    few masks for its linear part."""
+    """The surrogate's basis comes from the 11 x 12 OLS weights: rank 12 is refused by check_masks
+    (on one core before any collection job), then at start-up once the run is prepared, as are too
+    few masks for its linear part; the prepared run is kept for the corrected config."""
     config = {**MINE, "surrogate": {"kind": "projected_quadratic", "rank": 12}}
-    result = snakemake(tmp_path, config=config, env=ENV, cores=2)
+    result = snakemake(tmp_path, config=config, env=ENV, cores=1)
     assert result.returncode != 0
     log = result.stdout + result.stderr
-    assert "Error in rule prepare" in log and "config key 'surrogate.rank': rank 12 exceeds" in log
+    assert "Error in rule check_masks" in log and "config key 'surrogate.rank': rank 12 exceeds" in log
     assert "use surrogate.rank <= 11" in log
     assert not any((tmp_path / "results" / "mine" / folder).exists() for folder in ("shards", "heldout"))
-    prepared = snakemake(tmp_path, "results/mine/prepare.json", config=MINE, env=ENV)
-    assert prepared.returncode == 0, prepared.stdout + prepared.stderr
+    assert (tmp_path / "results" / "mine" / "prepare.json").exists()
     for surrogate, masks, message in (({"rank": 12}, MINE["masks"], "config key 'surrogate.rank'"),
                                       ({"rank": 2}, 12, "config key 'masks': 12 masks cannot determine")):
         again = snakemake(tmp_path, "-n", config={**MINE, "masks": masks,

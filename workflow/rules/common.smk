@@ -84,16 +84,17 @@ def fast_path_options(fast):
     )
 
 
-# The checks before collection. The prepare job checks the config's edits (read from the edits
-# stamp, so a changed edit never re-prepares) and what the masks need (check_run_masks, from the
-# config, not a parameter, so changing masks never re-prepares) against the run it has just
-# saved, so on a first run no collection job starts before they pass, however many cores run
-# jobs at once. On a prepared run the Snakefile checks the masks at start-up; check_masks and,
-# when the edits changed, check_edits run with the highest priority; the collection jobs take
-# neither's output as an input: a check redone would redo them, and taken as `ancient`
-# Snakemake 9 skips the jobs after a redone check for that invocation (snakemake issue 4166: a
-# grown run stopped after its check with a shard missing). merge takes check_masks', as it must
-# rerun when the masks change anyway; edit_plan check_edits'.
+# The checks before collection. The prepare job checks the config's edits against the run it
+# has just saved (read from the edits stamp, so a changed edit never re-prepares), so on a first
+# run no collection job starts before they pass. check_masks (masks, memory, disk) runs next with
+# the highest priority: on one core before any collection job; with more, a collection job may
+# start beside it, and its shard is kept for the corrected config (a refusal here never costs a
+# re-prepare, as it would in the prepare job). On a prepared run the Snakefile runs the same
+# masks check at start-up, and check_edits, when the edits changed, runs with the highest
+# priority. The collection jobs take neither check's output as an input: a check redone would
+# redo them, and taken as `ancient` Snakemake 9 skips the jobs after a redone check for that
+# invocation (snakemake issue 4166: a grown run stopped after its check with a shard missing).
+# merge takes check_masks', as it must rerun when the masks change anyway; edit_plan check_edits'.
 SURROGATE = config["surrogate"]["kind"]  # a surrogate beyond linear COAR (rules/fit.smk), or None
 SURROGATE_FILE = f"{RUN}/surrogate.h5"
 CHECKED_MASKS = f"{RUN}/checks/masks.ok"

@@ -6,10 +6,8 @@ rule prepare:
     """Build the task (the default trains its CNN), discover its components, check on two examples
     that each can be ablated exactly (refusing or dropping those that cannot), save both; then
     check the config's edits against what it saved (coar check-edits, on the CPU, with the task's
-    output function) and what the masks need (check_run_masks), so no collection starts on a run
-    whose edits cannot be made or whose masks cannot be fitted or stored. The edits are read from
-    the edits stamp and the masks from the config, not given as parameters: changing either never
-    re-prepares (check_edits and check_masks check them then)."""
+    output function), so no collection starts on a run whose edits cannot be made. The edits are
+    read from the edits stamp, not given: a changed edit never re-prepares (check_edits checks it)."""
     input:
         stamp=config_stamp("prepare"),
     output:
@@ -40,25 +38,23 @@ rule prepare:
         preset=shell_options({"preset": config["components"].get("preset")}),
         dry_pass=shell_options({"masks-per-pass": config["masks_per_pass"], "max-batch": config["max_batch"]}),
         stamps=lambda wildcards, input: os.path.dirname(input.stamp),  # the config stamps folder
-    run:
-        shell(
-            "coar prepare --run-dir {params.run_dir:q} --task {params.spec} --task-params {params.task_params}"
-            " --kinds {params.kinds} --include {params.include} --exclude {params.exclude} {params.loader}"
-            " --unreachable {params.unreachable:q} {params.preset} {params.dry_pass}"
-            " 2>&1 | tee {log:q};"
-            " coar check-edits --run-dir {params.run_dir:q} --edits-stamps {params.stamps:q} --task {params.spec}"
-            " --task-params {params.task_params} --device cpu 2>&1 | tee -a {log:q}"
-        )
-        with open(log[0], "a") as out:
-            out.write(check_run_masks(params.run_dir, mask_budget(config), config["solver"]["method"]))
+    shell:
+        "coar prepare --run-dir {params.run_dir:q} --task {params.spec} --task-params {params.task_params}"
+        " --kinds {params.kinds} --include {params.include} --exclude {params.exclude} {params.loader}"
+        " --unreachable {params.unreachable:q} {params.preset} {params.dry_pass}"
+        " 2>&1 | tee {log:q};"
+        " coar check-edits --run-dir {params.run_dir:q} --edits-stamps {params.stamps:q} --task {params.spec}"
+        " --task-params {params.task_params} --device cpu 2>&1 | tee -a {log:q}"
 
 
 rule check_masks:
     """What the masks need, checked as soon as prepare has found the components, before the
     collection jobs (the highest priority; merge takes its output):
     OLS needs more masks than components, the surrogate more than components + 1, and the memory
-    and disk of the run at its real sizes must fit this machine (coar.resources). The prepare job
-    checks the same on a first run, and once prepare.json exists the Snakefile at start-up."""
+    and disk of the run at its real sizes must fit this machine (coar.resources). Not a parameter
+    of prepare, so changing masks never re-prepares the model (nor does a refusal here: the fixed
+    config goes on from the prepared run); once prepare.json exists the Snakefile runs the same
+    check at start-up."""
     input:
         info=rules.prepare.output.info,
     output:
