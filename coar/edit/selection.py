@@ -142,8 +142,10 @@ def verified_path(order: np.ndarray, n_components: int, evaluate: Evaluate, *, t
     first_look = len(queue)  # queue positions from here on are second looks
     position = 0
     while len(chosen) < k_max:
-        if position == len(queue) == first_look:  # the second look; a candidate's own predicted change does not
-            queue += [t.index for t in tried  # depend on the set, so one predicted the wrong way is not looked at again
+        if position == len(queue) == first_look:
+            # The second look. A candidate's own predicted change does not depend on the set, so one
+            # predicted to move the target the wrong way is not looked at again.
+            queue += [t.index for t in tried
                       if not t.accepted and (predictions is None or predictions.target_change(t.index, sign) > 0)]
         if position == len(queue) or success(outputs[-1][target], sign) >= (1.0 if goal is None else goal):
             break
