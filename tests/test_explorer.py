@@ -217,15 +217,19 @@ def test_coar_explore_rebuilds_a_page_older_than_the_runs_files(tiny_run, tmp_pa
     run = copy_run(tiny_run, tmp_path)
     page = run / explorer.PAGE
     explorer.explore(run, open_browser=False)
-    built = page.stat().st_mtime
-    os.utime(run / "logs" / "fit.log", (built + 10, built + 10))  # not read by the page: kept
+    now = page.stat().st_mtime
+    set_time = lambda path, t: os.utime(path, (now + t, now + t))  # noqa: E731
+    for path in run.rglob("*"):
+        set_time(path, -1000)  # the run made long ago, the page since
+    set_time(page, -100)
+    set_time(run / "logs" / "fit.log", -50)  # not read by the page: kept
     explorer.explore(run, open_browser=False)
-    assert page.stat().st_mtime == built
+    assert page.stat().st_mtime == now - 100
     report = next(run.glob("edits/*/report.json"))
-    os.utime(report, (built + 10, built + 10))  # an edit made again since: built again
+    set_time(report, -50)  # an edit made again since: built again
     assert explorer.changed_since(run, page) == [report]
     explorer.explore(run, open_browser=False)
-    assert page.stat().st_mtime > built and explorer.changed_since(run, page) == []
+    assert page.stat().st_mtime >= now and explorer.changed_since(run, page) == []
 
 
 # ----------------------------------------------------------------------------- in a real browser
