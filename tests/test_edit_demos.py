@@ -2,7 +2,6 @@
 and validation examples its config's edit selects (small and untrained), each config passes the
 start-up checks, and the benchmark tabulates reports as mean ± spread over seeds."""
 
-import importlib.util
 from pathlib import Path
 
 import pytest
@@ -11,6 +10,7 @@ from snakemake.utils import validate
 
 from coar.config import SCHEMA, check_config, fill_defaults
 from coar.task import load_task
+from tests.benchmark_scripts import load_benchmark
 
 REPO = Path(__file__).resolve().parents[1]
 DEMOS = REPO / "config" / "edit-demos"
@@ -80,13 +80,6 @@ def test_a_demo_task_restored_gives_the_same_examples_without_training():
     assert (restored.inputs == trained.inputs).all() and (restored.validation_inputs == trained.validation_inputs).all()
 
 
-def _benchmark():
-    spec = importlib.util.spec_from_file_location("edit_demos", REPO / "benchmarks" / "edit_demos.py")
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
-
-
 def _report(k: int, target_after: float, ratio: float | None, passed: bool) -> dict:
     accuracy = lambda before, after: {"accuracy": [before, after]}  # noqa: E731
     return {"k": k, "checks": {"passed": passed},
@@ -96,7 +89,7 @@ def _report(k: int, target_after: float, ratio: float | None, passed: bool) -> d
 
 
 def test_the_benchmark_tabulates_mean_and_sample_spread_over_seeds_and_the_seeds_that_met_the_target(tmp_path):
-    bench = _benchmark()
+    bench = load_benchmark("edit_demos")
     seeds = [bench.headline(_report(2, 0.6, 0.8, True)), bench.headline(_report(4, 1.0, None, False))]
     rows = {("backdoor", "verified"): [{"seed": s, **h, "met": bench.met("backdoor", h)} for s, h in enumerate(seeds)]}
     line = bench.table(rows).splitlines()[2]
@@ -109,7 +102,7 @@ def test_the_benchmark_tabulates_mean_and_sample_spread_over_seeds_and_the_seeds
 
 
 def test_with_the_surrogate_the_benchmark_fits_it_and_shows_its_realised_over_predicted(tmp_path):
-    bench = _benchmark()
+    bench = load_benchmark("edit_demos")
     config = yaml.safe_load(bench.seed_config("backdoor", 0, "verified", tmp_path, surrogate=True).read_text())
     assert config["surrogate"] == {"kind": "projected_quadratic"}
     report = _report(2, 0.9, 0.8, True)
@@ -122,6 +115,6 @@ def test_the_benchmark_reads_a_per_example_report_as_medians_over_its_examples()
                 for k, after in ((2, 0.99), (4, 0.98), (9, 1.0))]
     report = {"per_example": {"examples": examples}, "checks": {"passed": True},
               "metrics": {"target": {"accuracy": [0.0, 2 / 3]}}}
-    h = _benchmark().headline(report)
+    h = load_benchmark("edit_demos").headline(report)
     assert h["k"] == 4 and h["target_after"] == pytest.approx(200 / 3)
     assert h["validation_reference_after"] == pytest.approx(99.0) and h["reference_after"] == 100

@@ -1,24 +1,13 @@
 """benchmarks/edit_set_bias.py: an applied edit's realised / predicted change for its chosen set,
 as its report gives it, beside random sets of the same size ablated for real."""
 
-import importlib.util
-from pathlib import Path
-
 import numpy as np
 
 from coar.cli import main as coar_main
 from coar.edit import steps as edit_steps
 from coar.edit.spec import EditSpec
+from tests.benchmark_scripts import load_benchmark
 from tests.test_edit_steps import EDIT, TASK, attributed_run
-
-REPO = Path(__file__).resolve().parents[1]
-
-
-def benchmark():
-    spec = importlib.util.spec_from_file_location("edit_set_bias", REPO / "benchmarks" / "edit_set_bias.py")
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
 
 
 def test_the_chosen_sets_ratio_is_the_reports_and_random_sets_are_ablated_for_real(tmp_path):
@@ -31,7 +20,7 @@ def test_the_chosen_sets_ratio_is_the_reports_and_random_sets_are_ablated_for_re
     edit_steps.plan(run, spec, run / "attributions.h5", out / "plan.json", task=TASK)
     report = edit_steps.apply(run, spec, out / "plan.json", run / "attributions.h5", out, task=TASK,
                               surrogate=run / "surrogate.h5")
-    measured = benchmark().measure(run, spec.name, pool=8, sets=4, task=TASK)
+    measured = load_benchmark("edit_set_bias").measure(run, spec.name, pool=8, sets=4, task=TASK)
     pairs = report["predicted_vs_realised"]
     assert set(measured) == {"linear", "surrogate"} and measured["linear"]["k"] == report["k"] > 0
     np.testing.assert_allclose(measured["linear"]["chosen"], pairs["realised_over_predicted"]["target"], rtol=1e-5)

@@ -1,19 +1,10 @@
 """benchmarks/surrogates.py on a finished run: every estimator asked for is fitted at every mask
 count the run holds and scored on each held-out alpha, written as JSON and, with --plot, as curves."""
 
-import importlib.util
 import json
 import sys
-from pathlib import Path
 
-REPO = Path(__file__).resolve().parents[1]
-
-
-def benchmark():
-    spec = importlib.util.spec_from_file_location("surrogates_benchmark", REPO / "benchmarks" / "surrogates.py")
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
+from tests.benchmark_scripts import load_benchmark
 
 
 def test_the_benchmark_scores_each_estimator_at_each_size_and_draws_the_curves(tiny_run, tmp_path, monkeypatch, capsys):
@@ -21,7 +12,7 @@ def test_the_benchmark_scores_each_estimator_at_each_size_and_draws_the_curves(t
     out, png = tmp_path / "s.json", tmp_path / "s.png"
     monkeypatch.setattr(sys, "argv", ["surrogates.py", "--run", str(run), "--json", str(out), "--plot", str(png),
                                       "--masks", "300", "400", "800", "--only", "ols", "pq-r5"])
-    benchmark().main()
+    load_benchmark("surrogates").main()
     printed = capsys.readouterr().out
     assert "skipping sizes [800]: the run has 400 training masks" in printed
     results = json.loads(out.read_text())
