@@ -89,9 +89,9 @@ def fast_path_options(fast):
 # run no collection job starts before they pass. check_masks (masks, memory, disk) runs next with
 # the highest priority: on one core before any collection job; with more, a collection job may
 # start beside it, and its shard is kept for the corrected config (a refusal here never costs a
-# re-prepare, as it would in the prepare job). On a prepared run the Snakefile runs the same
-# masks check at start-up, and check_edits, when the edits changed, runs with the highest
-# priority. The collection jobs take neither check's output as an input: a check redone would
+# re-prepare, as it would in the prepare job). On a prepared run the Snakefile checks the mask
+# counts at start-up (check_mask_counts), and check_edits, when the edits changed, runs with the
+# highest priority. The collection jobs take neither check's output as an input: a check redone would
 # redo them, and taken as `ancient` Snakemake 9 skips the jobs after a redone check for that
 # invocation (snakemake issue 4166: a grown run stopped after its check with a shard missing).
 # merge takes check_masks', as it must rerun when the masks change anyway; edit_plan check_edits'.
@@ -151,15 +151,20 @@ def step_timings(wildcards=None):
     ]
 
 
+def check_mask_counts(run, masks, method):
+    """The masks the prepared `run` (coar.run.Run) needs: more than its components for OLS
+    (coar.config.check_masks_for_method), and the surrogate's rank and masks
+    (coar.config.check_surrogate_for_run). Arithmetic alone, so the Snakefile checks it at start-up."""
+    check_masks_for_method(masks, method, run.n_components, masks_key(config))
+    check_surrogate_for_run(config["surrogate"], run.n_components, run.n_examples, masks, masks_key(config))
+
+
 def check_run_masks(run_dir, masks, method):
-    """What the masks need, against the prepared run: coar.config.check_masks_for_method with its
-    component count, the surrogate's rank and masks (coar.config.check_surrogate_for_run), and the
-    memory and disk of the run at its real sizes (coar.resources.check_prepared_run); the line
-    to log."""
+    """check_mask_counts, and the memory and disk of the run at its real sizes
+    (coar.resources.check_prepared_run): the check_masks job; the line to log."""
     run = Run(run_dir)
     n_components = run.n_components
-    check_masks_for_method(masks, method, n_components, masks_key(config))
-    check_surrogate_for_run(config["surrogate"], n_components, run.n_examples, masks, masks_key(config))
+    check_mask_counts(run, masks, method)
     needs = check_prepared_run(run_dir, RunShape.of_config(config))
     return (
         f"{masks} masks for {n_components} components: enough for solver.method {method}; "

@@ -53,8 +53,8 @@ rule check_masks:
     OLS needs more masks than components, the surrogate more than components + 1, and the memory
     and disk of the run at its real sizes must fit this machine (coar.resources). Not a parameter
     of prepare, so changing masks never re-prepares the model (nor does a refusal here: the fixed
-    config goes on from the prepared run); once prepare.json exists the Snakefile runs the same
-    check at start-up."""
+    config goes on from the prepared run); once prepare.json exists the Snakefile also checks the
+    mask counts at start-up."""
     input:
         info=rules.prepare.output.info,
     output:
